@@ -1,0 +1,192 @@
+"""Connection settings shared by every subcommand: Kafka, Redis, topics, namespace.
+
+Secrets (SASL password, Redis password) are `Secret`s: they can be read from a
+file (`--x-file`) or the environment, and never print, so neither a log line
+nor an error message can leak them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from schemas.contract import families
+from streampulse.options import add_option
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SECURITY_PROTOCOLS: tuple[str, ...] = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS: tuple[str, ...] = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+_NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A value that never shows itself in str(), repr() or logs."""
+
+    _value: str = field(repr=False)
+
+    def reveal(self) -> str:
+        """The secret itself: pass it straight to the client that needs it."""
+        return self._value
+
+    def __str__(self) -> str:
+        return "********"
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+
+def _read_secret(args: argparse.Namespace, name: str) -> Secret | None:
+    direct = getattr(args, name, None)
+    path = getattr(args, f"{name}_file", None)
+    if direct and path:
+        raise ConfigError(f"give --{name.replace('_', '-')} or --{name.replace('_', '-')}-file, not both")
+    if path:
+        try:
+            return Secret(Path(path).read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            raise ConfigError(f"cannot read --{name.replace('_', '-')}-file {path}: {exc.strerror}") from None
+    return Secret(direct) if direct else None
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """How to reach Kafka, and the topics streampulse reads and writes."""
+
+    bootstrap: str
+    playback_topic: str
+    signup_topic: str
+    dead_letter_topic: str
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: Secret | None = None
+    ssl_ca_location: str | None = None
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka settings common to producers, consumers and the admin client."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            config["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            config["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            config["sasl.password"] = self.sasl_password.reveal()
+        if self.ssl_ca_location:
+            config["ssl.ca.location"] = self.ssl_ca_location
+        return config
+
+    def topic_for(self, family: str) -> str:
+        """The input topic of an event family (`playback` or `signup`)."""
+        return {"playback": self.playback_topic, "signup": self.signup_topic}[family]
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """How to reach Redis, and the key namespace that separates live from replay."""
+
+    url: str
+    namespace: str
+    password: Secret | None = None
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password in it masked, for logs and messages."""
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        netloc = f"{parts.username or ''}:********@{parts.hostname}"
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+
+def add_kafka_options(parser: argparse.ArgumentParser) -> None:
+    """Options to reach Kafka and name the topics."""
+    group = parser.add_argument_group("Kafka")
+    add_option(group, "--kafka-bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers, host:port[,...]")
+    topics = families()
+    add_option(group, "--playback-topic", default=topics["playback"].default_topic, help="topic of playback events")
+    add_option(group, "--signup-topic", default=topics["signup"].default_topic, help="topic of sign-up events")
+    add_option(group, "--dead-letter-topic", default="streampulse-dead-letter", help="topic for rejected events")
+    add_option(
+        group, "--kafka-security-protocol", default="PLAINTEXT", choices=SECURITY_PROTOCOLS, help="Kafka security"
+    )
+    add_option(group, "--kafka-sasl-mechanism", choices=SASL_MECHANISMS, help="SASL mechanism")
+    add_option(group, "--kafka-sasl-username", help="SASL user name")
+    add_option(group, "--kafka-sasl-password", secret=True, help="SASL password (prefer the -file form)")
+    add_option(group, "--kafka-sasl-password-file", help="file holding the SASL password")
+    add_option(group, "--kafka-ssl-ca-location", help="CA certificate file for TLS")
+
+
+def add_redis_options(parser: argparse.ArgumentParser) -> None:
+    """Options to reach Redis and choose the key namespace."""
+    group = parser.add_argument_group("Redis")
+    add_option(group, "--redis-url", default="redis://127.0.0.1:6379/0", help="Redis URL (redis:// or rediss://)")
+    add_option(group, "--redis-password", secret=True, help="Redis password (prefer the -file form)")
+    add_option(group, "--redis-password-file", help="file holding the Redis password")
+    add_option(group, "--namespace", default="live", help="Redis key namespace; replays use their own")
+
+
+def kafka_settings(args: argparse.Namespace) -> KafkaSettings:
+    """Validated Kafka settings from parsed options; raises ConfigError saying what to fix."""
+    bootstrap = args.kafka_bootstrap.strip()
+    for server in bootstrap.split(","):
+        host, sep, port_text = server.strip().rpartition(":")
+        if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ConfigError(
+                f"--kafka-bootstrap {args.kafka_bootstrap!r}: each server must be host:port, e.g. 127.0.0.1:9092"
+            )
+    names = {
+        "--playback-topic": args.playback_topic,
+        "--signup-topic": args.signup_topic,
+        "--dead-letter-topic": args.dead_letter_topic,
+    }
+    for flag, topic in names.items():
+        if not _TOPIC.match(topic):
+            raise ConfigError(f"{flag} {topic!r} is not a valid Kafka topic name (letters, digits, . _ -)")
+    if len(set(names.values())) != len(names):
+        raise ConfigError("the playback, sign-up and dead-letter topics must be three different topics")
+    protocol = args.kafka_security_protocol
+    password = _read_secret(args, "kafka_sasl_password")
+    if protocol.startswith("SASL") and not (args.kafka_sasl_mechanism and args.kafka_sasl_username and password):
+        raise ConfigError(
+            f"--kafka-security-protocol {protocol} needs --kafka-sasl-mechanism, --kafka-sasl-username "
+            "and a password (--kafka-sasl-password-file or STREAMPULSE_KAFKA_SASL_PASSWORD)"
+        )
+    return KafkaSettings(
+        bootstrap=bootstrap,
+        playback_topic=args.playback_topic,
+        signup_topic=args.signup_topic,
+        dead_letter_topic=args.dead_letter_topic,
+        security_protocol=protocol,
+        sasl_mechanism=args.kafka_sasl_mechanism,
+        sasl_username=args.kafka_sasl_username,
+        sasl_password=password,
+        ssl_ca_location=args.kafka_ssl_ca_location,
+    )
+
+
+def redis_settings(args: argparse.Namespace) -> RedisSettings:
+    """Validated Redis settings from parsed options; raises ConfigError saying what to fix."""
+    parts = urlsplit(args.redis_url)
+    if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not parts.hostname):
+        raise ConfigError(f"--redis-url must look like redis://host:port/db or rediss://host:port/db, got {parts.scheme}://…")
+    if not _NAMESPACE.match(args.namespace):
+        raise ConfigError(
+            f"--namespace {args.namespace!r}: use 1-64 letters, digits, '_', '.', '-', starting with a letter or digit"
+        )
+    return RedisSettings(url=args.redis_url, namespace=args.namespace, password=_read_secret(args, "redis_password"))
