@@ -30,9 +30,9 @@ def add_option(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     flag: str,
     *,
-    help: str,  # noqa: A002 - mirrors argparse
+    help: str,
     default: Any = None,
-    type: Callable[[str], Any] = str,  # noqa: A002 - mirrors argparse
+    type: Callable[[str], Any] = str,
     secret: bool = False,
     **kwargs: Any,
 ) -> None:
@@ -57,7 +57,7 @@ def add_flag(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     flag: str,
     *,
-    help: str,  # noqa: A002 - mirrors argparse
+    help: str,
 ) -> None:
     """Add a boolean switch, also set by its environment variable (1/true/yes/on)."""
     env = env_name(flag)

@@ -67,7 +67,7 @@ class ManagedProcess:
             stdin=subprocess.DEVNULL,
             env=env,
             cwd=cwd,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - needed for setsid + PDEATHSIG
+            preexec_fn=_die_with_parent,
         )
 
     def alive(self) -> bool:

@@ -74,7 +74,7 @@ class KafkaSettings:
     ssl_ca_location: str | None = None
 
     def client_config(self) -> dict[str, Any]:
-        """librdkafka settings common to producers, consumers and the admin client."""
+        """Librdkafka settings common to producers, consumers and the admin client."""
         config: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap,
             "security.protocol": self.security_protocol,
@@ -184,7 +184,9 @@ def redis_settings(args: argparse.Namespace) -> RedisSettings:
     """Validated Redis settings from parsed options; raises ConfigError saying what to fix."""
     parts = urlsplit(args.redis_url)
     if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not parts.hostname):
-        raise ConfigError(f"--redis-url must look like redis://host:port/db or rediss://host:port/db, got {parts.scheme}://…")
+        raise ConfigError(
+            f"--redis-url must look like redis://host:port/db or rediss://host:port/db, got {parts.scheme}://…"
+        )
     if not _NAMESPACE.match(args.namespace):
         raise ConfigError(
             f"--namespace {args.namespace!r}: use 1-64 letters, digits, '_', '.', '-', starting with a letter or digit"
