@@ -101,7 +101,7 @@ def _field_spec(name: str, node: dict[str, Any], current_file: str) -> FieldSpec
         type_ = "integer" if isinstance(const, int) else "string"
     else:
         type_ = node["type"]
-    if type_ not in ("string", "integer"):
+    if type_ != "string" and type_ != "integer":
         raise ValueError(f"field {name!r} in {current_file} has unsupported type {type_!r}")
     enum = node.get("enum")
     return FieldSpec(
