@@ -103,10 +103,11 @@ def _field_spec(name: str, node: dict[str, Any], current_file: str) -> FieldSpec
         type_ = node["type"]
     if type_ != "string" and type_ != "integer":
         raise ValueError(f"field {name!r} in {current_file} has unsupported type {type_!r}")
+    field_type: Literal["string", "integer"] = type_
     enum = node.get("enum")
     return FieldSpec(
         name=name,
-        type=type_,
+        type=field_type,
         const=const,
         enum=tuple(enum) if enum is not None else None,
         pattern=node.get("pattern"),
