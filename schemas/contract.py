@@ -101,9 +101,13 @@ def _field_spec(name: str, node: dict[str, Any], current_file: str) -> FieldSpec
         type_ = "integer" if isinstance(const, int) else "string"
     else:
         type_ = node["type"]
-    if type_ != "string" and type_ != "integer":
+    field_type: Literal["string", "integer"]
+    if type_ == "string":
+        field_type = "string"
+    elif type_ == "integer":
+        field_type = "integer"
+    else:
         raise ValueError(f"field {name!r} in {current_file} has unsupported type {type_!r}")
-    field_type: Literal["string", "integer"] = type_
     enum = node.get("enum")
     return FieldSpec(
         name=name,
