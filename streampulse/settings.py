@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from flows.reader_config import ReaderConfig
+from flows.windows import WindowConfig
 from schemas.contract import families
-from streampulse.options import add_option
+from streampulse.options import add_option, duration_ms, positive_duration_ms, positive_int
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SECURITY_PROTOCOLS: tuple[str, ...] = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -192,3 +194,60 @@ def redis_settings(args: argparse.Namespace) -> RedisSettings:
             f"--namespace {args.namespace!r}: use 1-64 letters, digits, '_', '.', '-', starting with a letter or digit"
         )
     return RedisSettings(url=args.redis_url, namespace=args.namespace, password=_read_secret(args, "redis_password"))
+
+
+def add_flow_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the dataflow: windows, lateness, limits, Redis retention."""
+    group = parser.add_argument_group("windows and input")
+    add_option(group, "--fine-window", type=positive_duration_ms, default="10s", help="fine window (live watching)")
+    add_option(group, "--coarse-window", type=positive_duration_ms, default="1m", help="coarse window (history)")
+    add_option(
+        group, "--allowed-lateness", type=duration_ms, default="30s", help="how long a window waits for late events"
+    )
+    add_option(
+        group,
+        "--publish-interval",
+        type=positive_duration_ms,
+        default="1s",
+        help="how often open windows are published",
+    )
+    add_option(group, "--max-message-bytes", type=positive_int, default="65536", help="larger messages are rejected")
+    add_option(
+        group,
+        "--max-future-skew",
+        type=duration_ms,
+        default="1h",
+        help="events further ahead of the clock are rejected",
+    )
+    add_option(
+        group, "--batch-size", type=positive_int, default="5000", help="messages consumed per partition per batch"
+    )
+    add_option(
+        group,
+        "--start-at",
+        default="earliest",
+        choices=("earliest", "latest"),
+        help="where a partition without saved progress starts",
+    )
+    add_option(group, "--redis-ttl", type=positive_duration_ms, default="7d", help="retention of window keys in Redis")
+
+
+def reader_config(args: argparse.Namespace, exit_at_end: bool) -> ReaderConfig:
+    """Validated reader settings from parsed options; raises ConfigError saying what to fix."""
+    try:
+        windows = WindowConfig(
+            fine_ms=args.fine_window,
+            coarse_ms=args.coarse_window,
+            allowed_lateness_ms=args.allowed_lateness,
+            publish_interval_ms=args.publish_interval,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"--fine-window/--coarse-window/--allowed-lateness: {exc}") from None
+    return ReaderConfig(
+        windows=windows,
+        batch_size=args.batch_size,
+        start_at=args.start_at,
+        exit_at_end=exit_at_end,
+        max_message_bytes=args.max_message_bytes,
+        max_future_skew_ms=args.max_future_skew,
+    )

@@ -1,0 +1,135 @@
+"""The streampulse dataflow: Kafka partitions -> window store -> Redis, /metrics and dead letters.
+
+    playback/sign-up topics ──► KafkaEventSource (decode + pre-aggregate per batch)
+                                   │ BatchSummary per batch          └─ rejects ──► DeadLetterSink
+                                   ▼
+                            WindowLogic (one store: merge, watermark, partial/final)
+                                   │ WindowUpdate
+                                   ├──► RedisWindowSink
+                                   └──► PrometheusWindowSink
+
+All summaries meet in one stateful step (one key) because the watermark is a
+property of all partitions together; by then each batch is a handful of
+partial counters, so one step keeps up with many readers.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from flows.kafka_source import KafkaEventSource
+from flows.partials import BatchSummary, DeadLetter
+from flows.playback_metrics import HANDLERS as PLAYBACK_HANDLERS
+from flows.reader_config import ReaderConfig
+from flows.window_store import WindowStore, WindowUpdate
+from flows.windows import resolution_name
+from sinks.dead_letter import DeadLetterSink
+from sinks.prometheus import pipeline_metrics
+from sinks.redis_sink import RedisWindowSink
+from streampulse.settings import KafkaSettings, RedisSettings
+
+STORE_KEY = "windows"
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    """Everything the dataflow needs, validated before it is built."""
+
+    kafka: KafkaSettings
+    redis: RedisSettings
+    reader: ReaderConfig
+    redis_ttl_s: int = 7 * 24 * 3600
+
+
+class WindowLogic(StatefulBatchLogic[BatchSummary, WindowUpdate, WindowStore]):
+    """Merges summaries into the window store and publishes it every publish interval."""
+
+    def __init__(self, reader: ReaderConfig, partitions: list[str], resume: WindowStore | None) -> None:
+        self._store = resume if resume is not None else WindowStore(reader.windows, partitions)
+        self._store.expect(partitions)
+        self._interval = timedelta(milliseconds=reader.windows.publish_interval_ms)
+        self._exit_at_end = reader.exit_at_end
+        self._next_publish = datetime.now(UTC) + self._interval
+        self._metrics = pipeline_metrics()
+
+    def on_batch(self, values: list[BatchSummary]) -> tuple[list[WindowUpdate], bool]:
+        for summary in values:
+            self._store.merge(summary)
+        return [], StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[WindowUpdate], bool]:
+        self._next_publish = datetime.now(UTC) + self._interval
+        return self._published(self._store.publish()), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[WindowUpdate], bool]:
+        if self._exit_at_end:
+            return self._published(self._store.finish()), StatefulBatchLogic.RETAIN
+        # Stopped while live: windows stay partial; a restart resumes them.
+        return self._published(self._store.publish()), StatefulBatchLogic.RETAIN
+
+    def _published(self, updates: list[WindowUpdate]) -> list[WindowUpdate]:
+        store, metrics = self._store, self._metrics
+        if store.watermark_ms >= 0:
+            metrics.watermark.set(store.watermark_ms / 1000)
+            metrics.watermark_delay.set(max(time.time() - store.watermark_ms / 1000, 0.0))
+        metrics.open_windows.set(store.open_windows)
+        return updates
+
+    def notify_at(self) -> datetime | None:
+        return self._next_publish
+
+    def snapshot(self) -> WindowStore:
+        return copy.deepcopy(self._store)
+
+
+class _PrometheusPartition(StatelessSinkPartition[WindowUpdate]):
+    def __init__(self, fine_resolution: str, fine_seconds: float) -> None:
+        self._fine_resolution = fine_resolution
+        self._fine_seconds = fine_seconds
+
+    def write_batch(self, items: list[WindowUpdate]) -> None:
+        pipeline_metrics().observe_windows(items, self._fine_resolution, self._fine_seconds)
+
+
+class PrometheusWindowSink(DynamicSink[WindowUpdate]):
+    """Bytewax sink exporting window values on this process's /metrics."""
+
+    def __init__(self, fine_ms: int) -> None:
+        self._fine_ms = fine_ms
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _PrometheusPartition:
+        """Export from this worker."""
+        return _PrometheusPartition(resolution_name(self._fine_ms), self._fine_ms / 1000)
+
+
+def _rejects(summary: BatchSummary) -> list[DeadLetter]:
+    return summary.rejects
+
+
+def build_dataflow(settings: FlowSettings) -> Dataflow:
+    """The live/replay dataflow for the configured topics."""
+    kafka, reader = settings.kafka, settings.reader
+    source = KafkaEventSource(
+        kafka,
+        topics={kafka.playback_topic: "playback"},
+        handlers={"playback": PLAYBACK_HANDLERS},
+        config=reader,
+    )
+    partitions = source.list_parts()
+    flow = Dataflow("streampulse")
+    summaries = op.input("kafka_in", flow, source)
+    op.output("dead_letter_out", op.flat_map("rejects", summaries, _rejects), DeadLetterSink(kafka))
+    keyed = op.key_on("one_store", summaries, lambda _summary: STORE_KEY)
+    updates = op.stateful_batch("windows", keyed, lambda resume: WindowLogic(reader, partitions, resume))
+    plain = op.map("drop_key", updates, lambda key_update: key_update[1])
+    op.output("redis_out", plain, RedisWindowSink(settings.redis, settings.redis_ttl_s))
+    op.output("prometheus_out", plain, PrometheusWindowSink(reader.windows.fine_ms))
+    return flow

@@ -1,0 +1,20 @@
+"""Settings of the partition readers, shared by the source and the window logic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flows.windows import WindowConfig
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    """How readers consume and judge events; one per dataflow."""
+
+    windows: WindowConfig
+    batch_size: int = 5000
+    start_at: str = "earliest"  # or "latest": where a partition with no snapshot starts
+    exit_at_end: bool = False
+    end_quiet_ms: int = 1000
+    max_message_bytes: int = 65536
+    max_future_skew_ms: int = 3_600_000

@@ -1,0 +1,34 @@
+"""The Redis key layout, shared by the writer (sinks/redis_sink.py) and `query`.
+
+All keys live under `sp:{namespace}:` so a replay (its own namespace) never
+touches live keys:
+
+| key | type | content |
+|---|---|---|
+| `sp:{ns}:agg:{res}:{aggregate}:{window_start_ms}` | hash | field = JSON array of dimension values in the aggregate's order (flows/catalog.py), value = integer |
+| `sp:{ns}:win:{res}:{window_start_ms}` | hash | `final` (0/1), `end_ms`, `watermark_ms`, `updated_ms`, `late:{event_type}` counts |
+| `sp:{ns}:windows:{res}` | sorted set | member and score = window_start_ms of every window written |
+
+Values are absolute per window: a write replaces the window's hashes whole,
+inside MULTI/EXEC, so a retry, restart or replay writes the same value and a
+reader never sees half a window. Every key carries the retention TTL.
+"""
+
+from __future__ import annotations
+
+PREFIX = "sp"
+
+
+def aggregate_key(namespace: str, resolution: str, aggregate: str, window_start_ms: int) -> str:
+    """Hash of one aggregate's values in one window."""
+    return f"{PREFIX}:{namespace}:agg:{resolution}:{aggregate}:{window_start_ms}"
+
+
+def window_key(namespace: str, resolution: str, window_start_ms: int) -> str:
+    """Hash of one window's status (final, late counts)."""
+    return f"{PREFIX}:{namespace}:win:{resolution}:{window_start_ms}"
+
+
+def index_key(namespace: str, resolution: str) -> str:
+    """Sorted set of the window starts written at a resolution."""
+    return f"{PREFIX}:{namespace}:windows:{resolution}"

@@ -1,0 +1,118 @@
+"""Writes window updates to Redis: absolute values, pipelined, retried until Redis takes them.
+
+While Redis is unreachable the write blocks and retries with backoff; the
+dataflow stops pulling from Kafka meanwhile, so nothing is lost and, since
+every write is an absolute value, nothing is doubled when it goes through.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import orjson
+import redis
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from flows.window_store import WindowUpdate
+from sinks.prometheus import PipelineMetrics, pipeline_metrics
+from sinks.redis_layout import aggregate_key, index_key, window_key
+from streampulse.settings import RedisSettings
+
+log = logging.getLogger(__name__)
+
+RETRY_INITIAL_S = 0.1
+RETRY_MAX_S = 5.0
+
+
+def connect(settings: RedisSettings) -> redis.Redis:
+    """A client for the configured Redis; the password comes from settings, never from logs."""
+    password = settings.password.reveal() if settings.password else None
+    client: redis.Redis = redis.Redis.from_url(
+        settings.url, password=password, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+    )
+    return client
+
+
+class RedisWindowWriter:
+    """Writes batches of window updates in one MULTI/EXEC round trip."""
+
+    def __init__(self, client: redis.Redis, namespace: str, ttl_s: int, metrics: PipelineMetrics | None = None) -> None:
+        self._client = client
+        self._namespace = namespace
+        self._ttl_s = ttl_s
+        self._metrics = metrics or pipeline_metrics()
+
+    def write(self, updates: Sequence[WindowUpdate]) -> None:
+        """Write `updates`, retrying until Redis accepts them."""
+        if not updates:
+            return
+        delay = RETRY_INITIAL_S
+        failing_since: float | None = None
+        while True:
+            started = time.perf_counter()
+            try:
+                self._write_once(updates)
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+                self._metrics.redis_write_errors.inc()
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.warning("Redis write failed (%s); retrying with backoff until it is reachable again", exc)
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            self._metrics.redis_write_seconds.observe(time.perf_counter() - started)
+            if failing_since is not None:
+                log.warning("Redis writes resumed after %.1f s", time.monotonic() - failing_since)
+            return
+
+    def _write_once(self, updates: Sequence[WindowUpdate]) -> None:
+        ns, ttl = self._namespace, self._ttl_s
+        now_ms = time.time_ns() // 1_000_000
+        pipe = self._client.pipeline(transaction=True)
+        for update in updates:
+            res, start = update.resolution, update.window_start_ms
+            if update.values is not None:
+                by_aggregate: dict[str, dict[bytes, int]] = {}
+                for key, value in update.values.items():
+                    by_aggregate.setdefault(key[0], {})[orjson.dumps(key[1:])] = value
+                for aggregate, fields in by_aggregate.items():
+                    agg_key = aggregate_key(ns, res, aggregate, start)
+                    pipe.delete(agg_key)
+                    pipe.hset(agg_key, mapping=fields)  # type: ignore[arg-type]
+                    pipe.expire(agg_key, ttl)
+            meta: dict[str, int] = {
+                "final": int(update.final),
+                "end_ms": update.window_end_ms,
+                "watermark_ms": update.watermark_ms,
+                "updated_ms": now_ms,
+            }
+            meta.update({f"late:{event_type}": count for event_type, count in update.late.items()})
+            win_key = window_key(ns, res, start)
+            pipe.hset(win_key, mapping=meta)  # type: ignore[arg-type]
+            pipe.expire(win_key, ttl)
+            pipe.zadd(index_key(ns, res), {str(start): start})
+        for res in {u.resolution for u in updates}:
+            pipe.expire(index_key(ns, res), ttl)
+        pipe.execute()
+
+
+class _RedisPartition(StatelessSinkPartition[WindowUpdate]):
+    def __init__(self, writer: RedisWindowWriter) -> None:
+        self._writer = writer
+
+    def write_batch(self, items: list[WindowUpdate]) -> None:
+        self._writer.write(items)
+
+
+class RedisWindowSink(DynamicSink[WindowUpdate]):
+    """Bytewax sink: each worker writes the updates routed to it."""
+
+    def __init__(self, settings: RedisSettings, ttl_s: int) -> None:
+        self._settings = settings
+        self._ttl_s = ttl_s
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
+        """Connect this worker's writer."""
+        return _RedisPartition(RedisWindowWriter(connect(self._settings), self._settings.namespace, self._ttl_s))

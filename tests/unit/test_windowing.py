@@ -1,0 +1,171 @@
+"""The per-partition aggregator and the window store, without Kafka."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from types import SimpleNamespace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flows.partition_aggregator import PartitionAggregator
+from flows.playback_metrics import HANDLERS
+from flows.window_store import WindowStore, WindowUpdate
+from flows.windows import WindowConfig, resolution_name, window_start
+
+WINDOWS = WindowConfig(fine_ms=10_000, coarse_ms=60_000, allowed_lateness_ms=30_000)
+BASE = 1_700_000_000_000 - 1_700_000_000_000 % 60_000
+
+
+def start(event_id: str, t: int, country: str = "BR", device: str = "tv", cdn: str = "c1") -> SimpleNamespace:
+    return SimpleNamespace(
+        event_id=event_id, event_type="play_start", event_time_ms=t, country=country, device_type=device, cdn=cdn
+    )
+
+
+def run_partitions(partitions: dict[str, list[list[SimpleNamespace]]], order: list[str]) -> list[WindowUpdate]:
+    """Feed batches to a store in the given interleaving of partitions, then finish."""
+    aggregators = {p: PartitionAggregator(p, WINDOWS, HANDLERS) for p in partitions}
+    cursors = dict.fromkeys(partitions, 0)
+    store = WindowStore(WINDOWS, partitions)
+    updates: list[WindowUpdate] = []
+    for p in order:
+        batch = partitions[p][cursors[p]]
+        cursors[p] += 1
+        for event in batch:
+            aggregators[p].add(event)
+        last = cursors[p] == len(partitions[p])
+        store.merge(aggregators[p].summary("finished" if last else "active"))
+        updates.extend(store.publish())
+    updates.extend(store.finish())
+    return updates
+
+
+def final_starts(updates: list[WindowUpdate], resolution: str) -> Counter[tuple[int, str, str, str]]:
+    finals = [u for u in updates if u.final and u.resolution == resolution and u.values is not None]
+    starts: Counter[tuple[int, str, str, str]] = Counter()
+    seen_windows: set[int] = set()
+    for update in finals:
+        assert update.window_start_ms not in seen_windows, "a window was published final twice with values"
+        seen_windows.add(update.window_start_ms)
+        assert update.values is not None
+        for key, value in update.values.items():
+            if key[0] == "stream_starts":
+                starts[(update.window_start_ms, key[1], key[2], key[3])] += value
+    return starts
+
+
+def expected_starts(events: list[SimpleNamespace], size_ms: int) -> Counter[tuple[int, str, str, str]]:
+    unique = {e.event_id: e for e in events}
+    return Counter((window_start(e.event_time_ms, size_ms), e.country, e.device_type, e.cdn) for e in unique.values())
+
+
+def test_out_of_order_within_lateness_is_all_counted() -> None:
+    rng = random.Random(7)
+    events = [start(f"e{i}", BASE + i * 700, rng.choice(["BR", "US"]), rng.choice(["tv", "web"])) for i in range(500)]
+    shuffled = events[:]
+    # Shuffle within blocks of 20 events (14 s of event time), well inside the 30 s lateness.
+    for i in range(0, len(shuffled), 20):
+        block = shuffled[i : i + 20]
+        rng.shuffle(block)
+        shuffled[i : i + 20] = block
+    batches = [shuffled[i : i + 37] for i in range(0, len(shuffled), 37)]
+    updates = run_partitions({"p0": batches}, ["p0"] * len(batches))
+    assert final_starts(updates, "10s") == expected_starts(events, 10_000)
+    assert final_starts(updates, "1m") == expected_starts(events, 60_000)
+
+
+def test_duplicates_count_once() -> None:
+    events = [start(f"e{i}", BASE + i * 1000) for i in range(50)]
+    redelivered = events + [events[3], events[10], events[10]]
+    updates = run_partitions({"p0": [redelivered]}, ["p0"])
+    assert final_starts(updates, "10s") == expected_starts(events, 10_000)
+
+
+def test_event_behind_its_partition_by_more_than_lateness_is_late_not_counted() -> None:
+    on_time = [start(f"e{i}", BASE + i * 1000) for i in range(200)]  # up to BASE + 199 s
+    late = start("late", BASE + 5_000)  # fine [0,10) s and coarse [0,60) s long closed at 199 s
+    updates = run_partitions({"p0": [on_time, [late]]}, ["p0", "p0"])
+    assert final_starts(updates, "10s") == expected_starts(on_time, 10_000)
+    late_counts = {
+        (u.resolution, u.window_start_ms): u.late.get("play_start", 0) for u in updates if u.final and u.late
+    }
+    assert late_counts[("10s", BASE)] == 1
+    assert late_counts[("1m", BASE)] == 1
+
+
+def test_late_for_fine_but_not_coarse_counts_only_in_coarse() -> None:
+    on_time = [start(f"e{i}", BASE + i * 1000) for i in range(55)]  # high = BASE + 54 s
+    straggler = start("s", BASE + 12_000)  # fine [10,20) closed at 50 s; coarse [0,60) open until 90 s
+    updates = run_partitions({"p0": [on_time + [straggler]]}, ["p0"])
+    assert final_starts(updates, "10s") == expected_starts(on_time, 10_000)
+    assert final_starts(updates, "1m") == expected_starts([*on_time, straggler], 60_000)
+
+
+def test_duplicate_after_window_closed_is_late_not_a_second_count() -> None:
+    first = start("dup", BASE + 1_000)
+    later = [start(f"e{i}", BASE + i * 1000) for i in range(2, 120)]
+    updates = run_partitions({"p0": [[first], later, [first]]}, ["p0", "p0", "p0"])
+    assert final_starts(updates, "1m") == expected_starts([first, *later], 60_000)
+    total_late = sum(u.late.get("play_start", 0) for u in updates if u.final and u.resolution == "1m")
+    assert total_late >= 1
+
+
+def test_watermark_is_the_slowest_active_partition() -> None:
+    store = WindowStore(WINDOWS, ["fast", "slow"])
+    fast, slow = PartitionAggregator("fast", WINDOWS, HANDLERS), PartitionAggregator("slow", WINDOWS, HANDLERS)
+    for i in range(300):
+        fast.add(start(f"f{i}", BASE + i * 1000))
+    slow.add(start("s0", BASE))
+    store.merge(fast.summary("active"))
+    store.merge(slow.summary("active"))
+    updates = store.publish()
+    assert store.watermark_ms == BASE
+    assert not any(u.final for u in updates), "the slow partition must hold windows open"
+    # Once the slow partition is idle (caught up), it no longer holds the watermark back.
+    store.merge(slow.summary("idle"))
+    updates = store.publish()
+    assert store.watermark_ms == BASE + 299_000
+    assert any(u.final and u.window_start_ms == BASE for u in updates)
+
+
+def test_partial_windows_are_published_then_final_once() -> None:
+    store = WindowStore(WINDOWS, ["p"])
+    agg = PartitionAggregator("p", WINDOWS, HANDLERS)
+    agg.add(start("a", BASE + 1_000))
+    store.merge(agg.summary("active"))
+    first = store.publish()
+    assert {(u.resolution, u.final) for u in first} == {("10s", False), ("1m", False)}
+    assert store.publish() == [], "unchanged windows are not re-published"
+    agg.add(start("b", BASE + 200_000))
+    store.merge(agg.summary("active"))
+    closing = [u for u in store.publish() if u.window_start_ms == BASE]
+    assert {(u.resolution, u.final) for u in closing} == {("10s", True), ("1m", True)}
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), partitions=st.integers(1, 4))
+def test_result_does_not_depend_on_how_partitions_interleave(seed: int, partitions: int) -> None:
+    rng = random.Random(seed)
+    events_by_partition: dict[str, list[list[SimpleNamespace]]] = {}
+    all_events: list[SimpleNamespace] = []
+    for p in range(partitions):
+        events = [
+            start(f"p{p}e{i}", BASE + i * 500 + rng.randrange(0, 20_000), rng.choice(["BR", "US", "DE"]))
+            for i in range(rng.randrange(50, 300))
+        ]
+        all_events.extend(events)
+        events_by_partition[f"p{p}"] = [events[i : i + 25] for i in range(0, len(events), 25)]
+    order_a = [p for p, batches in events_by_partition.items() for _ in batches]
+    order_b = order_a[:]
+    rng.shuffle(order_b)  # run_partitions keeps each partition's own batch order
+    a = final_starts(run_partitions(events_by_partition, order_a), "10s")
+    b = final_starts(run_partitions(events_by_partition, order_b), "10s")
+    assert a == b
+    # Nothing here is later than the allowed lateness, so every event counts.
+    assert a == expected_starts(all_events, 10_000)
+
+
+def test_resolution_names() -> None:
+    assert [resolution_name(ms) for ms in (10_000, 60_000, 3_600_000, 250)] == ["10s", "1m", "1h", "250ms"]
