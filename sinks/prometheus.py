@@ -31,9 +31,10 @@ class PipelineMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._newest_final_end_ms: dict[str, int] = {}
         # Window values, newest final fine window.
         self.stream_starts = Gauge(
-            "streampulse_stream_starts",
+            "streampulse_window_stream_starts",
             "Stream starts (play_start) in the newest final fine window",
             ["country", "device_type"],
             registry=registry,
@@ -130,13 +131,18 @@ class PipelineMetrics:
             self.windows_emitted.labels(update.resolution, "final" if update.final else "partial").inc()
             if not update.final or update.values is None:
                 continue
-            self.final_window_end.labels(update.resolution).set(update.window_end_ms / 1000)
+            newest_end = self._newest_final_end_ms.get(update.resolution, 0)
+            if update.window_end_ms > newest_end:
+                self._newest_final_end_ms[update.resolution] = update.window_end_ms
+                self.final_window_end.labels(update.resolution).set(update.window_end_ms / 1000)
             if update.resolution != fine_resolution:
                 continue
             starts = _starts_by_country_device(update)
             for (country, device), count in starts.items():
                 self.stream_starts_total.labels(country, device).inc(count)
-            if newest_final is None or update.window_start_ms > newest_final.window_start_ms:
+            if update.window_end_ms >= self._newest_final_end_ms[update.resolution] and (
+                newest_final is None or update.window_start_ms > newest_final.window_start_ms
+            ):
                 newest_final = update
         if newest_final is not None:
             # Clear first so a (country, device) absent from the newest window does not keep an old value.

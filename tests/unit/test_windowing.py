@@ -78,7 +78,7 @@ def test_out_of_order_within_lateness_is_all_counted() -> None:
 
 def test_duplicates_count_once() -> None:
     events = [start(f"e{i}", BASE + i * 1000) for i in range(50)]
-    redelivered = events + [events[3], events[10], events[10]]
+    redelivered = [*events, events[3], events[10], events[10]]
     updates = run_partitions({"p0": [redelivered]}, ["p0"])
     assert final_starts(updates, "10s") == expected_starts(events, 10_000)
 
@@ -98,7 +98,7 @@ def test_event_behind_its_partition_by_more_than_lateness_is_late_not_counted() 
 def test_late_for_fine_but_not_coarse_counts_only_in_coarse() -> None:
     on_time = [start(f"e{i}", BASE + i * 1000) for i in range(55)]  # high = BASE + 54 s
     straggler = start("s", BASE + 12_000)  # fine [10,20) closed at 50 s; coarse [0,60) open until 90 s
-    updates = run_partitions({"p0": [on_time + [straggler]]}, ["p0"])
+    updates = run_partitions({"p0": [[*on_time, straggler]]}, ["p0"])
     assert final_starts(updates, "10s") == expected_starts(on_time, 10_000)
     assert final_starts(updates, "1m") == expected_starts([*on_time, straggler], 60_000)
 

@@ -1,0 +1,154 @@
+"""Helpers of the integration tests: events built by hand, produced to real Kafka, and the CLI."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from prometheus_client.parser import text_string_to_metric_families
+
+COUNTRIES = ("BR", "US", "DE", "IN")
+DEVICES = ("tv", "mobile", "web")
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class PlaybackLog:
+    """Events per partition in delivery order, and what they should count to."""
+
+    partitions: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def all_events(self) -> list[dict[str, Any]]:
+        return [e for events in self.partitions.values() for e in events]
+
+    def expected_starts(self, size_ms: int) -> Counter[tuple[int, str, str]]:
+        """Stream starts per (window start, country, device), counted from the events themselves."""
+        unique = {e["event_id"]: e for e in self.all_events()}
+        return Counter(
+            (e["event_time_ms"] - e["event_time_ms"] % size_ms, e["country"], e["device_type"])
+            for e in unique.values()
+            if e["event_type"] == "play_start"
+        )
+
+
+def playback_sessions(seed: int, partitions: int, sessions: int, start_ms: int, span_ms: int) -> PlaybackLog:
+    """Sessions of attempt -> start or failure -> heartbeats, keyed to partitions, delivered slightly out of order."""
+    rng = random.Random(seed)
+    by_partition: dict[int, list[dict[str, Any]]] = {p: [] for p in range(partitions)}
+    for s in range(sessions):
+        session_id = f"s{seed}-{s}"
+        partition = s % partitions
+        country, device = rng.choice(COUNTRIES), rng.choice(DEVICES)
+        t = start_ms + rng.randrange(span_ms)
+        common = {
+            "session_id": session_id,
+            "account_id": f"a{rng.randrange(1000)}",
+            "title_id": f"t{rng.randrange(50)}",
+            "country": country,
+            "device_type": device,
+            "schema_version": 1,
+        }
+        events = [{"event_type": "play_attempt", "event_time_ms": t}]
+        if rng.random() < 0.9:
+            t += rng.randrange(200, 4000)
+            events.append({"event_type": "play_start", "event_time_ms": t, "startup_ms": 900, "cdn": "c1"})
+            for _ in range(rng.randrange(0, 4)):
+                t += 30_000
+                events.append(
+                    {"event_type": "heartbeat", "event_time_ms": t, "played_ms": 30_000, "bitrate_kbps": 3000}
+                )
+        else:
+            t += rng.randrange(200, 4000)
+            events.append({"event_type": "start_failure", "event_time_ms": t, "error_code": "E1"})
+        for i, event in enumerate(events):
+            by_partition[partition].append({"event_id": f"{session_id}-{i}", **common, **event})
+    for p, events in by_partition.items():
+        events.sort(key=lambda e: e["event_time_ms"])
+        # Out of order within 5 s: swap neighbours whose times are close.
+        for i in range(len(events) - 1):
+            if events[i + 1]["event_time_ms"] - events[i]["event_time_ms"] < 5_000 and rng.random() < 0.5:
+                events[i], events[i + 1] = events[i + 1], events[i]
+        by_partition[p] = events
+    return PlaybackLog(by_partition)
+
+
+def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(t, num_partitions=n, replication_factor=1) for t, n in topics.items()])
+    for future in futures.values():
+        future.result(timeout=60)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        metadata = admin.list_topics(timeout=10).topics
+        if all(t in metadata and len(metadata[t].partitions) == n for t, n in topics.items()):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"topics {topics} did not appear")
+
+
+def produce(bootstrap: str, topic: str, messages: list[tuple[int, bytes | None, bytes]]) -> None:
+    """Produce (partition, key, value) messages and wait until every one is acknowledged."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    failures: list[str] = []
+
+    def delivered(err: object, _msg: object) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    for partition, key, value in messages:
+        producer.produce(topic, value=value, key=key, partition=partition, on_delivery=delivered)
+        producer.poll(0)
+    assert producer.flush(60) == 0, "messages still in flight after 60 s"
+    assert not failures, failures[:3]
+
+
+def produce_log(bootstrap: str, topic: str, log: PlaybackLog) -> None:
+    produce(
+        bootstrap,
+        topic,
+        [(p, e["session_id"].encode(), orjson.dumps(e)) for p, events in log.partitions.items() for e in events],
+    )
+
+
+def streampulse(
+    *args: str, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "streampulse.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+        check=False,
+    )
+
+
+def start_streampulse(*args: str, log_path: Path) -> subprocess.Popen[bytes]:
+    log_file = log_path.open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "streampulse.cli", *args], stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO
+    )
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample on /metrics, by (name, sorted labels)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
