@@ -27,8 +27,9 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.kafka_source import KafkaEventSource
 from flows.partials import BatchSummary, DeadLetter
-from flows.playback_metrics import HANDLERS as PLAYBACK_HANDLERS
+from flows.playback_metrics import PlaybackFolder
 from flows.reader_config import ReaderConfig
+from flows.signup_metrics import SignupFolder
 from flows.window_store import WindowStore, WindowUpdate
 from flows.windows import resolution_name
 from sinks.dead_letter import DeadLetterSink
@@ -119,8 +120,11 @@ def build_dataflow(settings: FlowSettings) -> Dataflow:
     kafka, reader = settings.kafka, settings.reader
     source = KafkaEventSource(
         kafka,
-        topics={kafka.playback_topic: "playback"},
-        handlers={"playback": PLAYBACK_HANDLERS},
+        topics={kafka.playback_topic: "playback", kafka.signup_topic: "signup"},
+        folders={
+            "playback": lambda: PlaybackFolder(reader.windows, reader.session_timeout_ms),
+            "signup": lambda: SignupFolder(reader.signup_timeout_ms),
+        },
         config=reader,
     )
     partitions = source.list_parts()

@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
-from schemas.decoder import EventDecoder, Rejection
 
 from flows.partials import BatchSummary, DeadLetter
-from flows.partition_aggregator import PartitionAggregator
-from flows.playback_metrics import Handler
+from flows.partition_aggregator import Folder, PartitionAggregator
 from flows.reader_config import ReaderConfig
+from schemas.decoder import EventDecoder, Rejection
 from sinks.prometheus import pipeline_metrics
 from streampulse.settings import KafkaSettings
 
@@ -67,7 +66,7 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, int]):
         topic: str,
         partition: int,
         family: str,
-        handlers: Mapping[str, Handler],
+        folder: Folder,
         config: ReaderConfig,
         resume_offset: int | None,
     ) -> None:
@@ -86,7 +85,7 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, int]):
         self._end_offset = high
         self._consumer.assign([TopicPartition(topic, partition, start)])
         self._decoder = EventDecoder(family, config.max_message_bytes, config.max_future_skew_ms)
-        self._aggregator = PartitionAggregator(f"{topic}#{partition}", config.windows, handlers)
+        self._aggregator = PartitionAggregator(f"{topic}#{partition}", config.windows, folder)
         self._finished = False
         self._last_message_at = time.monotonic()
         self._last_report_at = 0.0
@@ -202,13 +201,13 @@ class KafkaEventSource(FixedPartitionedSource[BatchSummary, int]):
         self,
         kafka: KafkaSettings,
         topics: Mapping[str, str],
-        handlers: Mapping[str, Mapping[str, Handler]],
+        folders: Mapping[str, Callable[[], Folder]],
         config: ReaderConfig,
     ) -> None:
-        """`topics` maps topic -> event family; `handlers` maps family -> event type -> handler."""
+        """`topics` maps topic -> event family; `folders` makes a family's per-partition folding logic."""
         self._kafka = kafka
         self._topics = dict(topics)
-        self._handlers = handlers
+        self._folders = folders
         self._config = config
 
     def list_parts(self) -> list[str]:
@@ -229,5 +228,5 @@ class KafkaEventSource(FixedPartitionedSource[BatchSummary, int]):
         topic, _, partition = for_part.rpartition("#")
         family = self._topics[topic]
         return KafkaPartitionReader(
-            self._kafka, topic, int(partition), family, self._handlers[family], self._config, resume_state
+            self._kafka, topic, int(partition), family, self._folders[family](), self._config, resume_state
         )

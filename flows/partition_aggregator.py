@@ -19,20 +19,28 @@ second count. The memory this costs is one id string per event of the last
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from flows.partials import BatchSummary, Partials, PartitionState
-from flows.playback_metrics import Handler
 from flows.windows import WindowConfig, resolution_name
 
 NO_EVENT_YET = -1
 
 
+class Folder(Protocol):
+    """An event family's folding logic (flows/playback_metrics.py, flows/signup_metrics.py)."""
+
+    def fold(self, event: Any, window: int, acc: Partials, fine: Partials | None) -> None:
+        """Add one valid, on-time, first-seen event to `acc` at `window`."""
+
+    def forget(self, horizon_ms: int) -> None:
+        """Free per-key state that can no longer change an open window."""
+
+
 class PartitionAggregator:
     """Folds one partition's events, in partition order, into per-batch summaries."""
 
-    def __init__(self, partition: str, windows: WindowConfig, handlers: Mapping[str, Handler]) -> None:
+    def __init__(self, partition: str, windows: WindowConfig, folder: Folder) -> None:
         self.partition = partition
         self.high_event_time_ms = NO_EVENT_YET
         self._fine_ms = windows.fine_ms
@@ -40,7 +48,7 @@ class PartitionAggregator:
         self._lateness_ms = windows.allowed_lateness_ms
         self._fine_name = resolution_name(windows.fine_ms)
         self._coarse_name = resolution_name(windows.coarse_ms)
-        self._handlers = handlers
+        self._folder = folder
         # coarse window start -> ids seen in it on this partition
         self._seen_ids: dict[int, set[str]] = {}
         self._reset_batch()
@@ -75,18 +83,15 @@ class PartitionAggregator:
             self._duplicates += 1
             return
         seen.add(event_id)
+        fine: Partials | None
         if fine_start + self._fine_ms + lateness <= high:
             self._count_late(self._fine_name, fine_start, event_type)
-            acc = self._coarse_only
-            window = coarse_start
+            acc, window, fine = self._coarse_only, coarse_start, None
         else:
-            acc = self._fine
-            window = fine_start
+            acc, window, fine = self._fine, fine_start, self._fine
         key = (window, "events", event.country, event.device_type, event_type)
         acc[key] = acc.get(key, 0) + 1
-        handler = self._handlers.get(event_type)
-        if handler is not None:
-            handler(event, window, acc)
+        self._folder.fold(event, window, acc, fine)
 
     def _count_late(self, resolution: str, window: int, event_type: str) -> None:
         key = (resolution, window, event_type)
@@ -97,6 +102,7 @@ class PartitionAggregator:
         horizon = self.high_event_time_ms - self._lateness_ms - self._coarse_ms
         for start in [s for s in self._seen_ids if s <= horizon]:
             del self._seen_ids[start]
+        self._folder.forget(horizon)
         summary = BatchSummary(
             partition=self.partition,
             high_event_time_ms=self.high_event_time_ms,

@@ -18,3 +18,5 @@ class ReaderConfig:
     end_quiet_ms: int = 1000
     max_message_bytes: int = 65536
     max_future_skew_ms: int = 3_600_000
+    session_timeout_ms: int = 60_000  # 2 x the 30 s heartbeat interval
+    signup_timeout_ms: int = 3_600_000

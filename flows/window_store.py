@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from flows.catalog import AT_WINDOW_END
 from flows.partials import BatchSummary
 from flows.windows import WindowConfig, resolution_name
 
@@ -82,12 +83,16 @@ class WindowStore:
         """Add one partition batch's partials and progress."""
         self._partitions[summary.partition] = _Partition(summary.high_event_time_ms, summary.state)
         self.duplicates += summary.duplicates
+        fine_ms, coarse_ms = self._sizes[self._fine], self._coarse_ms
         for key, value in summary.fine.items():
             start = key[0]
             assert isinstance(start, int)
             rest = key[1:]
             self._add(self._fine, start, rest, value)
-            self._add(self._coarse, start - start % self._coarse_ms, rest, value)
+            coarse_start = start - start % coarse_ms
+            # A count at the window's end: the coarse window takes its last fine window's value.
+            if rest[0] not in AT_WINDOW_END or start + fine_ms == coarse_start + coarse_ms:
+                self._add(self._coarse, coarse_start, rest, value)
         for key, value in summary.coarse_only.items():
             start = key[0]
             assert isinstance(start, int)

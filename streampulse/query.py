@@ -11,7 +11,7 @@ import redis
 from flows.catalog import METRICS
 from sinks.redis_query import QueryError, Row, query
 from sinks.redis_sink import connect
-from streampulse.options import add_option, non_negative_int
+from streampulse.options import add_option, non_negative_int, positive_int
 from streampulse.settings import ConfigError, add_redis_options, redis_settings
 
 
@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--where", action="append", default=[], metavar="DIM=VALUE", help="keep only this dimension value (repeatable)"
     )
     add_option(parser, "--format", default="table", choices=("table", "json"), help="output format")
+    add_option(parser, "--top", type=positive_int, default="10", help="how many titles top_titles lists per window")
     add_redis_options(parser)
     parser.set_defaults(func=run)
 
@@ -51,7 +52,8 @@ def _iso(ms: int) -> str:
 
 def format_table(rows: list[Row], by: list[str]) -> str:
     """Rows as an aligned text table."""
-    header = ["window_start (UTC)", "window_end", *by, "value", "final"]
+    extra = [d for d in (rows[0].dims if rows else {}) if d not in by]
+    header = ["window_start (UTC)", "window_end", *by, *extra, "value", "final"]
     lines = [header]
     for row in rows:
         value = "-" if row.value is None else (f"{row.value:.4g}" if isinstance(row.value, float) else str(row.value))
@@ -60,6 +62,7 @@ def format_table(rows: list[Row], by: list[str]) -> str:
                 _iso(row.window_start_ms),
                 _iso(row.window_end_ms)[11:],
                 *(row.dims[d] for d in by),
+                *(row.dims[d] for d in extra),
                 value,
                 "yes" if row.final else "partial",
             ]
@@ -82,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
             args.to_ms,
             by,
             _where(args.where),
+            top_n=args.top,
         )
     except QueryError as exc:
         raise ConfigError(str(exc)) from None

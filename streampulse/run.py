@@ -71,13 +71,18 @@ def flow_settings(args: argparse.Namespace) -> FlowSettings:
 def check_services(settings: FlowSettings) -> None:
     """Fail at start, with what to fix, if Kafka, the input topic or Redis is missing."""
     wait_for_kafka(settings.kafka)
-    topic = settings.kafka.playback_topic
-    if topic_partitions(settings.kafka, topic) is None:
-        raise ConfigError(
-            f"the playback topic {topic!r} does not exist on {settings.kafka.bootstrap}. Create it, or produce "
-            "events with `streampulse loadgen`, which creates it."
-        )
-    partitions = topic_partitions(settings.kafka, topic) or 1
+    partitions = 1
+    for flag, topic in (
+        ("--playback-topic", settings.kafka.playback_topic),
+        ("--signup-topic", settings.kafka.signup_topic),
+    ):
+        count = topic_partitions(settings.kafka, topic)
+        if count is None:
+            raise ConfigError(
+                f"the topic {topic!r} ({flag}) does not exist on {settings.kafka.bootstrap}. Create it, or produce "
+                "events with `streampulse loadgen`, which creates its topics."
+            )
+        partitions = max(partitions, count)
     ensure_topics(settings.kafka, {settings.kafka.dead_letter_topic: partitions})
     try:
         connect(settings.redis).ping()

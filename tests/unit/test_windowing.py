@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flows.partition_aggregator import PartitionAggregator
-from flows.playback_metrics import HANDLERS
+from flows.playback_metrics import PlaybackFolder
 from flows.window_store import WindowStore, WindowUpdate
 from flows.windows import WindowConfig, resolution_name, window_start
 
@@ -18,15 +18,27 @@ WINDOWS = WindowConfig(fine_ms=10_000, coarse_ms=60_000, allowed_lateness_ms=30_
 BASE = 1_700_000_000_000 - 1_700_000_000_000 % 60_000
 
 
+def folder() -> PlaybackFolder:
+    return PlaybackFolder(WINDOWS, session_timeout_ms=60_000)
+
+
 def start(event_id: str, t: int, country: str = "BR", device: str = "tv", cdn: str = "c1") -> SimpleNamespace:
     return SimpleNamespace(
-        event_id=event_id, event_type="play_start", event_time_ms=t, country=country, device_type=device, cdn=cdn
+        event_id=event_id,
+        event_type="play_start",
+        event_time_ms=t,
+        country=country,
+        device_type=device,
+        cdn=cdn,
+        session_id=f"session-{event_id}",
+        title_id="t1",
+        startup_ms=1200,
     )
 
 
 def run_partitions(partitions: dict[str, list[list[SimpleNamespace]]], order: list[str]) -> list[WindowUpdate]:
     """Feed batches to a store in the given interleaving of partitions, then finish."""
-    aggregators = {p: PartitionAggregator(p, WINDOWS, HANDLERS) for p in partitions}
+    aggregators = {p: PartitionAggregator(p, WINDOWS, folder()) for p in partitions}
     cursors = dict.fromkeys(partitions, 0)
     store = WindowStore(WINDOWS, partitions)
     updates: list[WindowUpdate] = []
@@ -114,7 +126,7 @@ def test_duplicate_after_window_closed_is_late_not_a_second_count() -> None:
 
 def test_watermark_is_the_slowest_active_partition() -> None:
     store = WindowStore(WINDOWS, ["fast", "slow"])
-    fast, slow = PartitionAggregator("fast", WINDOWS, HANDLERS), PartitionAggregator("slow", WINDOWS, HANDLERS)
+    fast, slow = PartitionAggregator("fast", WINDOWS, folder()), PartitionAggregator("slow", WINDOWS, folder())
     for i in range(300):
         fast.add(start(f"f{i}", BASE + i * 1000))
     slow.add(start("s0", BASE))
@@ -132,7 +144,7 @@ def test_watermark_is_the_slowest_active_partition() -> None:
 
 def test_partial_windows_are_published_then_final_once() -> None:
     store = WindowStore(WINDOWS, ["p"])
-    agg = PartitionAggregator("p", WINDOWS, HANDLERS)
+    agg = PartitionAggregator("p", WINDOWS, folder())
     agg.add(start("a", BASE + 1_000))
     store.merge(agg.summary("active"))
     first = store.publish()
