@@ -25,8 +25,10 @@ from flows.windows import WindowConfig
 
 NEVER = 2**62
 
-# A session in memory: [country, device_type, last window end counted, end time or NEVER].
+# A session in memory, one flat list to stay small: [country, device_type, end time or NEVER,
+# then the window ends it is counted at, as inclusive ranges lo1, hi1, lo2, hi2, ... in order].
 Session = list[Any]
+_COUNTRY, _DEVICE, _END, _RANGES = 0, 1, 2, 3
 
 
 class PlaybackFolder:
@@ -96,45 +98,89 @@ class PlaybackFolder:
         self._end(e, fine)
 
     def _touch(self, e: Any, w: int, acc: Partials, fine: Partials | None) -> None:
-        """Keep the session counted at the window ends this event keeps it alive for."""
+        """Count the session at the window ends this event keeps it alive for (not yet counted)."""
         if fine is None:
             return  # late for its fine window: the ends it would cover are being closed
         session = self._sessions.get(e.session_id)
         if session is None:
-            session = self._sessions[e.session_id] = [e.country, e.device_type, 0, NEVER]
+            session = self._sessions[e.session_id] = [e.country, e.device_type, NEVER]
         t, step = e.event_time_ms, self._fine_ms
-        first = max(t - t % step + step, session[2] + step)
-        last = min(t + self._timeout_ms - 1, session[3])
-        for end in range(first, last + 1, step):
-            key = (end - step, "concurrent_streams", session[0], session[1])
-            fine[key] = fine.get(key, 0) + 1
-        if last >= first:
-            session[2] = last - last % step
-        # An event delivered before an earlier one (out of order) cannot move the counted ends back.
+        lo = t - t % step + step
+        hi = min(t + self._timeout_ms - 1, session[_END])
+        hi -= hi % step
+        if hi < lo:
+            return
+        counted = session[_RANGES:]
+        new_ranges: list[int] = []
+        cursor = lo
+        for i in range(0, len(counted), 2):
+            c_lo, c_hi = counted[i], counted[i + 1]
+            if c_hi < cursor or c_lo > hi:
+                continue
+            self._count_ends(fine, session, cursor, min(hi, c_lo - step), 1)
+            cursor = max(cursor, c_hi + step)
+        self._count_ends(fine, session, cursor, hi, 1)
+        # Merge [lo, hi] into the counted ranges.
+        for i in range(0, len(counted), 2):
+            c_lo, c_hi = counted[i], counted[i + 1]
+            if c_hi + step < lo or c_lo > hi + step:
+                new_ranges += (c_lo, c_hi)
+            else:
+                lo, hi = min(lo, c_lo), max(hi, c_hi)
+        new_ranges += (lo, hi)
+        session[_RANGES:] = new_ranges if len(new_ranges) == 2 else _sorted_pairs(new_ranges)
+
+    def _count_ends(self, fine: Partials, session: Session, lo: int, hi: int, delta: int) -> None:
+        step = self._fine_ms
+        country, device = session[_COUNTRY], session[_DEVICE]
+        for end in range(lo, hi + 1, step):
+            key = (end - step, "concurrent_streams", country, device)
+            fine[key] = fine.get(key, 0) + delta
 
     def _end(self, e: Any, fine: Partials | None) -> None:
+        """The session stopped or errored at t: it no longer counts at window ends after t."""
         session = self._sessions.get(e.session_id)
+        t = e.event_time_ms
         if session is None:
-            # Ended without our having seen it play (started before we began reading): remember it ended.
-            t = e.event_time_ms
-            self._sessions[e.session_id] = [e.country, e.device_type, t - t % self._fine_ms, t]
+            # Remember it ended, so a straggler delivered after the stop cannot reopen it.
+            self._sessions[e.session_id] = [e.country, e.device_type, t]
             return
-        t, step = e.event_time_ms, self._fine_ms
-        if fine is not None:
-            # Ends after the stop were counted ahead by earlier events: take the session back out of them.
-            for end in range(t - t % step + step, session[2] + 1, step):
-                key = (end - step, "concurrent_streams", session[0], session[1])
-                fine[key] = fine.get(key, 0) - 1
-        session[2] = min(session[2], t - t % step)
-        session[3] = t
+        session[_END] = min(session[_END], t)
+        counted = session[_RANGES:]
+        kept: list[int] = []
+        for i in range(0, len(counted), 2):
+            c_lo, c_hi = counted[i], counted[i + 1]
+            if c_hi <= t:
+                kept += (c_lo, c_hi)
+                continue
+            first_after = max(c_lo, t - t % self._fine_ms + self._fine_ms)
+            if fine is not None:
+                self._count_ends(fine, session, first_after, c_hi, -1)
+            if c_lo <= t:
+                kept += (c_lo, first_after - self._fine_ms)
+        session[_RANGES:] = kept
 
     def forget(self, horizon_ms: int) -> None:
-        """Free sessions that can no longer count: ended, or silent, before `horizon_ms`."""
+        """Free sessions that can no longer count: ended, or last counted, before `horizon_ms`."""
         sessions = self._sessions
-        for session_id in [s for s, state in sessions.items() if state[2] < horizon_ms or state[3] < horizon_ms]:
+        stale = [s for s, state in sessions.items() if state[_END] < horizon_ms or _last_counted(state) < horizon_ms]
+        for session_id in stale:
             del sessions[session_id]
 
     @property
     def open_sessions(self) -> int:
         """Sessions held in memory."""
         return len(self._sessions)
+
+
+def _last_counted(session: Session) -> int:
+    if len(session) > _RANGES:
+        return int(session[-1])
+    # Known only from its stop/error (kept so a straggler cannot reopen it): as old as its end.
+    return int(session[_END]) if session[_END] != NEVER else -1
+
+
+def _sorted_pairs(flat: list[int]) -> list[int]:
+    """`flat` holds disjoint ranges lo, hi, ...; return them ordered by lo."""
+    pairs = sorted(zip(flat[0::2], flat[1::2], strict=True))
+    return [x for pair in pairs for x in pair]
