@@ -128,8 +128,10 @@ def main() -> int:
     rate = len(mixed) / min(timed_decoder_pass(decoder, mixed) for _ in range(args.repeat))
     print(f"\nplayback with 1 % bad messages: EventDecoder.decode {rate:,.0f} events/s")
     playback = results["playback"]["EventDecoder.decode"]
-    print(f"\nverdict: playback {playback:,.0f} events/s on one core (target 300,000): "
-          f"{'OK' if playback >= 300_000 else 'BELOW TARGET'}")
+    print(
+        f"\nverdict: playback {playback:,.0f} events/s on one core (target 300,000): "
+        f"{'OK' if playback >= 300_000 else 'BELOW TARGET'}"
+    )
     return 0
 
 

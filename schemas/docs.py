@@ -85,7 +85,13 @@ def contract_markdown() -> str:
             for field in event.fields:
                 if field.name not in common_names:
                     seen.setdefault(field.name, field)
-        lines += ["", f"Fields of the `{family.name}` event types:", "", "| field | type | constraints |", "|---|---|---|"]
+        lines += [
+            "",
+            f"Fields of the `{family.name}` event types:",
+            "",
+            "| field | type | constraints |",
+            "|---|---|---|",
+        ]
         lines += [_field_row(field) for field in seen.values()]
         schema = archive_schema(family.name)
         lines += [
