@@ -15,7 +15,7 @@ class ReaderConfig:
     batch_size: int = 5000
     start_at: str = "earliest"  # or "latest": where a partition with no snapshot starts
     exit_at_end: bool = False
-    end_quiet_ms: int = 1000
+    idle_after_ms: int = 10_000  # at the partition's end and quiet this long: stop holding the watermark
     max_message_bytes: int = 65536
     max_future_skew_ms: int = 3_600_000
     session_timeout_ms: int = 60_000  # 2 x the 30 s heartbeat interval

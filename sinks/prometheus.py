@@ -14,16 +14,40 @@ each final fine window once, so `rate()` works and totals can be checked.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from flows.catalog import METRICS
+from flows.metric_values import roll_up, top, value_of
 from flows.window_store import WindowUpdate
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BY_COUNTRY_DEVICE = ("country", "device_type")
+TOP_TITLES = 10
+
+# (Prometheus name, metric id, help, factor to the exported unit), newest final fine window.
+WINDOW_GAUGES: tuple[tuple[str, str, str, float], ...] = (
+    ("streampulse_window_stream_starts", "stream_starts", "Stream starts (play_start)", 1.0),
+    ("streampulse_stream_starts_per_second", "sps", "SPS: stream starts per second", 1.0),
+    ("streampulse_window_play_attempts", "play_attempts", "Play attempts", 1.0),
+    ("streampulse_window_start_failures", "start_failures", "Video start failures", 1.0),
+    ("streampulse_video_start_failure_ratio", "vsf_rate", "VSF: start failures / (starts + failures)", 1.0),
+    ("streampulse_rebuffer_ratio", "rebuffer_ratio", "Rebuffer time / (played + rebuffer time)", 1.0),
+    ("streampulse_window_playback_errors", "playback_errors", "Fatal playback errors", 1.0),
+    ("streampulse_average_bitrate_bits_per_second", "avg_bitrate_kbps", "Played-time weighted bitrate", 1000.0),
+    ("streampulse_concurrent_streams", "concurrent_streams", "Open sessions at the window end", 1.0),
+    ("streampulse_window_signups_started", "signups_started", "Sign-ups started", 1.0),
+    ("streampulse_window_signups_completed", "signups_completed", "Sign-ups completed", 1.0),
+    ("streampulse_signup_completion_ratio", "signup_completion_ratio", "Sign-ups completed / started", 1.0),
+    ("streampulse_payment_failure_ratio", "payment_failure_rate", "Payment declines / payments submitted", 1.0),
+)
+_SCALES = {metric_id: scale for _name, metric_id, _help, scale in WINDOW_GAUGES}
+_STREAM_STARTS = METRICS["stream_starts"]
 
 
 class PipelineMetrics:
@@ -32,17 +56,21 @@ class PipelineMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self._newest_final_end_ms: dict[str, int] = {}
-        # Window values, newest final fine window.
-        self.stream_starts = Gauge(
-            "streampulse_window_stream_starts",
-            "Stream starts (play_start) in the newest final fine window",
-            ["country", "device_type"],
+        # Window values of the newest final fine window, by country and device type.
+        self.window_gauges = {
+            metric_id: Gauge(name, help_text, ["country", "device_type"], registry=registry)
+            for name, metric_id, help_text, _scale in WINDOW_GAUGES
+        }
+        self.startup_seconds = Gauge(
+            "streampulse_startup_seconds",
+            "Startup time percentiles (sketch, ±1 %) in the newest final fine window",
+            ["country", "device_type", "quantile"],
             registry=registry,
         )
-        self.stream_starts_per_second = Gauge(
-            "streampulse_stream_starts_per_second",
-            "SPS: stream starts per second in the newest final fine window",
-            ["country", "device_type"],
+        self.top_titles = Gauge(
+            "streampulse_top_title_stream_starts",
+            "Stream starts of the top titles (all countries) in the newest final fine window",
+            ["rank", "title_id"],
             registry=registry,
         )
         self.stream_starts_total = Counter(
@@ -137,29 +165,36 @@ class PipelineMetrics:
                 self.final_window_end.labels(update.resolution).set(update.window_end_ms / 1000)
             if update.resolution != fine_resolution:
                 continue
-            starts = _starts_by_country_device(update)
-            for (country, device), count in starts.items():
-                self.stream_starts_total.labels(country, device).inc(count)
+            for (country, device), group in roll_up(_STREAM_STARTS, update.values, BY_COUNTRY_DEVICE).items():
+                self.stream_starts_total.labels(country, device).inc(group.sums.get("stream_starts", 0))
             if update.window_end_ms >= self._newest_final_end_ms[update.resolution] and (
                 newest_final is None or update.window_start_ms > newest_final.window_start_ms
             ):
                 newest_final = update
-        if newest_final is not None:
-            # Clear first so a (country, device) absent from the newest window does not keep an old value.
-            self.stream_starts.clear()
-            self.stream_starts_per_second.clear()
-            for (country, device), count in _starts_by_country_device(newest_final).items():
-                self.stream_starts.labels(country, device).set(count)
-                self.stream_starts_per_second.labels(country, device).set(count / fine_seconds)
+        if newest_final is not None and newest_final.values is not None:
+            self._export_window(newest_final.values, fine_seconds)
 
-
-def _starts_by_country_device(update: WindowUpdate) -> dict[tuple[str, str], int]:
-    starts: dict[tuple[str, str], int] = {}
-    for key, value in (update.values or {}).items():
-        if key[0] == "stream_starts":
-            country_device = (key[1], key[2])
-            starts[country_device] = starts.get(country_device, 0) + value
-    return starts
+    def _export_window(self, values: Mapping[tuple[Any, ...], int], seconds: float) -> None:
+        # Clear first so a (country, device) absent from the newest window does not keep an old value.
+        for metric_id, gauge in self.window_gauges.items():
+            gauge.clear()
+            scale = _SCALES[metric_id]
+            spec = METRICS[metric_id]
+            for (country, device), group in roll_up(spec, values, BY_COUNTRY_DEVICE).items():
+                value = value_of(spec, group, seconds)
+                if value is not None:
+                    gauge.labels(country, device).set(value * scale)
+        self.startup_seconds.clear()
+        for label, metric_id in (("0.5", "startup_ms_p50"), ("0.9", "startup_ms_p90"), ("0.99", "startup_ms_p99")):
+            spec = METRICS[metric_id]
+            for (country, device), group in roll_up(spec, values, BY_COUNTRY_DEVICE).items():
+                value = value_of(spec, group, seconds)
+                if value is not None:
+                    self.startup_seconds.labels(country, device, label).set(value / 1000)
+        self.top_titles.clear()
+        for group in roll_up(METRICS["top_titles"], values, ()).values():
+            for rank, (title, starts) in enumerate(top(group, TOP_TITLES), start=1):
+                self.top_titles.labels(str(rank), title).set(starts)
 
 
 @cache

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import orjson
 import redis
 
-from flows.catalog import AGGREGATES, METRICS, Metric, dims_of
-from flows.sketch import quantile as sketch_quantile
+from flows.catalog import METRICS, dims_of
+from flows.metric_values import Group, detail_dim, parts_of, roll_up, top, value_of
 from sinks.redis_layout import aggregate_key, index_key, window_key
 
 DEFAULT_LAST_WINDOWS = 30
@@ -58,17 +58,9 @@ def validate(metric: str, by: Sequence[str], where: Mapping[str, str]) -> None:
     for dim in [*by, *where]:
         if dim not in allowed:
             raise QueryError(f"{metric} has no dimension {dim!r}; it can be split by: {', '.join(allowed)}")
-    ranked = _detail_dim(metric)
+    ranked = detail_dim(METRICS[metric])
     if METRICS[metric].kind == "top" and ranked in by:
         raise QueryError(f"{metric} ranks {ranked} within each group: leave it out of --by")
-
-
-def _detail_dim(metric: str) -> str | None:
-    """The dimension a quantile or top metric looks inside of, rather than adding over."""
-    spec = METRICS[metric]
-    if spec.kind in ("quantile", "top"):
-        return AGGREGATES[spec.numerator[0]].dims[-1]
-    return None
 
 
 def window_starts(
@@ -99,8 +91,8 @@ def query(
     where = dict(where or {})
     validate(metric, by, where)
     spec = METRICS[metric]
-    detail_dim = _detail_dim(metric)
-    parts = list(dict.fromkeys(spec.numerator + spec.denominator))
+    parts = parts_of(spec)
+    inner = detail_dim(spec)
     starts = window_starts(client, namespace, resolution, from_ms, to_ms)
     pipe = client.pipeline(transaction=False)
     for start in starts:
@@ -115,46 +107,19 @@ def query(
         end_ms = int(meta.get(b"end_ms", 0)) or None
         if end_ms is None:
             continue  # expired between the index read and now
-        sums: dict[tuple[str, ...], dict[str, int]] = {}
-        details: dict[tuple[str, ...], dict[object, int]] = {}
+        values: dict[tuple[object, ...], int] = {}
         for part, fields in zip(parts, replies[i * stride + 1 : (i + 1) * stride], strict=True):
-            part_dims = AGGREGATES[part].dims
             for raw_dims, raw_value in fields.items():
-                values = dict(zip(part_dims, orjson.loads(raw_dims), strict=True))
-                if any(str(values.get(d)) != v for d, v in where.items()):
-                    continue
-                group = tuple(str(values[d]) for d in by)
-                by_part = sums.setdefault(group, {})
-                by_part[part] = by_part.get(part, 0) + int(raw_value)
-                if detail_dim is not None:
-                    detail = details.setdefault(group, {})
-                    detail[values[detail_dim]] = detail.get(values[detail_dim], 0) + int(raw_value)
-        if not sums and not by:
-            sums[()] = {}
+                values[(part, *orjson.loads(raw_dims))] = int(raw_value)
+        groups = roll_up(spec, values, by, where)
+        if not groups and not by and spec.kind != "top":
+            groups[()] = Group()
         final = meta.get(b"final") == b"1"
-        seconds = (end_ms - start) / 1000
-        for group, by_part in sorted(sums.items()):
-            dims = dict(zip(by, group, strict=True))
+        for group_key, group in sorted(groups.items()):
+            dims = dict(zip(by, group_key, strict=True))
             if spec.kind == "top":
-                ranked = sorted(details.get(group, {}).items(), key=lambda item: (-item[1], str(item[0])))
-                for rank, (title, title_starts) in enumerate(ranked[:top_n], start=1):
-                    top_dims = {**dims, str(detail_dim): str(title), "rank": str(rank)}
-                    rows.append(Row(metric, start, end_ms, top_dims, title_starts, final))
-                continue
-            rows.append(Row(metric, start, end_ms, dims, _value(spec, by_part, details.get(group), seconds), final))
+                for rank, (name, count) in enumerate(top(group, top_n), start=1):
+                    rows.append(Row(metric, start, end_ms, {**dims, str(inner): name, "rank": str(rank)}, count, final))
+            else:
+                rows.append(Row(metric, start, end_ms, dims, value_of(spec, group, (end_ms - start) / 1000), final))
     return rows
-
-
-def _value(
-    spec: Metric, by_part: Mapping[str, int], detail: Mapping[object, int] | None, seconds: float
-) -> float | int | None:
-    numerator = sum(by_part.get(p, 0) for p in spec.numerator)
-    if spec.kind == "count":
-        return numerator
-    if spec.kind == "per_second":
-        return numerator / seconds
-    if spec.kind == "quantile":
-        buckets = {int(b): n for b, n in (detail or {}).items()}  # type: ignore[call-overload]
-        return sketch_quantile(buckets, spec.q)
-    denominator = sum(by_part.get(p, 0) for p in spec.denominator)
-    return numerator * spec.scale / denominator if denominator else None
