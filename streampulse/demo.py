@@ -108,66 +108,44 @@ def run(args: argparse.Namespace) -> int:
     code = 0
     try:
         with _services(args, work_dir) as (bootstrap, redis_url):
-            args.kafka_bootstrap, args.redis_url = bootstrap, redis_url
-            kafka = kafka_settings(args)
-            redis_settings = parse_redis_settings(args)
-            wait_for_kafka(kafka)
-            ensure_topics(
-                kafka,
-                {
-                    kafka.playback_topic: args.partitions,
-                    kafka.signup_topic: args.partitions,
-                    kafka.dead_letter_topic: args.partitions,
-                },
-            )
-            common = _connection_argv(kafka, redis_url, redis_settings.namespace)
-            python = [sys.executable, "-m", "streampulse.cli"]
-            children.append(
-                ManagedProcess(
-                    "flows",
-                    [
-                        *python,
-                        "run",
-                        *common,
-                        "--metrics-host",
-                        args.metrics_host,
-                        "--metrics-port",
-                        str(args.metrics_port),
-                    ],
-                    work_dir / "flows.log",
-                )
-            )
-            children.append(
-                ManagedProcess(
-                    "loadgen",
-                    [
-                        *python,
-                        "loadgen",
-                        "--mode",
-                        "realtime",
-                        "--rate",
-                        str(args.rate),
-                        "--seed",
-                        str(args.seed),
-                        *common[:6],
-                    ],
-                    work_dir / "loadgen.log",
-                )
-            )
-            print(
-                f"streampulse demo: Kafka {bootstrap}, Redis {redis_settings.display_url}, "
-                f"/metrics on http://{args.metrics_host}:{args.metrics_port}/metrics, logs in {work_dir}\n"
-                "Ctrl-C stops everything.",
-                flush=True,
-            )
-            code = _watch(args, children, redis_settings)
+            try:
+                code = _run_children(args, work_dir, bootstrap, redis_url, children)
+            finally:
+                # Children first: they are clients of the broker and Redis stopped after them.
+                for child in reversed(children):
+                    # SIGINT is the flows' (bytewax's) and the load generator's quick, clean stop.
+                    child.stop(grace_s=10, first_signal=signal.SIGINT)
     except (KeyboardInterrupt, _Stop):
         code = 0
     finally:
-        for child in reversed(children):
-            child.stop()
         print("\nstreampulse demo: stopped everything it started.", flush=True)
     return code
+
+
+def _run_children(
+    args: argparse.Namespace, work_dir: Path, bootstrap: str, redis_url: str, children: list[ManagedProcess]
+) -> int:
+    args.kafka_bootstrap, args.redis_url = bootstrap, redis_url
+    kafka = kafka_settings(args)
+    redis_settings = parse_redis_settings(args)
+    wait_for_kafka(kafka)
+    partitions = args.partitions
+    ensure_topics(
+        kafka, {kafka.playback_topic: partitions, kafka.signup_topic: partitions, kafka.dead_letter_topic: partitions}
+    )
+    common = _connection_argv(kafka, redis_url, redis_settings.namespace)
+    python = [sys.executable, "-m", "streampulse.cli"]
+    metrics = ["--metrics-host", args.metrics_host, "--metrics-port", str(args.metrics_port)]
+    children.append(ManagedProcess("flows", [*python, "run", *common, *metrics], work_dir / "flows.log"))
+    loadgen = ["--mode", "realtime", "--rate", str(args.rate), "--seed", str(args.seed)]
+    children.append(ManagedProcess("loadgen", [*python, "loadgen", *loadgen, *common[:6]], work_dir / "loadgen.log"))
+    print(
+        f"streampulse demo: Kafka {bootstrap}, Redis {redis_settings.display_url}, "
+        f"/metrics on http://{args.metrics_host}:{args.metrics_port}/metrics, logs in {work_dir}\n"
+        "Ctrl-C stops everything.",
+        flush=True,
+    )
+    return _watch(args, children, redis_settings)
 
 
 def _watch(args: argparse.Namespace, children: list[ManagedProcess], redis_settings: RedisSettings) -> int:

@@ -40,6 +40,8 @@ def port_open(host: str, port: int, timeout_s: float = 0.2) -> bool:
 def _die_with_parent() -> None:
     # Runs in the child between fork and exec.
     os.setsid()
+    # A parent started in the background inherits "ignore SIGINT"; our children must still stop on it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -100,11 +102,11 @@ class ManagedProcess:
             f"Its log ({self.log_path}) ends with:\n{self.log_tail()}"
         )
 
-    def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM the process group, then SIGKILL it if it has not exited within `grace_s`."""
+    def stop(self, grace_s: float = 10.0, first_signal: signal.Signals = signal.SIGTERM) -> None:
+        """Send `first_signal` to the process group, then SIGKILL it if it has not exited within `grace_s`."""
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
+                os.killpg(self.popen.pid, first_signal)
             try:
                 self.popen.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
