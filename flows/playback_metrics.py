@@ -5,8 +5,11 @@ One method per event type adds to plain dict counters keyed by
 flows/catalog.py. Pure Python, no Kafka: unit tests call these directly.
 
 Concurrent streams are counted at each fine window's end: a session counts
-at end `e` when it has started, has not stopped or errored before `e`, and
-has an event in the `session_timeout_ms` before `e`. Each event therefore
+at end `e` when it is playing (its start, or any playing event, is before
+`e`), it has not stopped or errored before `e`, and its last event before
+`e` is at most `session_timeout_ms` before `e`. A session already playing
+when we start reading (heartbeats, no start seen) counts too: operations
+would otherwise see concurrency climb from zero for hours after a restart. Each event therefore
 adds the session to the ends it keeps it alive for; a stop or error takes it
 back out of the ends after it. Sessions live in this partition's memory
 (their events share a key, so a partition) and are freed when they end or
@@ -106,7 +109,7 @@ class PlaybackFolder:
             session = self._sessions[e.session_id] = [e.country, e.device_type, NEVER]
         t, step = e.event_time_ms, self._fine_ms
         lo = t - t % step + step
-        hi = min(t + self._timeout_ms - 1, session[_END])
+        hi = min(t + self._timeout_ms, session[_END])
         hi -= hi % step
         if hi < lo:
             return

@@ -71,7 +71,7 @@ def brute_force_concurrency(events: list[SimpleNamespace]) -> Counter[tuple[int,
         ends = {
             end
             for t in playing
-            for end in range(t - t % step + step, t + TIMEOUT, step)
+            for end in range(t - t % step + step, t + TIMEOUT + 1, step)
             if ended is None or end <= ended
         }
         for end in ends:
