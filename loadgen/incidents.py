@@ -1,0 +1,331 @@
+"""Scripted incidents: where, when and what goes wrong in the generated traffic.
+
+An incident file (YAML or JSON) is a list of incidents, or an object with an
+`incidents` list (and an optional `description`)::
+
+    - name: br-cdn2-failures
+      start: "+5m"            # after the run start; or epoch ms; or ISO 8601 "2024-05-01T20:00:00Z"
+      duration: "3m"          # or `end:` in the same forms as `start`
+      where: {country: BR, cdn: c2}          # a value or a list of values per dimension
+      effect: {start_failure_multiplier: 10}
+
+Dimensions of `where`: country, device_type, cdn, title_id (playback), and
+channel, plan, payment_method (sign-up). A dimension an event family does
+not have never matches, so an incident scoped by `cdn` leaves sign-ups alone.
+An effect applies to decisions whose event time falls in [start, end).
+
+Effects (all optional; several incidents overlapping multiply):
+
+- `start_failure_multiplier` (x the start-failure probability of an attempt),
+  `start_failure_error_code` (the error code of the extra failures);
+- `starts_drop` (fraction 0..1 of attempts that never happen at all);
+- `startup_ms_multiplier` (x startup time);
+- `rebuffer_multiplier` (x rebuffer probability during playback);
+- `play_error_multiplier` (x fatal playback-error probability),
+  `play_error_code` (the error code of the extra errors);
+- `payment_decline_multiplier` (x the payment-decline probability).
+
+Ready scenarios live in `loadgen/scenarios/NAME.yaml` (`--scenario NAME`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loadgen.world import CDNS
+from schemas.contract import enum_values, families
+from streampulse.options import duration_ms
+
+PLAYBACK_DIMS: tuple[str, ...] = ("country", "device_type", "cdn", "title_id")
+SIGNUP_DIMS: tuple[str, ...] = ("country", "device_type", "channel", "plan", "payment_method")
+SCOPE_DIMS: tuple[str, ...] = ("country", "device_type", "cdn", "title_id", "channel", "plan", "payment_method")
+
+_MULTIPLIERS = (
+    "start_failure_multiplier",
+    "startup_ms_multiplier",
+    "rebuffer_multiplier",
+    "play_error_multiplier",
+    "payment_decline_multiplier",
+)
+_CODES = ("start_failure_error_code", "play_error_code")
+EFFECTS: tuple[str, ...] = (*_MULTIPLIERS, "starts_drop", *_CODES)
+
+
+class IncidentError(ValueError):
+    """An incident file or scenario that cannot be used; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Effect:
+    """What an incident does; neutral values mean "no change"."""
+
+    start_failure_multiplier: float = 1.0
+    start_failure_error_code: str | None = None
+    starts_drop: float = 0.0
+    startup_ms_multiplier: float = 1.0
+    rebuffer_multiplier: float = 1.0
+    play_error_multiplier: float = 1.0
+    play_error_code: str | None = None
+    payment_decline_multiplier: float = 1.0
+
+
+@dataclass(frozen=True)
+class Incident:
+    """One incident as scripted; `start`/`end` may still be relative to the run start."""
+
+    name: str
+    start: int | str
+    end: int | str | None
+    duration_ms: int | None
+    where: tuple[tuple[str, tuple[str, ...]], ...]
+    effect: Effect
+    raw_effect: tuple[tuple[str, Any], ...] = field(default=())
+
+    def resolve(self, run_start_ms: int) -> ResolvedIncident:
+        """Fix the incident's event-time range for a run that starts at `run_start_ms`."""
+        start_ms = _resolve_time(self.start, run_start_ms, self.name, "start")
+        if self.end is not None:
+            end_ms = _resolve_time(self.end, run_start_ms, self.name, "end")
+        else:
+            assert self.duration_ms is not None
+            end_ms = start_ms + self.duration_ms
+        if end_ms <= start_ms:
+            raise IncidentError(f"incident {self.name!r}: it ends before it starts")
+        return ResolvedIncident(self.name, start_ms, end_ms, dict(self.where), self.effect, dict(self.raw_effect))
+
+
+@dataclass(frozen=True)
+class ResolvedIncident:
+    """An incident with absolute event times [start_ms, end_ms)."""
+
+    name: str
+    start_ms: int
+    end_ms: int
+    where: dict[str, tuple[str, ...]]
+    effect: Effect
+    raw_effect: dict[str, Any]
+
+    def matches(self, attrs: dict[str, str]) -> bool:
+        """Whether an entity with these dimension values is in the incident's scope."""
+        for dim, values in self.where.items():
+            value = attrs.get(dim)
+            if value is None or value not in values:
+                return False
+        return True
+
+    def active(self, t_ms: int) -> bool:
+        """Whether event time `t_ms` falls inside the incident."""
+        return self.start_ms <= t_ms < self.end_ms
+
+    def to_truth(self) -> dict[str, Any]:
+        """The incident as the ground-truth file records it."""
+        return {
+            "name": self.name,
+            "start_ms": self.start_ms,
+            "end_ms": self.end_ms,
+            "where": {k: list(v) for k, v in self.where.items()},
+            "effect": self.raw_effect,
+        }
+
+
+_RELATIVE = re.compile(r"^\s*\+\s*(.+)$")
+
+
+def _resolve_time(value: int | str, run_start_ms: int, name: str, what: str) -> int:
+    if isinstance(value, int):
+        return value
+    match = _RELATIVE.match(value)
+    if match:
+        return run_start_ms + duration_ms(match.group(1))
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise IncidentError(
+            f"incident {name!r}: {what} {value!r} is neither +DURATION (e.g. +5m), epoch ms nor ISO 8601"
+        ) from None
+    if parsed.tzinfo is None:
+        raise IncidentError(f"incident {name!r}: {what} {value!r} needs a time zone, e.g. a trailing Z")
+    return int(parsed.timestamp() * 1000)
+
+
+def _time_field(raw: dict[str, Any], key: str, name: str) -> int | str | None:
+    value = raw.get(key)
+    if value is None or (isinstance(value, int | str) and not isinstance(value, bool)):
+        if isinstance(value, str) and not _RELATIVE.match(value):
+            _resolve_time(value, 0, name, key)  # validate absolute forms now, not mid-run
+        return value
+    raise IncidentError(f"incident {name!r}: {key} must be a string or epoch ms")
+
+
+def _allowed_values(dim: str) -> tuple[str, ...] | None:
+    if dim in ("device_type", "channel", "plan", "payment_method"):
+        return enum_values(dim)
+    if dim == "cdn":
+        return CDNS
+    return None
+
+
+def _country_pattern() -> str:
+    spec = families()["playback"].event_types["play_attempt"]
+    return next(f.pattern for f in spec.fields if f.name == "country" and f.pattern)
+
+
+def _parse_where(raw: Any, name: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise IncidentError(f"incident {name!r}: where must be an object of dimension: value(s)")
+    where = []
+    for dim in sorted(raw):
+        if dim not in SCOPE_DIMS:
+            raise IncidentError(f"incident {name!r}: unknown dimension {dim!r}; use one of {', '.join(SCOPE_DIMS)}")
+        value = raw[dim]
+        values = tuple(value) if isinstance(value, list) else (value,)
+        if not values or not all(isinstance(v, str) for v in values):
+            raise IncidentError(f"incident {name!r}: where.{dim} must be a string or a list of strings")
+        allowed = _allowed_values(dim)
+        for v in values:
+            if allowed is not None and v not in allowed:
+                raise IncidentError(f"incident {name!r}: where.{dim} = {v!r} is not one of {', '.join(allowed)}")
+            if dim == "country" and not re.match(_country_pattern(), v):
+                raise IncidentError(f"incident {name!r}: where.country = {v!r} is not an upper-case ISO code")
+        where.append((dim, values))
+    return tuple(where)
+
+
+def _parse_effect(raw: Any, name: str) -> tuple[Effect, tuple[tuple[str, Any], ...]]:
+    if not isinstance(raw, dict) or not raw:
+        raise IncidentError(f"incident {name!r}: effect must be a non-empty object; effects: {', '.join(EFFECTS)}")
+    values: dict[str, Any] = {}
+    for key in sorted(raw):
+        value = raw[key]
+        if key in _MULTIPLIERS:
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise IncidentError(f"incident {name!r}: effect.{key} must be a number >= 0")
+            values[key] = float(value)
+        elif key == "starts_drop":
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise IncidentError(f"incident {name!r}: effect.starts_drop must be a fraction 0..1")
+            values[key] = float(value)
+        elif key in _CODES:
+            if not isinstance(value, str) or not 1 <= len(value) <= 64:
+                raise IncidentError(f"incident {name!r}: effect.{key} must be a code of 1..64 characters")
+            values[key] = value
+        else:
+            raise IncidentError(f"incident {name!r}: unknown effect {key!r}; use one of {', '.join(EFFECTS)}")
+    return Effect(**values), tuple((k, raw[k]) for k in sorted(raw))
+
+
+def parse_incidents(doc: Any, source: str = "incidents") -> tuple[Incident, ...]:
+    """Incidents from a parsed YAML/JSON document (a list, or an object with `incidents`)."""
+    if isinstance(doc, dict):
+        doc = doc.get("incidents")
+    if not isinstance(doc, list):
+        raise IncidentError(f"{source}: expected a list of incidents (or an object with an 'incidents' list)")
+    incidents = []
+    names: set[str] = set()
+    for i, raw in enumerate(doc):
+        if not isinstance(raw, dict):
+            raise IncidentError(f"{source}: incident #{i + 1} is not an object")
+        unknown = sorted(set(raw) - {"name", "start", "duration", "end", "where", "effect", "description"})
+        if unknown:
+            raise IncidentError(f"{source}: incident #{i + 1} has unknown keys {unknown}")
+        name = raw.get("name") or f"incident-{i + 1}"
+        if not isinstance(name, str):
+            raise IncidentError(f"{source}: incident #{i + 1}: name must be a string")
+        if name in names:
+            raise IncidentError(f"{source}: two incidents are named {name!r}")
+        names.add(name)
+        start = _time_field(raw, "start", name)
+        end = _time_field(raw, "end", name)
+        if start is None:
+            raise IncidentError(f"incident {name!r}: start is required (e.g. +5m)")
+        duration = raw.get("duration")
+        if (duration is None) == (end is None):
+            raise IncidentError(f"incident {name!r}: give exactly one of duration and end")
+        dur_ms = None
+        if duration is not None:
+            try:
+                dur_ms = duration_ms(str(duration))
+            except Exception as exc:  # argparse's error type carries the readable message
+                raise IncidentError(f"incident {name!r}: {exc}") from None
+            if dur_ms <= 0:
+                raise IncidentError(f"incident {name!r}: duration must be longer than zero")
+        effect, raw_effect = _parse_effect(raw.get("effect"), name)
+        incidents.append(Incident(name, start, end, dur_ms, _parse_where(raw.get("where"), name), effect, raw_effect))
+    return tuple(incidents)
+
+
+def load_incidents(path: str | Path) -> tuple[Incident, ...]:
+    """Incidents from a YAML or JSON file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise IncidentError(f"cannot read incidents file {path}: {exc.strerror}") from None
+    try:
+        doc = yaml.safe_load(text)  # JSON is YAML too
+    except yaml.YAMLError as exc:
+        raise IncidentError(f"incidents file {path} is not valid YAML/JSON: {exc}") from None
+    return parse_incidents(doc, str(path))
+
+
+def scenario_names() -> list[str]:
+    """Names of the ready-made scenarios shipped in loadgen/scenarios."""
+    folder = resources.files("loadgen").joinpath("scenarios")
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_scenario(name: str) -> tuple[Incident, ...]:
+    """The incidents of the ready-made scenario `name`."""
+    if name not in scenario_names():
+        raise IncidentError(f"no scenario named {name!r}; available: {', '.join(scenario_names())}")
+    text = resources.files("loadgen").joinpath("scenarios", f"{name}.yaml").read_text(encoding="utf-8")
+    return parse_incidents(yaml.safe_load(text), f"scenario {name}")
+
+
+def scenario_description(name: str) -> str:
+    """The one-paragraph description at the top of a scenario file."""
+    text = resources.files("loadgen").joinpath("scenarios", f"{name}.yaml").read_text(encoding="utf-8")
+    doc = yaml.safe_load(text)
+    return str(doc.get("description", "")) if isinstance(doc, dict) else ""
+
+
+class IncidentSet:
+    """Resolved incidents, with fast look-ups for the generator's hot loop."""
+
+    def __init__(self, incidents: tuple[ResolvedIncident, ...]) -> None:
+        self.incidents = incidents
+        self.dropped_attempts: dict[str, int] = {i.name: 0 for i in incidents}
+
+    def __bool__(self) -> bool:
+        return bool(self.incidents)
+
+    def in_scope(self, attrs: dict[str, str]) -> tuple[ResolvedIncident, ...]:
+        """Incidents whose scope covers an entity, whatever the time."""
+        return tuple(i for i in self.incidents if i.matches(attrs))
+
+
+def multiplier(incidents: tuple[ResolvedIncident, ...], t_ms: int, effect: str) -> float:
+    """Product of one multiplier effect over the incidents active at `t_ms`."""
+    m = 1.0
+    for inc in incidents:
+        if inc.start_ms <= t_ms < inc.end_ms:
+            m *= getattr(inc.effect, effect)
+    return m
+
+
+def code_override(incidents: tuple[ResolvedIncident, ...], t_ms: int, effect: str) -> str | None:
+    """The error code an active incident imposes on its extra errors (the first one wins)."""
+    for inc in incidents:
+        if inc.start_ms <= t_ms < inc.end_ms:
+            code: str | None = getattr(inc.effect, effect)
+            if code is not None:
+                return code
+    return None
