@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ def playback_sessions(seed: int, partitions: int, sessions: int, start_ms: int, 
             "device_type": device,
             "schema_version": 1,
         }
-        events = [{"event_type": "play_attempt", "event_time_ms": t}]
+        events: list[dict[str, Any]] = [{"event_type": "play_attempt", "event_time_ms": t}]
         if rng.random() < 0.9:
             t += rng.randrange(200, 4000)
             events.append({"event_type": "play_start", "event_time_ms": t, "startup_ms": 900, "cdn": "c1"})
@@ -97,7 +98,7 @@ def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
     raise AssertionError(f"topics {topics} did not appear")
 
 
-def produce(bootstrap: str, topic: str, messages: list[tuple[int, bytes | None, bytes]]) -> None:
+def produce(bootstrap: str, topic: str, messages: Sequence[tuple[int, bytes | None, bytes]]) -> None:
     """Produce (partition, key, value) messages and wait until every one is acknowledged."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
     failures: list[str] = []

@@ -119,7 +119,7 @@ def test_decoded_structs_give_the_same_table_as_dicts(family: str, data: st.Data
     decoder = EventDecoder(family)
     structs = [decoder.decode(json.dumps(e).encode(), MAX_EVENT_TIME_MS) for e in events]
     assert not any(isinstance(s, Rejection) for s in structs)
-    assert events_to_table(family, structs).equals(events_to_table(family, events))  # type: ignore[arg-type]
+    assert events_to_table(family, structs).equals(events_to_table(family, events))
 
 
 def test_extra_keys_are_not_archived_even_when_named_like_other_fields() -> None:

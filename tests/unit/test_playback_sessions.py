@@ -43,7 +43,7 @@ def make_sessions(seed: int, count: int) -> list[SimpleNamespace]:
             t += rng.choice([30_000, 30_000, 30_000, 75_000, 5_000])
             i += 1
             kind = rng.choice(["heartbeat", "heartbeat", "rebuffer", "pause", "resume"])
-            extra = {"played_ms": 30_000, "bitrate_kbps": 3000} if kind == "heartbeat" else {}
+            extra: dict[str, object] = {"played_ms": 30_000, "bitrate_kbps": 3000} if kind == "heartbeat" else {}
             if kind == "rebuffer":
                 extra = {"rebuffer_ms": rng.randrange(0, 4000)}
             events.append(event(sid, i, kind, t, country, **extra))
