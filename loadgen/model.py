@@ -16,17 +16,18 @@ sometimes just stops).
 
 Determinism and isolation: arrivals draw a fixed number of values from their
 own `random.Random`, whatever happens to them, and each started session has
-its own `random.Random` seeded from (seed, session number). So an incident
+its own small random stream seeded from (seed, session number). So an incident
 changes only the sessions in its scope: every event outside the scope is
 byte-identical to a run without the incident.
 
-The model is a discrete-event simulation over one heap of (time, sequence,
-kind, payload); sessions are advanced one heartbeat interval at a time so
+The model is a discrete-event simulation over an agenda of (time, sequence,
+kind, payload) (a calendar queue); sessions are advanced one heartbeat interval at a time so
 memory stays proportional to the number of concurrent sessions, not events.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import math
@@ -85,6 +86,11 @@ _EVENT, _WAKE, _PLAY_ARRIVAL, _SIGNUP_ARRIVAL = 0, 1, 2, 3
 _HOUR_MS = 3_600_000
 _MAX_DURATION_MS = 86_400_000  # the contract's bound on durations
 _MIN_WATCH_MS = 5_000
+_MASK64 = (1 << 64) - 1
+_LCG_MULTIPLIER = 6364136223846793005  # Knuth's MMIX constants
+_LCG_INCREMENT = 1442695040888963407
+_INV_2_53 = 1.0 / (1 << 53)
+_TWO_PI = 2.0 * math.pi
 
 # Sign-up funnel: probability of moving on from each step, and of an abandoned funnel being reported.
 FUNNEL_PLAN_RATE = 0.72
@@ -101,6 +107,12 @@ _CDN_CHOICES = tuple(Choice(CDNS, c.cdn_weights) for c in COUNTRIES)
 _METHOD_CHOICES = tuple(payment_method_choice(c) for c in COUNTRIES)
 
 
+def hash_seed(seed: int, stream: int, k: int) -> int:
+    """A 64-bit starting state for session `k` of `stream` (0 live, 1 warm start) of a run with `seed`."""
+    digest = hashlib.blake2b(f"{seed}:{stream}:{k}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
 class _Session:
     """One started playback session, advanced one heartbeat interval at a time."""
 
@@ -115,9 +127,9 @@ class _Session:
         "pending_kind",
         "pending_value",
         "rb_factor",
-        "rng",
         "sid",
         "silent",
+        "state",
     )  # fmt: skip
 
     def __init__(
@@ -125,7 +137,7 @@ class _Session:
         model: Model,
         base: dict[str, Any],
         sid: str,
-        rng: random.Random,
+        seed: int,
         end_t: int,
         silent: bool,
         device: int,
@@ -135,17 +147,33 @@ class _Session:
         self.base = base
         self.sid = sid
         self.n = 2  # ids .0 and .1 went to the attempt and the start
-        self.rng = rng
+        self.state = seed & _MASK64
         self.end_t = end_t
         self.silent = silent
         profile = DEVICE_PROFILES[device]
         self.ladder = profile.ladder
         self.rb_factor = profile.rebuffer_factor
         # Players start near the top of their ladder and adapt from there.
-        self.level = max(0, len(self.ladder) - 1 - int(rng.random() * 3))
+        self.level = max(0, len(self.ladder) - 1 - int(self._u() * 3))
         self.incidents = incidents
         self.pending_kind = 0
         self.pending_value: int | str = 0
+
+    def _u(self) -> float:
+        """A uniform draw in [0, 1) from the session's own 64-bit LCG stream (its top 53 bits).
+
+        A `random.Random` per session would carry 2.5 KB of state and cost microseconds to seed: at high rates
+        that is hundreds of MB, and a cache miss on every heartbeat. An LCG's high bits are plenty for a
+        simulation's few draws per interval, and the blake2b-hashed starting state keeps sessions apart.
+        """
+        x = (self.state * _LCG_MULTIPLIER + _LCG_INCREMENT) & _MASK64
+        self.state = x
+        return (x >> 11) * _INV_2_53
+
+    def _lognormal(self, mu: float, sigma: float) -> float:
+        """A log-normal draw (Box-Muller from two uniforms)."""
+        z = math.sqrt(-2.0 * math.log(1.0 - self._u())) * math.cos(_TWO_PI * self._u())
+        return math.exp(mu + sigma * z)
 
     def _event(self, t: int, event_type: str, extra: dict[str, Any]) -> Event:
         n = self.n
@@ -166,7 +194,7 @@ class _Session:
         if final:
             t_next = self.end_t
         length = t_next - t_prev
-        u = self.rng.random()
+        u = self._u()
         p_err_base = m.err_per_ms * length
         p_err = p_err_base
         p_rb = m.rb_per_ms * length * self.rb_factor
@@ -179,7 +207,7 @@ class _Session:
         paused = 0
         kind = 2 if final else 0  # 0 heartbeat, 1 play_error, 2 play_stop (or silence)
         if u < p_err + p_rb + m.br_per_ms * length + m.pause_per_ms * length and length > 2:
-            rng = self.rng.random
+            rng = self._u
             t_x = t_prev + 1 + int(rng() * (length - 1))  # strictly inside the interval
             if u < p_err:
                 code = code_override(incidents, t_x, "play_error_code") if u >= p_err_base else None
@@ -192,7 +220,7 @@ class _Session:
             if u < p_rb:
                 # A stall: rebuffer time grows with the incident's multiplier once the probability saturates.
                 stretch = p_rb if p_rb > 1.0 else 1.0
-                stalled = int(self.rng.lognormvariate(m.rb_mu, m.rb_sigma) * stretch)
+                stalled = int(self._lognormal(m.rb_mu, m.rb_sigma) * stretch)
                 stalled = min(stalled, length // 2)
                 push(t_x, self._event(t_x, "rebuffer", {"rebuffer_ms": stalled}))
                 if self.level > 0 and rng() < 0.5 and t_x + 1 < t_next:  # players often step down after a stall
@@ -200,7 +228,7 @@ class _Session:
             elif u - p_rb < m.br_per_ms * length:
                 self._switch(t_x, 1 if rng() < 0.5 else -1)
             elif t_x + 1 < t_next:
-                paused = min(int(self.rng.lognormvariate(m.pause_mu, m.pause_sigma)), t_next - t_x - 1)
+                paused = min(int(self._lognormal(m.pause_mu, m.pause_sigma)), t_next - t_x - 1)
                 push(t_x, self._event(t_x, "pause", {}))
                 push(t_x + paused, self._event(t_x + paused, "resume", {}))
         self.pending_kind = kind
@@ -286,7 +314,13 @@ class Model:
         self.session_rate_ms = sessions_per_s / 1000
         self.signup_rate_ms = sessions_per_s * p.signup_share / 1000
 
-        self._heap: list[tuple[float, int, int, Any]] = []
+        # The agenda is a calendar queue: items of later seconds wait unsorted in per-second buckets, and only
+        # the current second is a heap. With tens of thousands of concurrent sessions a single heap spends more
+        # time on cache misses than the model spends on everything else.
+        self._buckets: dict[int, list[tuple[float, int, int, Any]]] = {}
+        self._bucket_order: list[int] = []  # heap of the bucket numbers in `_buckets`
+        self._current: list[tuple[float, int, int, Any]] = []  # heap of the current second's items
+        self._current_bucket = -(1 << 62)
         self._seq = itertools.count()
         self.sessions = 0
         self.warm_sessions = 0
@@ -330,11 +364,35 @@ class Model:
     def push(self, t: int, event: Event) -> None:
         """Schedule a ready event (dropped if before the visible start, as for warm-start sessions)."""
         if t >= self.visible_from:
-            heapq.heappush(self._heap, (t, next(self._seq), _EVENT, event))
+            self._schedule((t, next(self._seq), _EVENT, event))
 
     def push_wake(self, t: int, session: _Session) -> None:
         """Schedule the end of a session's current interval."""
-        heapq.heappush(self._heap, (t, next(self._seq), _WAKE, session))
+        self._schedule((t, next(self._seq), _WAKE, session))
+
+    def _schedule(self, item: tuple[float, int, int, Any]) -> None:
+        bucket = int(item[0] // 1000)
+        if bucket <= self._current_bucket:
+            heapq.heappush(self._current, item)
+            return
+        items = self._buckets.get(bucket)
+        if items is None:
+            self._buckets[bucket] = [item]
+            heapq.heappush(self._bucket_order, bucket)
+        else:
+            items.append(item)
+
+    def _pop(self) -> tuple[float, int, int, Any] | None:
+        """The earliest scheduled item, or None when nothing is left."""
+        current = self._current
+        if not current:
+            if not self._bucket_order:
+                return None
+            bucket = heapq.heappop(self._bucket_order)
+            current = self._current = self._buckets.pop(bucket)
+            current.sort()  # a sorted list is a heap
+            self._current_bucket = bucket
+        return heapq.heappop(current)
 
     def _next_arrival(self, t: float, rate_ms: float, rng: random.Random) -> float:
         """Next arrival after `t` of a Poisson process following the diurnal curve (by thinning)."""
@@ -382,13 +440,11 @@ class Model:
                 if t >= start:
                     break
                 self._signup_arrival(t, warm_signup, warm=True)
-        heapq.heappush(
-            self._heap,
-            (self._next_arrival(start, self.session_rate_ms, self.play_rng), next(self._seq), _PLAY_ARRIVAL, None),
-        )
+        first = self._next_arrival(start, self.session_rate_ms, self.play_rng)
+        self._schedule((first, next(self._seq), _PLAY_ARRIVAL, None))
         if self.signup_rate_ms > 0:
             first = self._next_arrival(start, self.signup_rate_ms, self.signup_rng)
-            heapq.heappush(self._heap, (first, next(self._seq), _SIGNUP_ARRIVAL, None))
+            self._schedule((first, next(self._seq), _SIGNUP_ARRIVAL, None))
 
     # --- playback ---------------------------------------------------------------------------------
 
@@ -405,12 +461,12 @@ class Model:
             k = self.warm_sessions
             self.warm_sessions += 1
             sid = f"{self.tag}-w{k:x}"
-            seed = (self.seed << 41) | (1 << 40) | k
+            seed = hash_seed(self.seed, 1, k)
         else:
             k = self.sessions
             self.sessions += 1
             sid = f"{self.tag}-s{k:x}"
-            seed = (self.seed << 41) | k
+            seed = hash_seed(self.seed, 0, k)
 
         ci = self.diurnal.country_index(int(t_float // MINUTE_MS) % 1440, u_country)
         country = COUNTRIES[ci]
@@ -490,7 +546,7 @@ class Model:
             self,
             base,
             sid,
-            random.Random(seed),
+            seed,
             t_start + watch,
             u_silent < self.params.silence_rate,
             device,
@@ -613,14 +669,21 @@ class Model:
 
     def batches(self, batch_size: int = 4096) -> Iterator[list[Event]]:
         """Valid events in event-time order, in lists of up to `batch_size`, until the span or count ends."""
-        heap = self._heap
-        pop = heapq.heappop
         limit = self.config.events if self.config.events is not None else math.inf
         end = self.config.end_ms if self.config.end_ms is not None and not self.config.soft_span else math.inf
         out: list[Event] = []
         n = 0
-        while heap:
-            t, _, kind, obj = pop(heap)
+        pop = heapq.heappop
+        while True:
+            # The agenda's pop, inlined: this loop runs once per event.
+            current = self._current
+            if not current:
+                item = self._pop()
+                if item is None:
+                    break
+                t, _, kind, obj = item
+            else:
+                t, _, kind, obj = pop(current)
             if t >= end:
                 break
             if kind == _EVENT:
@@ -632,12 +695,12 @@ class Model:
             elif kind == _PLAY_ARRIVAL:
                 self._session_arrival(t, self.play_rng)
                 nxt = self._next_arrival(t, self.session_rate_ms, self.play_rng)
-                heapq.heappush(heap, (nxt, next(self._seq), _PLAY_ARRIVAL, None))
+                self._schedule((nxt, next(self._seq), _PLAY_ARRIVAL, None))
                 continue
             else:
                 self._signup_arrival(t, self.signup_rng)
                 nxt = self._next_arrival(t, self.signup_rate_ms, self.signup_rng)
-                heapq.heappush(heap, (nxt, next(self._seq), _SIGNUP_ARRIVAL, None))
+                self._schedule((nxt, next(self._seq), _SIGNUP_ARRIVAL, None))
                 continue
             out.append(ev)
             n += 1
