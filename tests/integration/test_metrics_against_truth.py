@@ -1,0 +1,326 @@
+"""Every metric, through real Kafka, the real flow and real Redis, equals the load generator's ground truth.
+
+The stream has out-of-order delivery across partitions, duplicates, events
+later than the allowed lateness and malformed messages of every kind. The
+flow runs with 1 worker, 2 workers and 2 processes; the aggregates must not
+change. Expected values come from the generator's truth file (its own
+bookkeeping of what it produced) and, for percentiles, from the raw events.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from loadgen.api import Generated, generate, produce
+from loadgen.config import FaultConfig, ModelParams
+from sinks.redis_layout import window_key
+from sinks.redis_query import query
+from streampulse.processes import free_port
+from streampulse.settings import KafkaSettings
+from tests.conftest import Stack
+from tests.integration.helpers import REPO, create_topics, streampulse
+from tests.integration.helpers import produce as produce_messages
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 4
+CLOSE_MS: dict[str, int] = {}  # namespace -> start of the window of the closing events
+SESSION_TIMEOUT_MS = 60_000
+FAULTS = FaultConfig(
+    jitter_ms=2_000,
+    late_fraction=0.004,
+    late_by_ms=600_000,
+    duplicate_fraction=0.01,
+    duplicate_delay_ms=3_000,
+    malformed_fraction=0.004,
+)
+
+
+@pytest.fixture(scope="module")
+def generated() -> Generated:
+    hour = 3_600_000
+    start = (int(time.time() * 1000) // hour - 3) * hour  # well in the past: nothing is "from the future"
+    return generate(
+        seed=2024,
+        events=25_000,
+        start_ms=start,
+        span_ms=25 * 60_000,
+        params=ModelParams(warm_start=False),
+        faults=FAULTS,
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+    )
+
+
+def _closing_events(family: str, time_ms: int) -> list[tuple[int, bytes | None, bytes]]:
+    """One valid event per partition far after everything else: every partition's watermark passes the stream's end."""
+    common = {"event_time_ms": time_ms, "country": "BR", "device_type": "tv", "schema_version": 1}
+    messages: list[tuple[int, bytes | None, bytes]] = []
+    for p in range(PARTITIONS):
+        if family == "playback":
+            event = {"event_type": "play_attempt", "session_id": f"close-{p}", "account_id": "a", "title_id": "t"}
+        else:
+            event = {"event_type": "signup_started", "signup_id": f"close-{p}", "channel": "organic"}
+        messages.append(
+            (p, f"close-{p}".encode(), orjson.dumps({"event_id": f"close-{family}-{p}", **common, **event}))
+        )
+    return messages
+
+
+def _produce_closed(generated: Generated, kafka: KafkaSettings) -> int:
+    """Produce the generated stream, closing it before the events held back past its end; returns the close time.
+
+    An event the generator holds back beyond the end of the stream would otherwise find its partition with
+    nothing newer, its window still open, and rightly be counted: the generator's truth calls it late.
+    """
+    messages = generated.messages
+    cut = max(i for i, m in enumerate(messages) if m.kind in ("valid", "duplicate")) + 1
+    close_ms: int = max(m.event["event_time_ms"] for m in messages if m.event is not None) + 15 * 60_000
+    assert produce(messages[:cut], kafka)["failed"] == 0
+    produce_messages(kafka.bootstrap, kafka.playback_topic, _closing_events("playback", close_ms))
+    produce_messages(kafka.bootstrap, kafka.signup_topic, _closing_events("signup", close_ms))
+    assert produce(messages[cut:], kafka)["failed"] == 0
+    return close_ms - close_ms % 60_000
+
+
+def _kafka(stack: Stack, name: str) -> KafkaSettings:
+    return KafkaSettings(
+        bootstrap=stack.bootstrap,
+        playback_topic=f"playback-{name}",
+        signup_topic=f"signup-{name}",
+        dead_letter_topic=f"dead-letter-{name}",
+    )
+
+
+def _connection(kafka: KafkaSettings, stack: Stack, namespace: str) -> list[str]:
+    return [
+        "--kafka-bootstrap", kafka.bootstrap, "--playback-topic", kafka.playback_topic,
+        "--signup-topic", kafka.signup_topic, "--dead-letter-topic", kafka.dead_letter_topic,
+        "--redis-url", stack.redis_url, "--namespace", namespace,
+    ]  # fmt: skip
+
+
+def _run(topology: str, connection: list[str], tmp_path: Path) -> None:
+    if topology == "1 worker":
+        result = streampulse("run", "--exit-at-end", "--metrics-port", "0", *connection, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    elif topology == "2 workers":
+        result = streampulse("run", "--exit-at-end", "--workers", "2", "--metrics-port", "0", *connection, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    else:
+        addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+        logs = [tmp_path / f"process-{i}.log" for i in range(2)]
+        processes = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "streampulse.cli",
+                    "run",
+                    "--exit-at-end",
+                    "--metrics-port",
+                    "0",
+                    "--process-id",
+                    str(i),
+                    "--addresses",
+                    addresses,
+                    *connection,
+                ],
+                stdout=logs[i].open("wb"),
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+            for i in range(2)
+        ]
+        for process, log in zip(processes, logs, strict=True):
+            assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
+
+
+def _cells(truth: dict[str, Any], resolution: str, section: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    node = truth["windows"] if section == "windows" else truth["late"]["windows"]
+    for window in node[resolution]["windows"]:
+        for cell in window["cells"]:
+            yield window["start_ms"], cell
+
+
+def _expected(truth: dict[str, Any], resolution: str, name: str, dims: tuple[str, ...]) -> Counter[tuple[Any, ...]]:
+    """Truth values of `name` per (window, country, device_type, *dims), late events taken out."""
+    totals: Counter[tuple[Any, ...]] = Counter()
+    for section, sign in (("windows", 1), ("late", -1)):
+        for start, cell in _cells(truth, resolution, section):
+            if name not in cell:
+                continue
+            for path, value in _flatten(cell[name], len(dims)):
+                totals[(start, cell["country"], cell["device_type"], *path)] += sign * value
+    return +totals
+
+
+def _flatten(value: Any, depth: int) -> Iterator[tuple[tuple[str, ...], int]]:
+    if depth == 0:
+        yield (), value
+        return
+    for key, sub in value.items():
+        for path, leaf in _flatten(sub, depth - 1):
+            yield (key, *path), leaf
+
+
+def _measured(
+    client: redis.Redis, ns: str, resolution: str, metric: str, by: tuple[str, ...], top: int = 10
+) -> dict[tuple[Any, ...], float]:
+    """Query values per (window, country, device_type, *by), windows before the closing events only."""
+    rows = query(client, ns, metric, resolution, 0, CLOSE_MS[ns], by=("country", "device_type", *by), top_n=top)
+    values: dict[tuple[Any, ...], float] = {}
+    for row in rows:
+        if row.value:
+            extra = tuple(row.dims[d] for d in by) + ((row.dims["title_id"],) if metric == "top_titles" else ())
+            values[(row.window_start_ms, row.dims["country"], row.dims["device_type"], *extra)] = row.value
+    return values
+
+
+def _late_ids(truth: dict[str, Any]) -> set[str]:
+    return {e["event_id"] for e in truth["late"]["events"]}
+
+
+def _exact_percentiles(generated: Generated, size_ms: int, q: float) -> dict[tuple[Any, ...], int]:
+    late = _late_ids(generated.truth)
+    values: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    for e in generated.events():
+        if e["event_type"] == "play_start" and e["event_id"] not in late:
+            t = e["event_time_ms"]
+            values[(t - t % size_ms, e["country"], e["device_type"])].append(e["startup_ms"])
+    return {k: sorted(v)[math.floor(q * (len(v) - 1))] for k, v in values.items()}
+
+
+def _concurrency_exempt(generated: Generated, size_ms: int) -> set[tuple[int, str, str]]:
+    """Window ends a late playback event could have kept a session alive at: the flow never counts late events."""
+    exempt: set[tuple[int, str, str]] = set()
+    by_id = {x["event_id"]: x for x in generated.events()}
+    for e in generated.truth["late"]["events"]:
+        if e["family"] != "playback":
+            continue
+        t = e["event_time_ms"]
+        event = by_id[e["event_id"]]
+        for end in range(t - t % size_ms + size_ms, t + SESSION_TIMEOUT_MS + size_ms + 1, size_ms):
+            exempt.add((end - size_ms, event["country"], event["device_type"]))
+    return exempt
+
+
+def _dead_letters(kafka: KafkaSettings) -> Counter[str]:
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": "test", "enable.partition.eof": True})
+    metadata = consumer.list_topics(kafka.dead_letter_topic, timeout=10).topics[kafka.dead_letter_topic]
+    parts = sorted(metadata.partitions)
+    consumer.assign([TopicPartition(kafka.dead_letter_topic, p, 0) for p in parts])
+    reasons: Counter[str] = Counter()
+    at_end: set[int] = set()
+    deadline = time.monotonic() + 60
+    while len(at_end) < len(parts) and time.monotonic() < deadline:
+        for message in consumer.consume(500, 1.0):
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(message.partition() or 0)
+                continue
+            headers: dict[str, bytes] = {}
+            for header in message.headers() or []:
+                headers[str(header[0])] = header[1] if isinstance(header[1], bytes) else b""
+            reasons[headers["sp-reason"].decode()] += 1
+            assert headers["sp-source-topic"].decode() in (kafka.playback_topic, kafka.signup_topic)
+    consumer.close()
+    return reasons
+
+
+@pytest.mark.parametrize("topology", ["1 worker", "2 workers", "2 processes"])
+def test_every_metric_equals_ground_truth(
+    stack: Stack, unique_name: str, generated: Generated, topology: str, tmp_path: Path
+) -> None:
+    kafka = _kafka(stack, unique_name)
+    create_topics(stack.bootstrap, {kafka.playback_topic: PARTITIONS, kafka.signup_topic: PARTITIONS})
+    namespace = f"truth-{unique_name}"
+    CLOSE_MS[namespace] = _produce_closed(generated, kafka)
+    _run(topology, _connection(kafka, stack, namespace), tmp_path)
+
+    truth = generated.truth
+    client = redis.Redis.from_url(stack.redis_url)
+    text = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    counts = {
+        # metric id: (truth cell key, dims below country/device_type)
+        "play_attempts": ("play_attempts", ()),
+        "stream_starts": ("stream_starts", ("cdn",)),
+        "start_failures": ("start_failures", ("error_code",)),
+        "playback_errors": ("playback_errors", ("error_code",)),
+        "bitrate_downshifts": ("bitrate_downshifts", ()),
+        "signups_started": ("signups_started", ("channel",)),
+        "signups_completed": ("signups_completed", ("channel", "plan")),
+        "signups_failed": ("signups_failed", ("channel", "failure_reason")),
+        "payments_submitted": ("payments_submitted", ("payment_method",)),
+        "new_subscription_value_cents": ("new_subscription_value_cents", ("plan", "currency")),
+    }
+    for resolution, size_ms in (("10s", 10_000), ("1m", 60_000)):
+        for metric, (key, dims) in counts.items():
+            assert _measured(client, namespace, resolution, metric, dims) == _expected(truth, resolution, key, dims), (
+                f"{metric} at {resolution}"
+            )
+        titles = _measured(client, namespace, resolution, "top_titles", (), top=100_000)
+        assert titles == _expected(truth, resolution, "title_starts", ("title_id",)), f"title starts at {resolution}"
+
+        rebuffer = _expected(truth, resolution, "rebuffer_ms_sum", ())
+        played = _expected(truth, resolution, "played_ms_sum", ())
+        expected_ratio = {
+            k: rebuffer[k] / (played[k] + rebuffer[k]) for k in set(rebuffer) | set(played) if rebuffer[k]
+        }
+        measured_ratio = _measured(client, namespace, resolution, "rebuffer_ratio", ())
+        assert measured_ratio.keys() == expected_ratio.keys()
+        assert all(math.isclose(measured_ratio[k], expected_ratio[k], rel_tol=1e-9) for k in expected_ratio)
+
+        weighted = _expected(truth, resolution, "heartbeat_bitrate_weighted_sum", ())
+        beats = _expected(truth, resolution, "heartbeat_played_ms_sum", ())
+        measured_bitrate = _measured(client, namespace, resolution, "avg_bitrate_kbps", ())
+        assert measured_bitrate.keys() == {k for k in beats if weighted[k]}
+        off = {
+            k: (measured_bitrate[k], weighted[k], beats[k])
+            for k in measured_bitrate
+            if not math.isclose(measured_bitrate[k], weighted[k] / beats[k], rel_tol=1e-9)
+        }
+        assert not off, list(off.items())[:5]
+
+        declines = _expected(truth, resolution, "payment_declines", ("payment_method",))
+        submitted = _expected(truth, resolution, "payments_submitted", ("payment_method",))
+        measured_rate = _measured(client, namespace, resolution, "payment_failure_rate", ("payment_method",))
+        assert measured_rate == {k: declines[k] / submitted[k] for k in declines if submitted[k]}
+
+        for q, metric in ((0.5, "startup_ms_p50"), (0.9, "startup_ms_p90"), (0.99, "startup_ms_p99")):
+            exact = _exact_percentiles(generated, size_ms, q)
+            sketched = _measured(client, namespace, resolution, metric, ())
+            assert sketched.keys() == {k for k, v in exact.items() if v}
+            assert all(abs(sketched[k] - exact[k]) <= 0.01 * exact[k] for k in sketched), metric
+
+        concurrency = _measured(client, namespace, resolution, "concurrent_streams", ())
+        expected_concurrency = _expected(truth, resolution, "concurrent_streams", ())
+        exempt = _concurrency_exempt(generated, size_ms)
+        differing = {
+            k for k in set(concurrency) | set(expected_concurrency) if concurrency[k] != expected_concurrency[k]
+        }
+        assert differing <= exempt, sorted(differing - exempt)[:5]
+        assert sum(expected_concurrency.values()) > 0
+
+    # Late events: counted per window, as many as the generator held back past the allowed lateness.
+    for resolution in ("10s", "1m"):
+        late = 0
+        for start in {int(str(m)) for m in text.zrange(f"sp:{namespace}:windows:{resolution}", 0, -1)}:
+            meta: dict[str, str] = text.hgetall(window_key(namespace, resolution, start))  # type: ignore[assignment]
+            late += sum(int(v) for k, v in meta.items() if k.startswith("late:"))
+            assert meta["final"] == "1"
+        assert late == truth["late"]["count"], resolution
+    # Every malformed message is in the dead-letter topic with the reason the generator meant.
+    assert _dead_letters(kafka) == Counter({reason: n for reason, n in truth["malformed"]["by_reason"].items() if n})
