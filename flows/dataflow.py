@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -27,9 +28,10 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.kafka_source import KafkaEventSource
 from flows.partials import BatchSummary, DeadLetter
-from flows.playback_metrics import PlaybackFolder
+from flows.partition_aggregator import Folder
+from flows.playback_metrics import PlaybackFolder, StreamStartsFolder
 from flows.reader_config import ReaderConfig
-from flows.signup_metrics import SignupFolder
+from flows.signup_metrics import IgnoreFolder, SignupFolder
 from flows.window_store import WindowStore, WindowUpdate
 from flows.windows import resolution_name
 from sinks.dead_letter import DeadLetterSink
@@ -111,6 +113,15 @@ class PrometheusWindowSink(DynamicSink[WindowUpdate]):
         return _PrometheusPartition(resolution_name(self._fine_ms), self._fine_ms / 1000)
 
 
+def _folders(reader: ReaderConfig) -> dict[str, Callable[[], Folder]]:
+    if reader.metric_set == "stream_starts":
+        return {"playback": StreamStartsFolder, "signup": IgnoreFolder}
+    return {
+        "playback": lambda: PlaybackFolder(reader.windows, reader.session_timeout_ms),
+        "signup": lambda: SignupFolder(reader.signup_timeout_ms),
+    }
+
+
 def _rejects(summary: BatchSummary) -> list[DeadLetter]:
     return summary.rejects
 
@@ -121,10 +132,7 @@ def build_dataflow(settings: FlowSettings) -> Dataflow:
     source = KafkaEventSource(
         kafka,
         topics={kafka.playback_topic: "playback", kafka.signup_topic: "signup"},
-        folders={
-            "playback": lambda: PlaybackFolder(reader.windows, reader.session_timeout_ms),
-            "signup": lambda: SignupFolder(reader.signup_timeout_ms),
-        },
+        folders=_folders(reader),
         config=reader,
     )
     partitions = source.list_parts()

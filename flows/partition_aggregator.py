@@ -40,7 +40,8 @@ class Folder(Protocol):
 class PartitionAggregator:
     """Folds one partition's events, in partition order, into per-batch summaries."""
 
-    def __init__(self, partition: str, windows: WindowConfig, folder: Folder) -> None:
+    def __init__(self, partition: str, windows: WindowConfig, folder: Folder, count_events: bool = True) -> None:
+        """`count_events` keeps the per-window `events` aggregate (valid events by type); off only to benchmark."""
         self.partition = partition
         self.high_event_time_ms = NO_EVENT_YET
         self._fine_ms = windows.fine_ms
@@ -49,6 +50,7 @@ class PartitionAggregator:
         self._fine_name = resolution_name(windows.fine_ms)
         self._coarse_name = resolution_name(windows.coarse_ms)
         self._folder = folder
+        self._count_events = count_events
         # coarse window start -> ids seen in it on this partition
         self._seen_ids: dict[int, set[str]] = {}
         self._reset_batch()
@@ -89,8 +91,9 @@ class PartitionAggregator:
             acc, window, fine = self._coarse_only, coarse_start, None
         else:
             acc, window, fine = self._fine, fine_start, self._fine
-        key = (window, "events", event.country, event.device_type, event_type)
-        acc[key] = acc.get(key, 0) + 1
+        if self._count_events:
+            key = (window, "events", event.country, event.device_type, event_type)
+            acc[key] = acc.get(key, 0) + 1
         self._folder.fold(event, window, acc, fine)
 
     def _count_late(self, resolution: str, window: int, event_type: str) -> None:

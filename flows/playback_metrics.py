@@ -176,6 +176,19 @@ class PlaybackFolder:
         return len(self._sessions)
 
 
+class StreamStartsFolder:
+    """Counts stream starts only: the like-for-like configuration of the benchmarks (`--metric-set stream_starts`)."""
+
+    def fold(self, event: Any, window: int, acc: Partials, fine: Partials | None) -> None:
+        """Count `event` if it is a play_start."""
+        if event.event_type == "play_start":
+            key = (window, "stream_starts", event.country, event.device_type, event.cdn)
+            acc[key] = acc.get(key, 0) + 1
+
+    def forget(self, horizon_ms: int) -> None:
+        """Nothing is held per key."""
+
+
 def _last_counted(session: Session) -> int:
     if len(session) > _RANGES:
         return int(session[-1])

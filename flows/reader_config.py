@@ -20,3 +20,5 @@ class ReaderConfig:
     max_future_skew_ms: int = 3_600_000
     session_timeout_ms: int = 60_000  # 2 x the 30 s heartbeat interval
     signup_timeout_ms: int = 3_600_000
+    # "all", or "stream_starts" alone: the like-for-like configuration of the benchmarks.
+    metric_set: str = "all"

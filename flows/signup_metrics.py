@@ -89,3 +89,13 @@ class SignupFolder:
     def open_funnels(self) -> int:
         """Funnels held in memory."""
         return len(self._funnels)
+
+
+class IgnoreFolder:
+    """Folds nothing: a family left out of `--metric-set stream_starts`."""
+
+    def fold(self, event: Any, window: int, acc: Partials, fine: Partials | None) -> None:
+        """Ignore `event`."""
+
+    def forget(self, horizon_ms: int) -> None:
+        """Nothing is held."""

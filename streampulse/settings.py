@@ -230,6 +230,20 @@ def add_flow_options(parser: argparse.ArgumentParser) -> None:
         help="where a partition without saved progress starts",
     )
     add_option(group, "--redis-ttl", type=positive_duration_ms, default="7d", help="retention of window keys in Redis")
+    add_option(
+        group,
+        "--session-timeout",
+        type=positive_duration_ms,
+        default="60s",
+        help="a session silent this long stops counting as a concurrent stream (2 x the heartbeat interval)",
+    )
+    add_option(
+        group,
+        "--metric-set",
+        default="all",
+        choices=("all", "stream_starts"),
+        help="compute every metric, or stream starts alone (for like-for-like benchmarks)",
+    )
 
 
 def reader_config(args: argparse.Namespace, exit_at_end: bool) -> ReaderConfig:
@@ -250,4 +264,6 @@ def reader_config(args: argparse.Namespace, exit_at_end: bool) -> ReaderConfig:
         exit_at_end=exit_at_end,
         max_message_bytes=args.max_message_bytes,
         max_future_skew_ms=args.max_future_skew,
+        session_timeout_ms=args.session_timeout,
+        metric_set=args.metric_set,
     )
