@@ -64,12 +64,13 @@ def _answers_ping(url: str) -> bool:
         client.close()
 
 
-def start_redis_server(work_dir: Path) -> RedisServer:
+def start_redis_server(work_dir: Path, port: int | None = None, persistent: bool = False) -> RedisServer:
     """Start `redis-server` on a free loopback port with its files under `work_dir`; return once PING answers.
 
     No persistence (no RDB snapshots, no AOF), bound to 127.0.0.1 only; `.url` is
     "redis://127.0.0.1:PORT/0". Raises RuntimeError if redis-server is not installed,
-    and with the log tail if it does not answer within 20 s.
+    and with the log tail if it does not answer within 20 s. `port` restarts a server where it was;
+    `persistent` keeps an append-only file, so data survives a stop and restart (outage tests).
     """
     executable = redis_server_executable()
     if executable is None:
@@ -79,7 +80,7 @@ def start_redis_server(work_dir: Path) -> RedisServer:
     work_dir = work_dir.resolve()
     data_dir = work_dir / "redis-data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     url = f"redis://127.0.0.1:{port}/0"
     process = ManagedProcess(
         "redis-server",
@@ -92,7 +93,7 @@ def start_redis_server(work_dir: Path) -> RedisServer:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if persistent else "no",
             "--dir",
             str(data_dir),
             # The Debian package's default config is not read (no config file given), but be
