@@ -15,8 +15,8 @@ from typing import Any
 from flows.catalog import AGGREGATES, METRICS, Metric
 from flows.sketch import quantile
 
-# (aggregate, *dimension values) -> value, for one window
-WindowValues = Mapping[tuple[Any, ...], int]
+# aggregate -> (dimension values...) -> value, for one window
+WindowValues = Mapping[str, Mapping[tuple[Any, ...], int]]
 
 
 @dataclass
@@ -44,20 +44,18 @@ def roll_up(
     metric: Metric, values: WindowValues, by: Sequence[str], where: Mapping[str, str] | None = None
 ) -> dict[tuple[str, ...], Group]:
     """Sum the metric's parts over every dimension not in `by`, keeping only `where` matches."""
-    parts = set(parts_of(metric))
     inner = detail_dim(metric)
     groups: dict[tuple[str, ...], Group] = {}
-    for key, value in values.items():
-        aggregate = key[0]
-        if aggregate not in parts:
-            continue
-        dims = dict(zip(AGGREGATES[str(aggregate)].dims, key[1:], strict=True))
-        if where and any(str(dims.get(d)) != v for d, v in where.items()):
-            continue
-        group = groups.setdefault(tuple(str(dims[d]) for d in by), Group())
-        group.sums[str(aggregate)] = group.sums.get(str(aggregate), 0) + value
-        if inner is not None:
-            group.detail[dims[inner]] = group.detail.get(dims[inner], 0) + value
+    for aggregate in parts_of(metric):
+        names = AGGREGATES[aggregate].dims
+        for key, value in values.get(aggregate, {}).items():
+            dims = dict(zip(names, key, strict=True))
+            if where and any(str(dims.get(d)) != v for d, v in where.items()):
+                continue
+            group = groups.setdefault(tuple(str(dims[d]) for d in by), Group())
+            group.sums[aggregate] = group.sums.get(aggregate, 0) + value
+            if inner is not None:
+                group.detail[dims[inner]] = group.detail.get(dims[inner], 0) + value
     return groups
 
 

@@ -113,6 +113,12 @@ class PlaybackFolder:
         hi -= hi % step
         if hi < lo:
             return
+        if len(session) == _RANGES + 2 and session[_RANGES] <= lo <= session[_RANGES + 1] + step:
+            # The common case, an in-order heartbeat: extend the one counted range forwards.
+            if hi > session[_RANGES + 1]:
+                self._count_ends(fine, session, session[_RANGES + 1] + step, hi, 1)
+                session[_RANGES + 1] = hi
+            return
         counted = session[_RANGES:]
         new_ranges: list[int] = []
         cursor = lo

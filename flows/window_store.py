@@ -20,20 +20,22 @@ from flows.catalog import AT_WINDOW_END
 from flows.partials import BatchSummary
 from flows.windows import WindowConfig, resolution_name
 
-# (aggregate, *dims) -> value, within one window
-WindowValues = dict[tuple[str, ...], int]
+# aggregate -> (dims...) -> value, within one window
+WindowValues = dict[str, dict[tuple[str, ...], int]]
 
 
 @dataclass(frozen=True, slots=True)
 class WindowUpdate:
-    """The absolute content of one window, to be written as is (idempotent)."""
+    """What changed in one window since its last publish, as absolute values (idempotent to write)."""
 
     resolution: str
     window_start_ms: int
     window_end_ms: int
     final: bool
-    # None when only the late counts of an already final window changed.
-    values: WindowValues | None
+    # The aggregates that changed since this window was last published, each complete: what a writer writes.
+    changes: WindowValues
+    # On the final update only: the window's complete values (what /metrics exports).
+    complete: WindowValues | None
     late: dict[str, int]
     watermark_ms: int
 
@@ -47,6 +49,7 @@ class _Partition:
 @dataclass(slots=True)
 class _Window:
     values: WindowValues = field(default_factory=dict)
+    changed: set[str] = field(default_factory=set)
     dirty: bool = True
 
 
@@ -84,36 +87,58 @@ class WindowStore:
         self._partitions[summary.partition] = _Partition(summary.high_event_time_ms, summary.state)
         self.duplicates += summary.duplicates
         fine_ms, coarse_ms = self._sizes[self._fine], self._coarse_ms
+        # Keys come grouped by window (a batch covers a few seconds): look each window up once per run.
+        current_start: object = None
+        fine: _Window | None = None
+        coarse: _Window | None = None
+        coarse_start = 0
+        ends_coarse = False
         for key, value in summary.fine.items():
             start = key[0]
             assert isinstance(start, int)
-            rest = key[1:]
-            self._add(self._fine, start, rest, value)
-            coarse_start = start - start % coarse_ms
+            aggregate: str = key[1]  # type: ignore[assignment]
+            dims: tuple[str, ...] = key[2:]  # type: ignore[assignment]  # dimension values are strings
+            if start != current_start:
+                current_start = start
+                coarse_start = start - start % coarse_ms
+                fine = self._open_window(self._fine, start)
+                coarse = self._open_window(self._coarse, coarse_start)
+                ends_coarse = start + fine_ms == coarse_start + coarse_ms
+            if fine is None:
+                self._add_to_final(self._fine, start, aggregate, dims, value)
+            else:
+                _add_to(fine, aggregate, dims, value)
             # A count at the window's end: the coarse window takes its last fine window's value.
-            if rest[0] not in AT_WINDOW_END or start + fine_ms == coarse_start + coarse_ms:
-                self._add(self._coarse, coarse_start, rest, value)
+            if ends_coarse or aggregate not in AT_WINDOW_END:
+                if coarse is None:
+                    self._add_to_final(self._coarse, coarse_start, aggregate, dims, value)
+                else:
+                    _add_to(coarse, aggregate, dims, value)
         for key, value in summary.coarse_only.items():
             start = key[0]
             assert isinstance(start, int)
-            self._add(self._coarse, start, key[1:], value)
+            aggregate, dims = key[1], key[2:]  # type: ignore[assignment]
+            window = self._open_window(self._coarse, start)
+            if window is None:
+                self._add_to_final(self._coarse, start, aggregate, dims, value)
+            else:
+                _add_to(window, aggregate, dims, value)
         for (resolution, start, event_type), count in summary.late.items():
             self._count_late(resolution, start, event_type, count)
 
     def _is_final(self, resolution: str, start: int) -> bool:
         return start + self._sizes[resolution] + self._lateness_ms <= self.watermark_ms
 
-    def _add(self, resolution: str, start: int, rest: tuple[int | str, ...], value: int) -> None:
+    def _open_window(self, resolution: str, start: int) -> _Window | None:
+        """The open window, opened if need be; None if it is already final."""
         if self._is_final(resolution, start):
-            if rest[0] == "events":
-                event_type = rest[-1]
-                assert isinstance(event_type, str)
-                self._count_late(resolution, start, event_type, value)
-            return
-        window = self._window(resolution, start)
-        key: tuple[str, ...] = rest  # type: ignore[assignment]  # dims are strings after the window start
-        window.values[key] = window.values.get(key, 0) + value
-        window.dirty = True
+            return None
+        return self._window(resolution, start)
+
+    def _add_to_final(self, resolution: str, start: int, aggregate: str, dims: tuple[str, ...], value: int) -> None:
+        # Only possible after a partition was idle: its events are late here, never added.
+        if aggregate == "events":
+            self._count_late(resolution, start, dims[-1], value)
 
     def _window(self, resolution: str, start: int) -> _Window:
         window = self._open.get((resolution, start))
@@ -148,8 +173,7 @@ class WindowStore:
         for (resolution, start), window in list(self._open.items()):
             final = self._is_final(resolution, start)
             if final or window.dirty:
-                updates.append(self._update(resolution, start, window.values, final))
-                window.dirty = False
+                updates.append(self._update(resolution, start, window, final))
             if final:
                 del self._open[(resolution, start)]
         for resolution, start in sorted(self._late_changed_after_final):
@@ -166,17 +190,26 @@ class WindowStore:
         self.watermark_ms = max([self.watermark_ms, *(p.high_event_time_ms for p in self._partitions.values())])
         updates = self.publish()
         for (resolution, start), window in list(self._open.items()):
-            updates.append(self._update(resolution, start, window.values, True))
+            updates.append(self._update(resolution, start, window, True))
         self._open.clear()
         return updates
 
-    def _update(self, resolution: str, start: int, values: WindowValues | None, final: bool) -> WindowUpdate:
+    def _update(self, resolution: str, start: int, window: _Window | None, final: bool) -> WindowUpdate:
+        if window is None:
+            changes: WindowValues = {}
+        else:
+            values = window.values
+            # Copies: the window keeps changing while the writer works on this update.
+            changes = {aggregate: dict(values[aggregate]) for aggregate in window.changed}
+            window.changed = set()
+            window.dirty = False
         return WindowUpdate(
             resolution=resolution,
             window_start_ms=start,
             window_end_ms=start + self._sizes[resolution],
             final=final,
-            values=dict(values) if values is not None else None,
+            changes=changes,
+            complete=window.values if final and window is not None else None,
             late=dict(self._late.get((resolution, start), {})),
             watermark_ms=self.watermark_ms,
         )
@@ -185,3 +218,12 @@ class WindowStore:
     def open_windows(self) -> int:
         """How many windows are open, all resolutions."""
         return len(self._open)
+
+
+def _add_to(window: _Window, aggregate: str, dims: tuple[str, ...], value: int) -> None:
+    values = window.values.get(aggregate)
+    if values is None:
+        values = window.values[aggregate] = {}
+    values[dims] = values.get(dims, 0) + value
+    window.changed.add(aggregate)
+    window.dirty = True

@@ -157,7 +157,7 @@ class PipelineMetrics:
         newest_final: WindowUpdate | None = None
         for update in updates:
             self.windows_emitted.labels(update.resolution, "final" if update.final else "partial").inc()
-            if not update.final or update.values is None:
+            if not update.final or update.complete is None:
                 continue
             newest_end = self._newest_final_end_ms.get(update.resolution, 0)
             if update.window_end_ms > newest_end:
@@ -165,16 +165,16 @@ class PipelineMetrics:
                 self.final_window_end.labels(update.resolution).set(update.window_end_ms / 1000)
             if update.resolution != fine_resolution:
                 continue
-            for (country, device), group in roll_up(_STREAM_STARTS, update.values, BY_COUNTRY_DEVICE).items():
+            for (country, device), group in roll_up(_STREAM_STARTS, update.complete, BY_COUNTRY_DEVICE).items():
                 self.stream_starts_total.labels(country, device).inc(group.sums.get("stream_starts", 0))
             if update.window_end_ms >= self._newest_final_end_ms[update.resolution] and (
                 newest_final is None or update.window_start_ms > newest_final.window_start_ms
             ):
                 newest_final = update
-        if newest_final is not None and newest_final.values is not None:
-            self._export_window(newest_final.values, fine_seconds)
+        if newest_final is not None and newest_final.complete is not None:
+            self._export_window(newest_final.complete, fine_seconds)
 
-    def _export_window(self, values: Mapping[tuple[Any, ...], int], seconds: float) -> None:
+    def _export_window(self, values: Mapping[str, Mapping[tuple[Any, ...], int]], seconds: float) -> None:
         # Clear first so a (country, device) absent from the newest window does not keep an old value.
         for metric_id, gauge in self.window_gauges.items():
             gauge.clear()

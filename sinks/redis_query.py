@@ -98,7 +98,7 @@ def query(
     for start in starts:
         pipe.hgetall(window_key(namespace, resolution, start))
         for part in parts:
-            pipe.hgetall(aggregate_key(namespace, resolution, part, start))
+            pipe.get(aggregate_key(namespace, resolution, part, start))
     replies = pipe.execute()
     rows: list[Row] = []
     stride = 1 + len(parts)
@@ -107,10 +107,10 @@ def query(
         end_ms = int(meta.get(b"end_ms", 0)) or None
         if end_ms is None:
             continue  # expired between the index read and now
-        values: dict[tuple[object, ...], int] = {}
-        for part, fields in zip(parts, replies[i * stride + 1 : (i + 1) * stride], strict=True):
-            for raw_dims, raw_value in fields.items():
-                values[(part, *orjson.loads(raw_dims))] = int(raw_value)
+        values: dict[str, dict[tuple[object, ...], int]] = {}
+        for part, document in zip(parts, replies[i * stride + 1 : (i + 1) * stride], strict=True):
+            if document is not None:
+                values[part] = {tuple(row[:-1]): row[-1] for row in orjson.loads(document)}
         groups = roll_up(spec, values, by, where)
         if not groups and not by and spec.kind != "top":
             groups[()] = Group()

@@ -73,15 +73,10 @@ class RedisWindowWriter:
         pipe = self._client.pipeline(transaction=True)
         for update in updates:
             res, start = update.resolution, update.window_start_ms
-            if update.values is not None:
-                by_aggregate: dict[str, dict[bytes, int]] = {}
-                for key, value in update.values.items():
-                    by_aggregate.setdefault(key[0], {})[orjson.dumps(key[1:])] = value
-                for aggregate, fields in by_aggregate.items():
-                    agg_key = aggregate_key(ns, res, aggregate, start)
-                    pipe.delete(agg_key)
-                    pipe.hset(agg_key, mapping=fields)  # type: ignore[arg-type]
-                    pipe.expire(agg_key, ttl)
+            for aggregate, values in update.changes.items():
+                # The aggregate's whole content in this window, one document: writing it again changes nothing.
+                document = orjson.dumps([[*dims, value] for dims, value in values.items()])
+                pipe.set(aggregate_key(ns, res, aggregate, start), document, ex=ttl)
             meta: dict[str, int] = {
                 "final": int(update.final),
                 "end_ms": update.window_end_ms,

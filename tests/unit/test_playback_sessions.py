@@ -92,10 +92,10 @@ def fine_values(events: list[SimpleNamespace], aggregate: str) -> Counter[tuple[
     updates += store.finish()
     values: Counter[tuple[int, str]] = Counter()
     for update in updates:
-        if update.final and update.resolution == "10s" and update.values:
-            for key, value in update.values.items():
-                if key[0] == aggregate and value:
-                    values[(update.window_start_ms, key[1])] += value
+        if update.final and update.resolution == "10s" and update.complete:
+            for key, value in update.complete.get(aggregate, {}).items():
+                if value:
+                    values[(update.window_start_ms, key[0])] += value
     return values
 
 

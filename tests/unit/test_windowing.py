@@ -55,16 +55,15 @@ def run_partitions(partitions: dict[str, list[list[SimpleNamespace]]], order: li
 
 
 def final_starts(updates: list[WindowUpdate], resolution: str) -> Counter[tuple[int, str, str, str]]:
-    finals = [u for u in updates if u.final and u.resolution == resolution and u.values is not None]
+    finals = [u for u in updates if u.final and u.resolution == resolution and u.complete is not None]
     starts: Counter[tuple[int, str, str, str]] = Counter()
     seen_windows: set[int] = set()
     for update in finals:
         assert update.window_start_ms not in seen_windows, "a window was published final twice with values"
         seen_windows.add(update.window_start_ms)
-        assert update.values is not None
-        for key, value in update.values.items():
-            if key[0] == "stream_starts":
-                starts[(update.window_start_ms, key[1], key[2], key[3])] += value
+        assert update.complete is not None
+        for key, value in update.complete.get("stream_starts", {}).items():
+            starts[(update.window_start_ms, key[0], key[1], key[2])] += value
     return starts
 
 
