@@ -1,0 +1,62 @@
+"""Bad flags and environment variables stop the command at start, saying what to fix; secrets never print."""
+
+from __future__ import annotations
+
+import pytest
+
+from streampulse.cli import main
+from streampulse.processes import free_port
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as stopped:
+        main(args)
+    captured = capsys.readouterr()
+    return int(stopped.value.code or 0), captured.out + captured.err
+
+
+def test_bad_environment_variable_is_reported_like_a_bad_flag(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STREAMPULSE_METRICS_PORT", "not-a-port")
+    code, output = run_cli(["run"], capsys)
+    assert code == 2
+    assert "--metrics-port" in output and "not-a-port" in output
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--kafka-bootstrap", "no-port-here"], "host:port"),
+        (["--fine-window", "10s", "--coarse-window", "15s"], "whole multiple"),
+        (["--namespace", "has space"], "--namespace"),
+        (["--playback-topic", "same", "--signup-topic", "same"], "three different topics"),
+        (["--process-id", "0"], "--addresses"),
+        (["--kafka-security-protocol", "SASL_SSL"], "--kafka-sasl-mechanism"),
+        (["--redis-url", "http://x"], "--redis-url"),
+    ],
+)
+def test_invalid_configuration_stops_with_what_to_fix(
+    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, output = run_cli(["run", *args], capsys)
+    assert code == 2
+    assert expected in output
+
+
+def test_unreachable_redis_is_reported_without_the_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = "s3cret-Pa55word"
+    monkeypatch.setenv("STREAMPULSE_REDIS_PASSWORD", secret)
+    url = f"redis://user:{secret}@127.0.0.1:{free_port()}/0"
+    code, output = run_cli(["query", "stream_starts", "--redis-url", url], capsys)
+    assert code == 2
+    assert "not reachable" in output
+    assert secret not in output
+
+
+def test_unknown_metric_lists_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    code, output = run_cli(["query", "no_such_metric", "--redis-url", f"redis://127.0.0.1:{free_port()}/0"], capsys)
+    assert code == 2
+    assert "stream_starts" in output
