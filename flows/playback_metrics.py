@@ -76,10 +76,14 @@ class PlaybackFolder:
         self._add(acc, (w, "start_failures", e.country, e.device_type, e.error_code), 1)
 
     def _heartbeat(self, e: Any, w: int, acc: Partials, fine: Partials | None) -> None:
+        # Most events are heartbeats: the additions are written out rather than calls to _add.
         country, device, played = e.country, e.device_type, e.played_ms
-        self._add(acc, (w, "played_ms", country, device), played)
-        self._add(acc, (w, "heartbeat_played_ms", country, device), played)
-        self._add(acc, (w, "bitrate_x_played_ms", country, device), e.bitrate_kbps * played)
+        key = (w, "played_ms", country, device)
+        acc[key] = acc.get(key, 0) + played
+        key = (w, "heartbeat_played_ms", country, device)
+        acc[key] = acc.get(key, 0) + played
+        key = (w, "bitrate_x_played_ms", country, device)
+        acc[key] = acc.get(key, 0) + e.bitrate_kbps * played
         self._touch(e, w, acc, fine)
 
     def _rebuffer(self, e: Any, w: int, acc: Partials, fine: Partials | None) -> None:
@@ -115,8 +119,12 @@ class PlaybackFolder:
             return
         if len(session) == _RANGES + 2 and session[_RANGES] <= lo <= session[_RANGES + 1] + step:
             # The common case, an in-order heartbeat: extend the one counted range forwards.
-            if hi > session[_RANGES + 1]:
-                self._count_ends(fine, session, session[_RANGES + 1] + step, hi, 1)
+            counted_to = session[_RANGES + 1]
+            if hi > counted_to:
+                country, device = session[_COUNTRY], session[_DEVICE]
+                for end in range(counted_to + step, hi + 1, step):
+                    key = (end - step, "concurrent_streams", country, device)
+                    fine[key] = fine.get(key, 0) + 1
                 session[_RANGES + 1] = hi
             return
         counted = session[_RANGES:]
