@@ -11,28 +11,23 @@ every record until then (retention is stored as a topic config but not enforced)
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import redis
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from streampulse.processes import ManagedProcess, free_port, port_open
+from streampulse.processes import ManagedProcess, StartedService, Stoppable, free_port, port_open
 
 INSTALL_HINT = "install it with `pip install 'streampulse[local]'` (or `make demo` does it)"
 
 _HOST = "127.0.0.1"
 _READY_TIMEOUT_S = 30.0
 _STOP_GRACE_S = 5.0
-_SIGINT_GRACE_S = 2.0
 # A free port can be taken by someone else between free_port() and the child's bind;
 # a child that exits before it is ready is retried on a fresh port, up to this many attempts.
 _START_ATTEMPTS = 3
@@ -96,38 +91,14 @@ def valkey_executable() -> Path:
     return path
 
 
-class _Service:
-    """A started child process on a loopback port; stop() ends it, also as a context manager."""
+class _Service(StartedService):
+    """A started child process on a loopback port."""
+
+    stop_grace_s = _STOP_GRACE_S
 
     def __init__(self, process: ManagedProcess, port: int, work_dir: Path) -> None:
-        self.process = process
+        super().__init__(process, work_dir)
         self.port = port
-        self.work_dir = work_dir
-
-    @property
-    def log_path(self) -> Path:
-        """The process's log file (its stdout and stderr)."""
-        return self.process.log_path
-
-    def alive(self) -> bool:
-        """Whether the process is still running."""
-        return self.process.alive()
-
-    def stop(self) -> None:
-        """SIGTERM the process group, SIGKILL it after a grace period; safe to call twice."""
-        # Also when the process already died: stop() closes its log file and reaps the group.
-        self.process.stop(grace_s=_STOP_GRACE_S)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class TansuBroker(_Service):
@@ -137,17 +108,10 @@ class TansuBroker(_Service):
         super().__init__(process, port, work_dir)
         self.bootstrap = f"{_HOST}:{port}"
 
-    def stop(self) -> None:
-        """Stop the broker (SIGINT, then SIGTERM and SIGKILL if need be); safe to call twice."""
-        # On SIGTERM tansu waits ~5 s for connected clients to go away, and the flows or the
-        # tests usually still hold one; on SIGINT it exits at once. With memory storage
-        # there is nothing to flush, so the quick way loses nothing.
-        if self.process.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.popen.pid, signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.popen.wait(timeout=_SIGINT_GRACE_S)
-        super().stop()
+    # On SIGTERM tansu waits ~5 s for connected clients to go away, and the flows or the
+    # tests usually still hold one; on SIGINT it exits at once. With memory storage
+    # there is nothing to flush, so the quick way loses nothing.
+    stop_signal = signal.SIGINT
 
     def __repr__(self) -> str:
         return f"TansuBroker(bootstrap={self.bootstrap!r}, log={str(self.log_path)!r})"
@@ -164,7 +128,7 @@ class ValkeyServer(_Service):
         return f"ValkeyServer(url={self.url!r}, log={str(self.log_path)!r})"
 
 
-class EmbeddedStack:
+class EmbeddedStack(Stoppable):
     """Tansu and valkey started together; stop() (or leaving the `with` block) stops both."""
 
     def __init__(self, broker: TansuBroker, valkey: ValkeyServer) -> None:
@@ -187,17 +151,6 @@ class EmbeddedStack:
             self.valkey.stop()
         finally:
             self.broker.stop()
-
-    def __enter__(self) -> EmbeddedStack:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"EmbeddedStack(bootstrap={self.bootstrap!r}, redis_url={self.redis_url!r})"

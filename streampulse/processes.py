@@ -16,6 +16,8 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 _PR_SET_PDEATHSIG = 1
 
@@ -117,3 +119,43 @@ class ManagedProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, signal.SIGKILL)
         self._log.close()
+
+
+class Stoppable:
+    """Something we started that `stop()` ends; also a context manager. `stop()` is safe to call twice."""
+
+    def stop(self) -> None:
+        """End it."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class StartedService(Stoppable):
+    """A server in a child process: stopped with `stop_signal`, then SIGKILL after `stop_grace_s`."""
+
+    stop_signal: signal.Signals = signal.SIGTERM
+    stop_grace_s: float = 10.0
+
+    def __init__(self, process: ManagedProcess, work_dir: Path) -> None:
+        self.process = process
+        self.work_dir = work_dir
+
+    @property
+    def log_path(self) -> Path:
+        """The process's log file (its stdout and stderr)."""
+        return self.process.log_path
+
+    def alive(self) -> bool:
+        """Whether the process is still running."""
+        return self.process.alive()
+
+    def stop(self) -> None:
+        """Stop the process group; also when it already died (closes its log, reaps the group)."""
+        self.process.stop(grace_s=self.stop_grace_s, first_signal=self.stop_signal)

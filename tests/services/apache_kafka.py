@@ -16,12 +16,11 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
-from streampulse.processes import ManagedProcess, free_port, port_open
+from streampulse.processes import ManagedProcess, StartedService, free_port, port_open
 
 KAFKA_VERSION = "4.3.1"  # keep in step with tools/kafka/pom.xml and fetch-kafka.sh
 
@@ -222,35 +221,15 @@ def _format_storage(java: str, libs: Path, config: Path, cluster_id: str, work_d
         )
 
 
-class ApacheKafka:
+class ApacheKafka(StartedService):
     """A running single-node Apache Kafka (KRaft combined mode) on loopback; `stop()` ends it."""
 
+    stop_grace_s = 15.0
+
     def __init__(self, process: ManagedProcess, bootstrap: str, work_dir: Path, cluster_id: str) -> None:
-        self.process = process
+        super().__init__(process, work_dir)
         self.bootstrap = bootstrap
-        self.work_dir = work_dir
         self.cluster_id = cluster_id
-
-    @property
-    def log_path(self) -> Path:
-        """The broker's log file (stdout and stderr of the JVM)."""
-        return self.process.log_path
-
-    def stop(self) -> None:
-        """Shut the broker down (SIGTERM, then SIGKILL after a grace period); safe to call twice."""
-        # Also when the process already died: stop() closes its log file and reaps the group.
-        self.process.stop(grace_s=15.0)
-
-    def __enter__(self) -> ApacheKafka:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"ApacheKafka(bootstrap={self.bootstrap!r}, work_dir={str(self.work_dir)!r})"

@@ -5,11 +5,10 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from types import TracebackType
 
 import redis
 
-from streampulse.processes import ManagedProcess, free_port, port_open
+from streampulse.processes import ManagedProcess, StartedService, free_port, port_open
 
 _READY_TIMEOUT_S = 20.0
 
@@ -19,35 +18,15 @@ def redis_server_executable() -> str | None:
     return shutil.which("redis-server")
 
 
-class RedisServer:
+class RedisServer(StartedService):
     """A running `redis-server` on loopback, without persistence; `stop()` ends it."""
 
+    stop_grace_s = 5.0
+
     def __init__(self, process: ManagedProcess, port: int, work_dir: Path) -> None:
-        self.process = process
+        super().__init__(process, work_dir)
         self.port = port
         self.url = f"redis://127.0.0.1:{port}/0"
-        self.work_dir = work_dir
-
-    @property
-    def log_path(self) -> Path:
-        """The server's log file."""
-        return self.process.log_path
-
-    def stop(self) -> None:
-        """Shut the server down (SIGTERM, then SIGKILL after a grace period); safe to call twice."""
-        # Also when the process already died: stop() closes its log file and reaps the group.
-        self.process.stop(grace_s=5.0)
-
-    def __enter__(self) -> RedisServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"RedisServer(url={self.url!r}, work_dir={str(self.work_dir)!r})"
