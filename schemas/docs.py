@@ -118,8 +118,12 @@ def contract_markdown() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Write the Markdown to the path given as the only argument, or print it."""
+    return write_or_print(contract_markdown(), argv)
+
+
+def write_or_print(text: str, argv: list[str] | None = None) -> int:
+    """Write `text` to the path given as the only argument, or print it: the `main` of every doc renderer."""
     args = sys.argv[1:] if argv is None else argv
-    text = contract_markdown()
     if args:
         Path(args[0]).write_text(text, encoding="utf-8")
     else:

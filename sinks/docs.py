@@ -6,11 +6,11 @@ python -m sinks.docs docs/metrics.md
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
 from flows.catalog import AGGREGATES, METRICS, dims_of
+from schemas.docs import write_or_print
 from sinks import redis_layout
 from sinks.prometheus import PipelineMetrics
 
@@ -67,13 +67,7 @@ def metrics_markdown() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Write the Markdown to the path given as the only argument, or print it."""
-    args = sys.argv[1:] if argv is None else argv
-    text = metrics_markdown()
-    if args:
-        Path(args[0]).write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
-    return 0
+    return write_or_print(metrics_markdown(), argv)
 
 
 if __name__ == "__main__":
