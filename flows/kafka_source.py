@@ -55,6 +55,9 @@ def consumer_config(kafka: KafkaSettings) -> dict[str, object]:
             "auto.offset.reset": "earliest",
             # The default 1 s backoff stalls a consumer that is slower than its fetcher (measured ~15 % faster).
             "fetch.queue.backoff.ms": 10,
+            # Fetches on a caught-up partition return after this long: the end-of-partition event (what
+            # --exit-at-end and idleness wait for) and fresh events arrive within it rather than 500 ms.
+            "fetch.wait.max.ms": 100,
             # The fetcher's end-of-partition event is the reliable "caught up" signal (see module doc).
             "enable.partition.eof": True,
         }

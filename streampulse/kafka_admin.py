@@ -23,15 +23,15 @@ def admin_client(kafka: KafkaSettings) -> AdminClient:
     return AdminClient(kafka.client_config())
 
 
-def wait_for_kafka(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
-    """Return once the cluster answers a metadata request; raise KafkaUnavailable after `timeout_s`."""
+def wait_for_kafka(kafka: KafkaSettings, timeout_s: float = 30.0) -> AdminClient:
+    """Return an admin client once the cluster answers a metadata request; raise KafkaUnavailable after `timeout_s`."""
     admin = admin_client(kafka)
     deadline = time.monotonic() + timeout_s
     last_error = "no answer"
     while time.monotonic() < deadline:
         try:
             admin.list_topics(timeout=min(5.0, max(deadline - time.monotonic(), 0.1)))
-            return
+            return admin
         except KafkaException as exc:
             last_error = str(exc.args[0]) if exc.args else str(exc)
         time.sleep(0.5)
@@ -41,17 +41,17 @@ def wait_for_kafka(kafka: KafkaSettings, timeout_s: float = 30.0) -> None:
     )
 
 
-def topic_partitions(kafka: KafkaSettings, topic: str) -> int | None:
+def topic_partitions(kafka: KafkaSettings, topic: str, admin: AdminClient | None = None) -> int | None:
     """How many partitions `topic` has, or None if it does not exist."""
-    metadata = admin_client(kafka).list_topics(topic, timeout=10).topics.get(topic)
+    metadata = (admin or admin_client(kafka)).list_topics(topic, timeout=10).topics.get(topic)
     if metadata is None or metadata.error is not None:
         return None
     return len(metadata.partitions)
 
 
-def ensure_topics(kafka: KafkaSettings, partitions: Mapping[str, int]) -> None:
+def ensure_topics(kafka: KafkaSettings, partitions: Mapping[str, int], admin: AdminClient | None = None) -> None:
     """Create the topics that do not exist yet with the given partition counts; keep existing ones."""
-    admin = admin_client(kafka)
+    admin = admin or admin_client(kafka)
     existing = set(admin.list_topics(timeout=10).topics)
     wanted = [NewTopic(t, num_partitions=n, replication_factor=1) for t, n in partitions.items() if t not in existing]
     if not wanted:
@@ -67,7 +67,7 @@ def ensure_topics(kafka: KafkaSettings, partitions: Mapping[str, int]) -> None:
     # Metadata can lag creation; wait until every topic is visible so readers find their partitions.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if all(topic_partitions(kafka, t) for t in partitions):
+        if all(topic_partitions(kafka, t, admin) for t in partitions):
             return
         time.sleep(0.2)
     raise KafkaUnavailable(f"topics {sorted(partitions)} were created but did not appear in metadata within 30 s")

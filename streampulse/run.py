@@ -73,20 +73,20 @@ def flow_settings(args: argparse.Namespace) -> FlowSettings:
 
 def check_services(settings: FlowSettings) -> None:
     """Fail at start, with what to fix, if Kafka, the input topic or Redis is missing."""
-    wait_for_kafka(settings.kafka)
+    admin = wait_for_kafka(settings.kafka)
     partitions = 1
     for flag, topic in (
         ("--playback-topic", settings.kafka.playback_topic),
         ("--signup-topic", settings.kafka.signup_topic),
     ):
-        count = topic_partitions(settings.kafka, topic)
+        count = topic_partitions(settings.kafka, topic, admin)
         if count is None:
             raise ConfigError(
                 f"the topic {topic!r} ({flag}) does not exist on {settings.kafka.bootstrap}. Create it, or produce "
                 "events with `streampulse loadgen`, which creates its topics."
             )
         partitions = max(partitions, count)
-    ensure_topics(settings.kafka, {settings.kafka.dead_letter_topic: partitions})
+    ensure_topics(settings.kafka, {settings.kafka.dead_letter_topic: partitions}, admin)
     try:
         connect(settings.redis).ping()
     except redis.RedisError as exc:
