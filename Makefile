@@ -36,5 +36,10 @@ lint: $(STAMP) ## ruff and mypy, as CI runs them
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 
+bench: $(STAMP) ## benchmarks: throughput vs the limit, a baseline and Quix Streams, freshness, memory (ARGS="--quick" for a small run)
+	@if command -v java >/dev/null 2>&1; then bash tools/kafka/fetch-kafka.sh; \
+	else echo "make bench: no Java on this machine: the Quix Streams peer (needs Apache Kafka) is skipped"; fi
+	$(BIN)/python -m bench $(ARGS)
+
 clean: ## remove the virtual environment and caches (not the Kafka jars in ~/.cache/streampulse)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

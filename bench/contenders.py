@@ -1,0 +1,181 @@
+"""One timed run of each contender on preloaded topics, checked against the ground truth.
+
+Every run is a child process timed from start to exit (bench/common.py).
+Events per second = messages in the topics (valid, duplicate and malformed
+alike: what every contender must read) / that wall time. Every run that
+counts stream starts is checked: the reference consumers write their cells
+to a file; streampulse's are read back from Redis with
+`streampulse query stream_starts --resolution 10s --by country,device_type
+--format json`, as a user would, and compared with the truth.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.common import PYTHON, REPO, Timed, run_timed
+from bench.preload import CLOSE_AFTER_MS, Cells, Preloaded, compare
+from bench.stack import drop_namespace
+from streampulse.processes import free_port
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a run reads and writes."""
+
+    bootstrap: str
+    redis_url: str
+    dead_letter_topic: str
+    work_dir: Path
+
+
+@dataclass
+class RunResult:
+    """One run of one contender."""
+
+    name: str
+    wall_s: float
+    messages: int
+    peak_rss_bytes: int
+    check: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def eps(self) -> float:
+        """Messages per second of wall time."""
+        return self.messages / self.wall_s if self.wall_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """For the JSON results."""
+        return {
+            "wall_s": round(self.wall_s, 3),
+            "eps": round(self.eps),
+            "peak_rss_mb": round(self.peak_rss_bytes / 1e6, 1),
+            **({"check": self.check} if self.check is not None else {}),
+            **self.extra,
+        }
+
+
+def _cells(rows: list[list[Any]]) -> Cells:
+    return {(int(w), str(c), str(d)): int(n) for w, c, d, n in rows if n}
+
+
+def reference(mode: str, data: Preloaded, target: Target, run_id: str) -> RunResult:
+    """`limit` or `baseline` (bench/consumers.py); the baseline is checked against the truth."""
+    out = target.work_dir / f"{run_id}.json"
+    argv = [PYTHON, "-m", "bench.consumers", mode, "--bootstrap", target.bootstrap]
+    argv += ["--topics", f"{data.playback_topic},{data.signup_topic}", "--out", str(out)]
+    timed = run_timed([(run_id, argv)], target.work_dir, timeout_s=_timeout(data))
+    result = orjson.loads(out.read_bytes())
+    _expect_all_consumed(run_id, result["consumed"], data)
+    check = None
+    if mode == "baseline":
+        check = compare(data.expected, _cells(result["cells"]))
+        check.update(late=result["late"], duplicates=result["duplicates"])
+    return RunResult(mode, timed.wall_s, data.messages, timed.peak_rss_bytes, check)
+
+
+def _timeout(data: Preloaded) -> float:
+    # Generous: a run slower than 2 000 messages/s is broken, not slow.
+    return 120 + data.messages / 2_000
+
+
+def _expect_all_consumed(run_id: str, consumed: int, data: Preloaded) -> None:
+    if consumed != data.messages:
+        raise RuntimeError(f"{run_id} consumed {consumed:,} messages, the topics hold {data.messages:,}")
+
+
+def streampulse_argv(target: Target, data: Preloaded, namespace: str, *options: str) -> list[str]:
+    """`streampulse run` on the preloaded topics, writing to `namespace`."""
+    return [
+        PYTHON, "-m", "streampulse.cli", "run",
+        "--kafka-bootstrap", target.bootstrap,
+        "--playback-topic", data.playback_topic, "--signup-topic", data.signup_topic,
+        "--dead-letter-topic", target.dead_letter_topic,
+        "--redis-url", target.redis_url, "--namespace", namespace,
+        *options,
+    ]  # fmt: skip
+
+
+def streampulse(
+    name: str,
+    data: Preloaded,
+    target: Target,
+    run_id: str,
+    *,
+    processes: int = 1,
+    workers: int = 1,
+    metric_set: str = "all",
+) -> RunResult:
+    """`streampulse run --exit-at-end` with `processes` x `workers`; stream starts checked from Redis."""
+    namespace = f"bench-{run_id}"
+    options = ["--exit-at-end", "--metric-set", metric_set, "--metrics-port", "0", "--workers", str(workers)]
+    if processes == 1:
+        commands: list[tuple[str, list[str]]] = [(run_id, streampulse_argv(target, data, namespace, *options))]
+    else:
+        addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+        commands = [
+            (
+                f"{run_id}-p{i}",
+                streampulse_argv(target, data, namespace, *options, "--process-id", str(i), "--addresses", addresses),
+            )
+            for i in range(processes)
+        ]
+    timed: Timed = run_timed(commands, target.work_dir, timeout_s=_timeout(data))
+    try:
+        measured = query_stream_starts(target.redis_url, namespace)
+    finally:
+        drop_namespace(target.redis_url, namespace)
+    return RunResult(name, timed.wall_s, data.messages, timed.peak_rss_bytes, compare(data.expected, measured))
+
+
+def query_stream_starts(redis_url: str, namespace: str) -> Cells:
+    """Stream starts per (10 s window, country, device_type) as `streampulse query --format json` prints them."""
+    import subprocess
+
+    argv = [PYTHON, "-m", "streampulse.cli", "query", "stream_starts", "--resolution", "10s", "--from", "0"]
+    argv += ["--by", "country,device_type", "--format", "json", "--redis-url", redis_url, "--namespace", namespace]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, check=False, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"streampulse query failed ({done.returncode}): {done.stderr.decode()[-2000:]}")
+    cells: Cells = {}
+    for line in done.stdout.splitlines():
+        row = orjson.loads(line)
+        if row["value"]:
+            dims = row["dims"]
+            cells[(int(row["window_start_ms"]), dims["country"], dims["device_type"])] = int(row["value"])
+    return cells
+
+
+def quix(data: Preloaded, target: Target, run_id: str, peer_python: Path, peer_env: dict[str, str]) -> RunResult:
+    """The Quix Streams peer (bench/quix_peer.py) on the playback topic; its closed windows checked."""
+    out = target.work_dir / f"{run_id}.json"
+    started_at = time.time()
+    argv = [str(peer_python), "-m", "bench.quix_peer", "--bootstrap", target.bootstrap]
+    argv += ["--topic", data.playback_topic, "--out", str(out), "--started-at", repr(started_at)]
+    timed = run_timed([(run_id, argv)], target.work_dir, timeout_s=120 + data.messages / 500, env=peer_env)
+    result = orjson.loads(out.read_bytes())
+    # `.final()` emits a window once a newer event closes it: compare windows every partition has moved past.
+    horizon = data.close_ms - CLOSE_AFTER_MS - 120_000
+    measured = {k: v for k, v in _cells(result["cells"]).items() if k[0] < horizon}
+    expected = {k: v for k, v in data.expected.items() if k[0] < horizon}
+    check = compare(expected, measured)
+    check["late_dropped"] = result["late"]
+    consumed = int(result["consumed"])
+    return RunResult(
+        "quix",
+        float(result["wall_s"]),
+        consumed,
+        timed.peak_rss_bytes,
+        check,
+        {"process_wall_s": round(timed.wall_s, 3)},
+    )
+
+
+Contender = Callable[[Preloaded, Target, str], RunResult]

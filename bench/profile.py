@@ -1,0 +1,175 @@
+"""Where `streampulse run --exit-at-end` spends its time: py-spy samples, summed by function and by category.
+
+    python -m bench.profile STACKS.txt      # summarise a py-spy `--format raw` file
+
+The harness records the flow (all metrics, 1 process) on the preloaded
+topics with `py-spy record --native --format raw` (collapsed stacks: one
+line per distinct stack, frames root first, then the sample count). Native
+frames show what Python frames cannot: the garbage collector
+(`gc_collect_main`), the JSON decoder inside msgspec, librdkafka and
+bytewax's Rust runtime. Idle threads (the /metrics server waiting in
+`poll`) are left out.
+
+Each sample is put in one category: the garbage collector or start-up
+imports if they are anywhere in its stack, else the innermost frame that
+belongs to a known part (decoder, Kafka client, per-partition aggregation,
+window store, Redis, Prometheus, dead letters, bytewax), else "other".
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.common import say
+
+_FRAME = re.compile(r"^(?P<name>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+_RUST_HASH = re.compile(r"::h[0-9a-f]{16}$")
+
+# Frames that mark a thread doing nothing (its samples are dropped).
+IDLE_MARKERS = ("serve_forever", "Thread._bootstrap")
+# (category, test on one frame's "name (file)") from the most specific; the first to match, leaf upwards, wins.
+CATEGORIES: tuple[tuple[str, Sequence[str]], ...] = (
+    ("decode (schemas/decoder.py, msgspec)", ("schemas/decoder.py", "msgspec/")),
+    ("Kafka client (confluent-kafka, librdkafka)", ("confluent_kafka/", "librdkafka", "rd_kafka")),
+    (
+        "per-partition folding (flows/partition_aggregator.py, *_metrics.py, sketch.py)",
+        ("flows/partition_aggregator.py", "flows/playback_metrics.py", "flows/signup_metrics.py", "flows/sketch.py"),
+    ),
+    ("window store merge/publish (flows/window_store.py, WindowLogic)", ("flows/window_store.py", "flows/dataflow.py")),
+    ("Redis writes (sinks/redis_sink.py, redis-py)", ("sinks/redis_sink.py", "redis/")),
+    (
+        "Prometheus export (sinks/prometheus.py, flows/metric_values.py, prometheus_client)",
+        ("sinks/prometheus.py", "flows/metric_values.py", "prometheus_client/"),
+    ),
+    ("dead letters (sinks/dead_letter.py)", ("sinks/dead_letter.py",)),
+    ("Kafka reader loop (flows/kafka_source.py)", ("flows/kafka_source.py",)),
+    ("bytewax (Rust runtime and its Python)", ("_bytewax", "bytewax/")),
+)
+PROJECT_DIRS = ("flows/", "sinks/", "schemas/", "streampulse/")
+ENTRY_POINTS = ("<module>", "main", "run")
+GC = "garbage collector (gc_collect_*)"
+STARTUP = "start-up and shutdown (imports, service checks, building the flow)"
+OTHER = "other (interpreter, allocator, libc)"
+
+
+@dataclass
+class Profile:
+    """Samples summed three ways."""
+
+    samples: int = 0
+    idle_samples: int = 0
+    by_category: Counter[str] = field(default_factory=Counter)
+    self_by_function: Counter[str] = field(default_factory=Counter)
+    self_by_line: Counter[str] = field(default_factory=Counter)
+    total_by_function: Counter[str] = field(default_factory=Counter)
+
+    def top(self, counter: Counter[str], n: int) -> list[dict[str, Any]]:
+        """The n largest entries with their share of the samples."""
+        return [
+            {"what": what, "samples": count, "share": round(count / self.samples, 4) if self.samples else 0.0}
+            for what, count in counter.most_common(n)
+        ]
+
+    def as_dict(self, n: int = 15) -> dict[str, Any]:
+        """For the JSON results."""
+        return {
+            "samples": self.samples,
+            "idle_samples_dropped": self.idle_samples,
+            "by_category": self.top(self.by_category, len(self.by_category)),
+            "top_self_functions": self.top(self.self_by_function, n),
+            "top_self_lines": self.top(self.self_by_line, n),
+            "top_inclusive_project_functions": self.top(self.total_by_function, n),
+        }
+
+
+def _short(frame: str) -> tuple[str, str, str]:
+    """(function, file, "function (file)") of one frame, Rust symbols shortened."""
+    match = _FRAME.match(frame)
+    name, file = (match["name"], match["file"]) if match else (frame, "")
+    if ".so" in file and "::" in name:
+        name = _RUST_HASH.sub("", name)
+        parts = [p for p in name.split("::") if p and not p.startswith("_$LT$")]
+        name = "::".join(parts[-2:]) if parts else name
+    return name, file, f"{name} ({file})" if file else name
+
+
+def _category(frames: list[tuple[str, str, str]]) -> str:
+    for name, file, _ in frames:
+        if name.startswith("gc_collect"):
+            return GC
+        if "importlib" in file or name in ("check_services", "build_dataflow", "build_parser"):
+            return STARTUP
+    for name, file, _ in reversed(frames):
+        where = f"{name} {file}"
+        for category, needles in CATEGORIES:
+            if any(needle in where for needle in needles):
+                return category
+    return OTHER
+
+
+def summarise(raw: str) -> Profile:
+    """Sum py-spy's collapsed stacks (`--format raw`)."""
+    profile = Profile()
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        raw_frames = stack.split(";")
+        if any(marker in frame for frame in raw_frames for marker in IDLE_MARKERS):
+            profile.idle_samples += count
+            continue
+        frames = [_short(f) for f in raw_frames]
+        profile.samples += count
+        profile.by_category[_category(frames)] += count
+        profile.self_by_function[frames[-1][2]] += count
+        line_match = _FRAME.match(raw_frames[-1])
+        line = f":{line_match['line']}" if line_match and line_match["line"] else ""
+        profile.self_by_line[f"{frames[-1][0]} ({frames[-1][1]}{line})" if frames[-1][1] else frames[-1][0]] += count
+        # Inclusive time of the project's own functions (the Rust and runpy scaffolding around them is ~100 %).
+        for label in {f[2] for f in frames if f[1].startswith(PROJECT_DIRS) and f[0] not in ENTRY_POINTS}:
+            profile.total_by_function[label] += count
+    return profile
+
+
+def record(argv: Sequence[str], out: Path, rate: int = 100, timeout_s: float = 1800) -> Profile | None:
+    """Run `argv` under py-spy (native frames if py-spy can, else Python only); None if py-spy is unusable."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    if not py_spy.exists():
+        say("profile: py-spy is not installed in this environment (the dev extra has it); skipped")
+        return None
+    for native in (["--native"], []):
+        command = [str(py_spy), "record", "--rate", str(rate), "--format", "raw", "-o", str(out), *native, "--"]
+        done = subprocess.run([*command, *argv], capture_output=True, text=True, timeout=timeout_s, check=False)
+        if done.returncode == 0 and out.exists() and out.stat().st_size:
+            return summarise(out.read_text(encoding="utf-8", errors="replace"))
+        say(f"profile: py-spy {' '.join(native) or '(Python frames only)'} failed: {done.stderr.strip()[-300:]}")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the summary of a raw py-spy file."""
+    args = argv if argv is not None else sys.argv[1:]
+    if len(args) != 1:
+        print("usage: python -m bench.profile STACKS.txt", file=sys.stderr)
+        return 2
+    profile = summarise(Path(args[0]).read_text(encoding="utf-8", errors="replace"))
+    for title, entries in profile.as_dict().items():
+        if isinstance(entries, list):
+            print(f"\n{title}:")
+            for entry in entries:
+                print(f"  {entry['share']:6.1%}  {entry['what']}")
+        else:
+            print(f"{title}: {entries}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The results as a markdown report (bench/results/latest.md), from the JSON document (latest.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# (key in the results, label, what it is)
+THROUGHPUT_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("limit", "limit", "confluent-kafka consume + contract decoder, no aggregation, 1 process"),
+    (
+        "baseline",
+        "baseline",
+        "hand-written consumer: stream starts per 10 s x country x device, per-partition watermark",
+    ),
+    ("streampulse_all_1p", "streampulse all metrics, 1 process", "`run --exit-at-end`, real Redis writes"),
+    ("streampulse_all_2p", "streampulse all metrics, 2 processes", "bytewax cluster, `--process-id/--addresses`"),
+    ("streampulse_all_w2", "streampulse all metrics, 1 process x 2 workers", "`--workers 2`"),
+    ("streampulse_starts_1p", "streampulse stream_starts only, 1 process", "`--metric-set stream_starts`"),
+)
+# (description, key, comparison, threshold): the issue's targets.
+TARGETS: tuple[tuple[str, str, str, float], ...] = (
+    ("all metrics, 1 process >= 50 % of the limit", "streampulse_all_1p_vs_limit", ">=", 0.5),
+    ("stream_starts only >= 60 % of the limit", "streampulse_starts_1p_vs_limit", ">=", 0.6),
+    ("stream_starts only >= 1.2 x the baseline", "streampulse_starts_1p_vs_baseline", ">=", 1.2),
+    ("2 processes >= 1.6 x 1 process", "streampulse_all_2p_vs_all_1p", ">=", 1.6),
+    ("freshness p99 <= 2 s at 20 000 events/s (Redis, partial)", "freshness_p99_ms", "<=", 2000.0),
+    ("memory per open session <= 300 bytes", "bytes_per_open_session", "<=", 300.0),
+)
+
+
+def _n(value: Any, digits: int = 0, suffix: str = "") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float) and digits:
+        return f"{value:,.{digits}f}{suffix}"
+    return f"{round(value):,}{suffix}" if isinstance(value, int | float) else str(value)
+
+
+def _ratio(value: Any) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _exact(runs: list[dict[str, Any]]) -> str:
+    checks = [r["check"]["exact"] for r in runs if "check" in r]
+    if not checks:
+        return "n/a"
+    return "yes" if all(checks) else f"no ({checks.count(False)}/{len(checks)} runs)"
+
+
+def render(results: dict[str, Any]) -> str:
+    """The whole report."""
+    lines: list[str] = []
+    machine = results["machine"]
+    data = results.get("input") or {}
+    lines += [
+        "# streampulse benchmark",
+        "",
+        f"- commit `{results['commit']}`, {results['generated_at']}",
+        f"- machine: {machine['cores']} cores ({machine['cpu_model']}), {machine['memory_gib']} GiB, "
+        f"Python {machine['python']}; services: {results['services']} on the same machine",
+        f"- input: {_n(data.get('messages'))} messages ({_n(data.get('valid_events'))} valid events, "
+        f"mean {_n(data.get('mean_message_bytes'))} B) in {results['config']['partitions']}+"
+        f"{results['config']['partitions']} partitions, {_n(data.get('span_s'))} s of event time; faults: "
+        f"{_n(data.get('late_events'))} late, {_n(data.get('duplicates'))} duplicates, "
+        f"{_n(data.get('malformed'))} malformed; preloaded by the load generator at "
+        f"{_n(data.get('preload_eps'))} msg/s",
+        f"- {results['config']['rounds']} rounds, contenders alternating; medians. events/s = messages in the "
+        "topics / wall time of the process(es) from start to exit (start-up included: "
+        f"`streampulse run` on empty topics takes {_n(results.get('streampulse_startup_s'), 2)} s)",
+        *(
+            [f"- **WARNING**: the product's code changed during the run ({results['code_changed_during_run']})"]
+            if results.get("code_changed_during_run")
+            else []
+        ),
+        "",
+        "## Throughput",
+        "",
+        "| contender | events/s (median) | min – max | vs limit | vs baseline | peak RSS MB | exact |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    runs: dict[str, list[dict[str, Any]]] = results.get("runs", {})
+    ratios: dict[str, Any] = results.get("ratios", {})
+    for key, label, _what in THROUGHPUT_ROWS:
+        series = [r for r in runs.get(key, []) if "eps" in r]
+        eps = results.get(f"{key}_eps")
+        spread = f"{min(r['eps'] for r in series):,} – {max(r['eps'] for r in series):,}" if series else "–"
+        rss = max((r["peak_rss_mb"] for r in series), default=None)
+        lines.append(
+            f"| {label} | {_n(eps)} | {spread} | {_ratio(ratios.get(f'{key}_vs_limit'))} | "
+            f"{_ratio(ratios.get(f'{key}_vs_baseline'))} | {_n(rss)} | {_exact(series)} |"
+        )
+    quix = results.get("quix") or {}
+    if quix.get("runs"):
+        q = quix["runs"]
+        lines.append(
+            f"| Quix Streams 3.28 (on {quix['services']}) | {_n(results.get('quix_eps'))} | "
+            f"{min(r['eps'] for r in q):,} – {max(r['eps'] for r in q):,} | "
+            f"{_ratio(quix.get('vs_limit_same_broker'))} (same broker) | – | "
+            f"{_n(max(r['peak_rss_mb'] for r in q))} | {_exact(q)} |"
+        )
+    lines += ["", "Contenders:"] + [f"- **{label}**: {what}" for _k, label, what in THROUGHPUT_ROWS]
+    failures = results.get("failures") or {}
+    for key, message in failures.items():
+        lines.append(f"- failed: {key}: {message}")
+    if quix.get("runs"):
+        q0 = quix["runs"][0]["check"]
+        lines += [
+            f"- **Quix Streams**: {quix['description']} On {_n(quix.get('messages'))} playback messages "
+            f"({quix['services']}), where the same run measured the limit at {_n(quix.get('limit_eps'))} and "
+            f"streampulse stream_starts-only at {_n(quix.get('streampulse_starts_1p_eps'))} events/s. Counted "
+            f"{_n(q0['measured_total'])} stream starts in closed windows where the truth has "
+            f"{_n(q0['expected_total'])} (first round): {_n(q0['late_dropped'])} events dropped as late "
+            f"(`on_late`), {_n(q0['cells_missing'])} of {_n(q0['cells'])} (window, country, device) cells never "
+            "emitted (`.final()` closes a key's window only when a later event of the same key arrives), "
+            "duplicates counted twice.",
+        ]
+    elif results.get("skipped", {}).get("quix"):
+        lines.append(f"- **Quix Streams**: skipped: {results['skipped']['quix']}")
+
+    lines += ["", "## Targets (issue 5)", "", "| target | measured | met |", "|---|---:|---|"]
+    for description, key, op, threshold in TARGETS:
+        value = ratios.get(key, results.get(key))
+        if value is None:
+            lines.append(f"| {description} | – | not measured |")
+            continue
+        met = value >= threshold if op == ">=" else value <= threshold
+        shown = f"{value:.2f}" if threshold < 10 else f"{value:,.0f}"
+        lines.append(f"| {description} | {shown} | {'yes' if met else 'no'} |")
+
+    fresh = results.get("freshness") or {}
+    lines += ["", "## Freshness under live load", ""]
+    if fresh:
+        lines += [
+            f"Load generator in realtime mode asked for {_n(fresh['rate_asked_eps'])} events/s and held "
+            f"{_n(fresh['rate_held_eps'])} (measured from the topics' end offsets); `streampulse run` live, all "
+            f"metrics, 1 process; {fresh['markers']} marker `play_start`s stamped with the wall clock.",
+            "",
+            "| where | what is seen | p50 | p99 | max |",
+            "|---|---|---:|---:|---:|",
+            f"| Redis (`streampulse query`) | partial window including the marker | "
+            f"{_n(fresh['redis_partial_p50_ms'])} ms | {_n(fresh['redis_partial_p99_ms'])} ms | "
+            f"{_n(fresh['redis_partial_max_ms'])} ms |",
+            f"| /metrics `streampulse_stream_starts_total` | final window including the marker (by design: "
+            f"window end + 30 s lateness) | {_n(fresh['metrics_final_p50_ms'])} ms | "
+            f"{_n(fresh['metrics_final_p99_ms'])} ms | – |",
+            f"| /metrics `streampulse_watermark_delay_seconds` | wall clock − watermark, sampled every 0.1 s | "
+            f"{_n(fresh['watermark_delay_p50_s'], 2)} s | {_n(fresh['watermark_delay_p99_s'], 2)} s | – |",
+            "",
+            f"Markers seen: {fresh['markers_seen_redis']} in Redis, {fresh['markers_seen_metrics']} on /metrics; "
+            f"max consumer lag {_n(fresh['max_consumer_lag_messages'])} messages; flow RSS "
+            f"{_n(fresh['peak_rss_mb'])} MB.",
+        ]
+    else:
+        lines.append(f"skipped: {results.get('skipped', {}).get('freshness', 'not run')}")
+
+    memory = results.get("memory") or {}
+    lines += ["", "## Memory as open sessions grow", ""]
+    if memory.get("steps"):
+        lines += [
+            "`streampulse run` live, all metrics, 1 process; N sessions already playing, 3 heartbeats each "
+            "(30 s apart), all open at the end.",
+            "",
+            "| open sessions | messages | RSS at rest MB | peak RSS MB |",
+            "|---:|---:|---:|---:|",
+        ]
+        for step in memory["steps"]:
+            lines.append(
+                f"| {step['sessions']:,} | {step['messages']:,} | {_n(step['rss_mb'])} | {_n(step['peak_rss_mb'])} |"
+            )
+        lines += [
+            "",
+            f"Bytes per open session (RSS growth / session growth): **{_n(memory.get('bytes_per_open_session'))}** "
+            f"(peak: {_n(memory.get('peak_bytes_per_open_session'))}), of which about "
+            f"{_n(memory.get('bytes_per_remembered_event_id'))} per remembered event id (3 per session here, "
+            "kept for duplicate detection over the coarse window + lateness).",
+        ]
+    else:
+        lines.append(f"skipped: {results.get('skipped', {}).get('memory', 'not run')}")
+
+    profile = results.get("profile") or {}
+    lines += ["", "## Profile: `streampulse run --exit-at-end`, all metrics, 1 process", ""]
+    if profile.get("samples"):
+        lines += [f"py-spy, {profile['samples']:,} samples ({profile.get('mode', '')}). By category:", ""]
+        lines += [f"- {e['share']:.1%} {e['what']}" for e in profile["by_category"]]
+        lines += ["", "Top functions by own time:", ""]
+        lines += [f"- {e['share']:.1%} `{e['what']}`" for e in profile["top_self_functions"][:12]]
+        lines += ["", "Top lines by own time:", ""]
+        lines += [f"- {e['share']:.1%} `{e['what']}`" for e in profile["top_self_lines"][:12]]
+        lines += ["", "Project functions by inclusive time:", ""]
+        lines += [f"- {e['share']:.1%} `{e['what']}`" for e in profile["top_inclusive_project_functions"][:12]]
+    else:
+        lines.append(f"skipped: {results.get('skipped', {}).get('profile', 'not run')}")
+    skipped = results.get("skipped") or {}
+    if skipped:
+        lines += ["", "## Skipped", ""] + [f"- {k}: {v}" for k, v in skipped.items()]
+    return "\n".join(lines) + "\n"
