@@ -104,6 +104,8 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, int]):
         self._duplicates_counter = metrics.duplicate_events.labels(topic)
         self._bad_counter = metrics.bad_events
         self._lag_gauge = metrics.consumer_lag.labels(topic, str(partition))
+        self._keys_gauge = metrics.keys_held.labels(topic, str(partition))
+        self._ids_gauge = metrics.remembered_event_ids.labels(topic, str(partition))
         self._empty_poll = False
 
     def next_batch(self) -> list[BatchSummary]:
@@ -166,6 +168,8 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, int]):
 
     def _report_lag(self, now: float) -> None:
         self._last_lag_at = now
+        self._keys_gauge.set(self._aggregator.keys_held)
+        self._ids_gauge.set(self._aggregator.remembered_ids)
         try:
             _low, high = self._consumer.get_watermark_offsets(
                 TopicPartition(self._topic, self._partition), timeout=1, cached=True

@@ -30,6 +30,10 @@ NO_EVENT_YET = -1
 class Folder(Protocol):
     """An event family's folding logic (flows/playback_metrics.py, flows/signup_metrics.py)."""
 
+    @property
+    def keys_held(self) -> int:
+        """Per-key state held in memory (open sessions, open sign-up funnels)."""
+
     def fold(self, event: Any, window: int, acc: Partials, fine: Partials | None) -> None:
         """Add one valid, on-time, first-seen event to `acc` at `window`."""
 
@@ -50,6 +54,7 @@ class PartitionAggregator:
         self._fine_name = resolution_name(windows.fine_ms)
         self._coarse_name = resolution_name(windows.coarse_ms)
         self._folder = folder
+        self._forgot_at = NO_EVENT_YET
         self._count_events = count_events
         # coarse window start -> ids seen in it on this partition
         self._seen_ids: dict[int, set[str]] = {}
@@ -105,7 +110,10 @@ class PartitionAggregator:
         horizon = self.high_event_time_ms - self._lateness_ms - self._coarse_ms
         for start in [s for s in self._seen_ids if s <= horizon]:
             del self._seen_ids[start]
-        self._folder.forget(horizon)
+        # Freeing per-key state scans it all: once per fine window of progress, not on every batch.
+        if horizon >= self._forgot_at + self._fine_ms:
+            self._forgot_at = horizon
+            self._folder.forget(horizon)
         summary = BatchSummary(
             partition=self.partition,
             high_event_time_ms=self.high_event_time_ms,
@@ -118,6 +126,11 @@ class PartitionAggregator:
         )
         self._reset_batch()
         return summary
+
+    @property
+    def keys_held(self) -> int:
+        """Per-key state its folder holds (open sessions or sign-up funnels)."""
+        return self._folder.keys_held
 
     @property
     def remembered_ids(self) -> int:

@@ -189,6 +189,8 @@ class PlaybackFolder:
         """Sessions held in memory."""
         return len(self._sessions)
 
+    keys_held = open_sessions
+
 
 class StreamStartsFolder:
     """Counts stream starts only: the like-for-like configuration of the benchmarks (`--metric-set stream_starts`)."""
@@ -201,6 +203,8 @@ class StreamStartsFolder:
 
     def forget(self, horizon_ms: int) -> None:
         """Nothing is held per key."""
+
+    keys_held = 0
 
 
 def _last_counted(session: Session) -> int:

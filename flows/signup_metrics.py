@@ -90,6 +90,8 @@ class SignupFolder:
         """Funnels held in memory."""
         return len(self._funnels)
 
+    keys_held = open_funnels
+
 
 class IgnoreFolder:
     """Folds nothing: a family left out of `--metric-set stream_starts`."""
@@ -99,3 +101,5 @@ class IgnoreFolder:
 
     def forget(self, horizon_ms: int) -> None:
         """Nothing is held."""
+
+    keys_held = 0

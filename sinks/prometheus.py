@@ -126,6 +126,18 @@ class PipelineMetrics:
             "Wall clock minus the watermark at the last publish: how far behind real time the numbers are",
             registry=registry,
         )
+        self.keys_held = Gauge(
+            "streampulse_open_keys",
+            "Per-key state held by a partition reader: open sessions (playback) or open funnels (sign-up)",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.remembered_event_ids = Gauge(
+            "streampulse_remembered_event_ids",
+            "Event ids a partition reader remembers to drop re-deliveries (coarse window + allowed lateness)",
+            ["topic", "partition"],
+            registry=registry,
+        )
         self.open_windows = Gauge(
             "streampulse_open_windows", "Windows held open in memory, all resolutions", registry=registry
         )
