@@ -309,7 +309,7 @@ def test_every_metric_equals_ground_truth(
         expected_concurrency = _expected(truth, resolution, "concurrent_streams", ())
         exempt = _concurrency_exempt(generated, size_ms)
         differing = {
-            k for k in set(concurrency) | set(expected_concurrency) if concurrency[k] != expected_concurrency[k]
+            k for k in set(concurrency) | set(expected_concurrency) if concurrency.get(k, 0) != expected_concurrency[k]
         }
         assert differing <= exempt, sorted(differing - exempt)[:5]
         assert sum(expected_concurrency.values()) > 0
