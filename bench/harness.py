@@ -13,7 +13,7 @@ Phases (all by default; `--only`/`--skip` pick):
   metrics on 1 process, 2 processes and 2 workers, and with stream_starts
   only (bench/contenders.py). Medians; every counting run checked against
   the truth.
-- profile: `streampulse run --exit-at-end` (all metrics, 1 process) under py-spy (bench/profile.py).
+- profile: `streampulse run --exit-at-end` (all metrics, 1 process) under py-spy (bench/profiling.py).
 - freshness: produce -> visible in Redis and on /metrics under steady live load (bench/freshness.py).
 - memory: RSS as open sessions grow (bench/memory.py).
 - quix: Quix Streams on Apache Kafka (bench/quix_peer.py), with the limit and
@@ -47,7 +47,7 @@ from bench.freshness import measure_freshness, summary_line
 from bench.memory import measure_memory
 from bench.peer import peer_env, peer_python
 from bench.preload import Preloaded, PreloadSpec, preload
-from bench.profile import record
+from bench.profiling import record
 from bench.report import render
 from bench.stack import Services, create_topics, delete_topics, drop_namespace, start_services
 from streampulse.options import positive_duration_ms

@@ -1,6 +1,6 @@
 """Where `streampulse run --exit-at-end` spends its time: py-spy samples, summed by function and by category.
 
-    python -m bench.profile STACKS.txt      # summarise a py-spy `--format raw` file
+    python -m bench.profiling STACKS.txt      # summarise a py-spy `--format raw` file
 
 The harness records the flow (all metrics, 1 process) on the preloaded
 topics with `py-spy record --native --format raw` (collapsed stacks: one
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     """Print the summary of a raw py-spy file."""
     args = argv if argv is not None else sys.argv[1:]
     if len(args) != 1:
-        print("usage: python -m bench.profile STACKS.txt", file=sys.stderr)
+        print("usage: python -m bench.profiling STACKS.txt", file=sys.stderr)
         return 2
     profile = summarise(Path(args[0]).read_text(encoding="utf-8", errors="replace"))
     for title, entries in profile.as_dict().items():
