@@ -58,6 +58,9 @@ def consumer_config(kafka: KafkaSettings) -> dict[str, object]:
             # Fetches on a caught-up partition return after this long: the end-of-partition event (what
             # --exit-at-end and idleness wait for) and fresh events arrive within it rather than 500 ms.
             "fetch.wait.max.ms": 100,
+            # Prefetch per partition: the 64 MB default, times a reader per partition, was most of a replay's
+            # memory (peak RSS 350 MB -> 155 MB at 4 MB on 1 M events, throughput unchanged within noise).
+            "queued.max.messages.kbytes": 4096,
             # The fetcher's end-of-partition event is the reliable "caught up" signal (see module doc).
             "enable.partition.eof": True,
         }
