@@ -8,7 +8,6 @@ Redis namespaces are dropped once a run's results have been checked.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +15,11 @@ from typing import Any, Protocol
 
 import redis
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient
 
 from bench.common import say
+from streampulse.kafka_admin import ensure_topics
+from streampulse.settings import KafkaSettings
 
 
 class _Stoppable(Protocol):
@@ -75,18 +76,8 @@ def start_services(kind: str, work_dir: Path, bootstrap: str | None = None, redi
 
 
 def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    """Create the topics with these partition counts and wait until their metadata shows them all."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(t, num_partitions=n, replication_factor=1) for t, n in topics.items()])
-    for future in futures.values():
-        future.result(timeout=60)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        metadata = admin.list_topics(timeout=10).topics
-        if all(t in metadata and len(metadata[t].partitions) == n for t, n in topics.items()):
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"topics {sorted(topics)} did not appear in the metadata within 60 s")
+    """Create the topics with these partition counts, as the product does (streampulse.kafka_admin)."""
+    ensure_topics(KafkaSettings(bootstrap, "unused-playback", "unused-signup", "unused-dead-letter"), topics)
 
 
 def delete_topics(bootstrap: str, topics: Iterable[str]) -> None:

@@ -6,7 +6,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 import urllib.request
 from collections import Counter
 from collections.abc import Sequence
@@ -16,8 +15,10 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from prometheus_client.parser import text_string_to_metric_families
+
+from streampulse.kafka_admin import ensure_topics
+from streampulse.settings import KafkaSettings
 
 COUNTRIES = ("BR", "US", "DE", "IN")
 DEVICES = ("tv", "mobile", "web")
@@ -85,17 +86,8 @@ def playback_sessions(seed: int, partitions: int, sessions: int, start_ms: int, 
 
 
 def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(t, num_partitions=n, replication_factor=1) for t, n in topics.items()])
-    for future in futures.values():
-        future.result(timeout=60)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        metadata = admin.list_topics(timeout=10).topics
-        if all(t in metadata and len(metadata[t].partitions) == n for t, n in topics.items()):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"topics {topics} did not appear")
+    """Create topics with these partition counts, as the product does (streampulse.kafka_admin)."""
+    ensure_topics(KafkaSettings(bootstrap, "unused-playback", "unused-signup", "unused-dead-letter"), topics)
 
 
 def produce(bootstrap: str, topic: str, messages: Sequence[tuple[int, bytes | None, bytes]]) -> None:
