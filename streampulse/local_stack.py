@@ -248,6 +248,26 @@ def start_tansu(work_dir: Path) -> TansuBroker:
     return TansuBroker(process, port, work_dir)
 
 
+def redis_server_argv(executable: str, port: int, data_dir: Path, persistent: bool) -> list[str]:
+    """Command line of a Redis-compatible server (valkey, redis-server) on loopback, in the foreground.
+
+    No config file is read; logs go to stdout, which ManagedProcess captures. `persistent` keeps an
+    append-only file so data survives a stop and restart; otherwise nothing is written to disk.
+    """
+    return [
+        executable,
+        "--port", str(port),
+        "--bind", _HOST,
+        "--protected-mode", "yes",
+        "--save", "",
+        "--appendonly", "yes" if persistent else "no",
+        "--dir", str(data_dir),
+        "--daemonize", "no",
+        "--logfile", "",
+        "--supervised", "no",
+    ]  # fmt: skip
+
+
 def _valkey_answers_ping(port: int) -> bool:
     client = redis.Redis(host=_HOST, port=port, socket_connect_timeout=0.5, socket_timeout=0.5)
     try:
@@ -275,28 +295,7 @@ def start_valkey(work_dir: Path) -> ValkeyServer:
     def launch(port: int) -> ManagedProcess:
         return ManagedProcess(
             "valkey-server",
-            [
-                str(executable),
-                "--port",
-                str(port),
-                "--bind",
-                _HOST,
-                "--protected-mode",
-                "yes",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(data_dir),
-                # No config file is read: log to stdout, which ManagedProcess captures, in the foreground.
-                "--daemonize",
-                "no",
-                "--logfile",
-                "",
-                "--supervised",
-                "no",
-            ],
+            redis_server_argv(str(executable), port, data_dir, persistent=False),
             log_path=work_dir / "valkey.log",
             cwd=data_dir,
         )

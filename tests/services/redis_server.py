@@ -8,6 +8,7 @@ from pathlib import Path
 
 import redis
 
+from streampulse.local_stack import redis_server_argv
 from streampulse.processes import ManagedProcess, StartedService, free_port, port_open
 
 _READY_TIMEOUT_S = 20.0
@@ -63,27 +64,7 @@ def start_redis_server(work_dir: Path, port: int | None = None, persistent: bool
     url = f"redis://127.0.0.1:{port}/0"
     process = ManagedProcess(
         "redis-server",
-        [
-            executable,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes" if persistent else "no",
-            "--dir",
-            str(data_dir),
-            # The Debian package's default config is not read (no config file given), but be
-            # explicit: log to stdout, which ManagedProcess captures, and stay in the foreground.
-            "--daemonize",
-            "no",
-            "--logfile",
-            "",
-            "--supervised",
-            "no",
-        ],
+        redis_server_argv(executable, port, data_dir, persistent),
         log_path=work_dir / "logs" / "redis-server.log",
         cwd=data_dir,
     )
