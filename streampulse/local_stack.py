@@ -268,8 +268,9 @@ def redis_server_argv(executable: str, port: int, data_dir: Path, persistent: bo
     ]  # fmt: skip
 
 
-def _valkey_answers_ping(port: int) -> bool:
-    client = redis.Redis(host=_HOST, port=port, socket_connect_timeout=0.5, socket_timeout=0.5)
+def answers_ping(url: str) -> bool:
+    """Whether a Redis-compatible server at `url` answers PING (False while it starts)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
     try:
         return bool(client.ping())
     except redis.exceptions.RedisError:
@@ -300,7 +301,7 @@ def start_valkey(work_dir: Path) -> ValkeyServer:
             cwd=data_dir,
         )
 
-    process, port = _start_until_ready(launch, _valkey_answers_ping, "PING answered")
+    process, port = _start_until_ready(launch, lambda port: answers_ping(f"redis://{_HOST}:{port}/0"), "PING answered")
     return ValkeyServer(process, port, work_dir)
 
 

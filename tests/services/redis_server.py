@@ -6,9 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
-import redis
-
-from streampulse.local_stack import redis_server_argv
+from streampulse.local_stack import answers_ping, redis_server_argv
 from streampulse.processes import ManagedProcess, StartedService, free_port, port_open
 
 _READY_TIMEOUT_S = 20.0
@@ -31,17 +29,6 @@ class RedisServer(StartedService):
 
     def __repr__(self) -> str:
         return f"RedisServer(url={self.url!r}, work_dir={str(self.work_dir)!r})"
-
-
-def _answers_ping(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
-    try:
-        return bool(client.ping())
-    except redis.exceptions.RedisError:
-        # Includes BusyLoadingError and ConnectionError while the server starts.
-        return False
-    finally:
-        client.close()
 
 
 def start_redis_server(work_dir: Path, port: int | None = None, persistent: bool = False) -> RedisServer:
@@ -72,7 +59,7 @@ def start_redis_server(work_dir: Path, port: int | None = None, persistent: bool
     try:
         process.wait_until(lambda: port_open("127.0.0.1", port), _READY_TIMEOUT_S, "its port opened")
         remaining = max(1.0, _READY_TIMEOUT_S - (time.monotonic() - started))
-        process.wait_until(lambda: _answers_ping(url), remaining, "PING answered")
+        process.wait_until(lambda: answers_ping(url), remaining, "PING answered")
     except BaseException:
         process.stop()
         raise

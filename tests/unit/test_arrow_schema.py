@@ -16,22 +16,11 @@ from hypothesis import find, given, settings
 from hypothesis import strategies as st
 
 from schemas.arrow import archive_partition, archive_schema, events_to_table
-from schemas.contract import FAMILIES, FieldSpec, families
+from schemas.contract import FAMILIES, families
 from schemas.decoder import EventDecoder, Rejection
+from tests.unit.contract_strategies import value_strategy
 
 MAX_EVENT_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the largest time datetime can check
-
-
-def value_strategy(spec: FieldSpec) -> st.SearchStrategy[Any]:
-    if spec.const is not None:
-        return st.just(spec.const)
-    if spec.enum is not None:
-        return st.sampled_from(spec.enum)
-    if spec.type == "integer":
-        return st.integers(min_value=spec.minimum, max_value=spec.maximum)
-    if spec.pattern is not None:
-        return st.from_regex(spec.pattern, fullmatch=True).filter(lambda s: not s.endswith("\n"))
-    return st.text(min_size=spec.min_length or 0, max_size=spec.max_length)
 
 
 @cache

@@ -35,6 +35,7 @@ from schemas.decoder import (
     struct_for,
 )
 from schemas.docs import contract_markdown
+from tests.unit.contract_strategies import ecma_matches, value_strategy
 
 NOW_MS = 1_700_000_000_000
 # For property tests: a clock so late that no valid event_time_ms is "in the future".
@@ -57,24 +58,7 @@ def field_spec(event_type: str, name: str) -> FieldSpec:
     return next(f for f in fields_of(event_type) if f.name == name)
 
 
-def ecma_matches(pattern: str, value: str) -> bool:
-    # JSON Schema patterns are ECMA-262: `$` is end of input only, classes are ASCII.
-    return re.search(pattern.replace("$", r"\Z"), value, re.ASCII) is not None
-
-
 # ---------------------------------------------------------------- strategies derived from the contract
-
-
-def value_strategy(spec: FieldSpec) -> st.SearchStrategy[Any]:
-    if spec.const is not None:
-        return st.just(spec.const)
-    if spec.enum is not None:
-        return st.sampled_from(spec.enum)
-    if spec.type == "integer":
-        return st.integers(min_value=spec.minimum, max_value=spec.maximum)
-    if spec.pattern is not None:
-        return st.from_regex(spec.pattern, fullmatch=True).filter(lambda s: ecma_matches(spec.pattern or "", s))
-    return st.text(min_size=spec.min_length or 0, max_size=spec.max_length)
 
 
 @cache
