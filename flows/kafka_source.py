@@ -122,6 +122,7 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, int]):
         add = self._aggregator.add
         rejects: list[DeadLetter] = []
         consumed = 0
+        last_message = None
         for message in messages:
             error = message.error()
             if error is not None:
@@ -136,7 +137,9 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, int]):
                 rejects.append(self._dead_letter(message, event))
             else:
                 add(event)
-            self._next_offset = (message.offset() or 0) + 1
+            last_message = message
+        if last_message is not None:
+            self._next_offset = (last_message.offset() or 0) + 1
         if consumed:
             self._last_message_at = now
             self._consumed_counter.inc(consumed)
