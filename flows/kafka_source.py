@@ -94,9 +94,7 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, int]):
         self._next_offset = start
         self._consumer.assign([TopicPartition(topic, partition, start)])
         self._decoder = EventDecoder(family, config.max_message_bytes, config.max_future_skew_ms)
-        self._aggregator = PartitionAggregator(
-            f"{topic}#{partition}", config.windows, folder, count_events=config.metric_set == "all"
-        )
+        self._aggregator = PartitionAggregator(f"{topic}#{partition}", config.windows, folder)
         self._finished = False
         self._at_end = False
         self._last_message_at = time.monotonic()

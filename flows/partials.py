@@ -17,6 +17,32 @@ Partials = dict[PartialKey, int]
 
 PartitionState = Literal["active", "idle", "finished"]
 
+# Within a batch, the aggregates without extra dimensions are counted per (window_start_ms, country,
+# device_type) in one list of integers, a slot per aggregate; RowLayout says, per slot, which
+# (aggregate, extra dimension values) it adds to.
+RowKey = tuple[int, str, str]
+Rows = dict[RowKey, list[int]]
+RowLayout = tuple[tuple[tuple[str, tuple[str, ...]], ...], ...]
+
+# The change in open sessions at a fine window's end, per (country, device_type): concurrent streams are
+# sent as changes, which the window store adds up in window order (flows/playback_metrics.py says why).
+CONCURRENCY_CHANGE = "concurrent_streams_change"
+
+
+def expand_rows(
+    rows: dict[tuple[str, str], list[int]], layout: RowLayout, out: dict[str, dict[tuple[str, ...], int]]
+) -> None:
+    """Add one window's rows, keyed by (country, device_type), to `out` as aggregate -> dims -> value."""
+    for (country, device), row in rows.items():
+        for slot, value in enumerate(row):
+            if value:
+                for aggregate, extra in layout[slot]:
+                    values = out.get(aggregate)
+                    if values is None:
+                        values = out[aggregate] = {}
+                    dims = (country, device, *extra)
+                    values[dims] = values.get(dims, 0) + value
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
@@ -49,6 +75,10 @@ class BatchSummary:
     fine: Partials = field(default_factory=dict)
     coarse_only: Partials = field(default_factory=dict)
     late: dict[tuple[str, int, str], int] = field(default_factory=dict)
+    # The same split for the aggregates counted in rows (`fine_rows` also count for the coarse window).
+    fine_rows: Rows = field(default_factory=dict)
+    coarse_rows: Rows = field(default_factory=dict)
+    layout: RowLayout = ()
     consumed: int = 0
     duplicates: int = 0
     rejects: list[DeadLetter] = field(default_factory=list)

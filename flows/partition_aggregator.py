@@ -13,29 +13,56 @@ than the allowed skew ahead of the wall clock.
 A re-delivered event keeps its `event_id` and its key, so it lands on the
 same partition: duplicates are caught here, remembering each id until its
 coarse window is closed on this partition. After that a copy is late, never a
-second count. The memory this costs is one id string per event of the last
-(coarse window + allowed lateness) of event time on the partition.
+second count. The memory this costs is one id per event of the last
+(coarse window + allowed lateness) of event time on the partition
+(flows/event_ids.py keeps them as 8-byte hashes).
+
+Most aggregates have no dimension beyond `country` and `device_type`, so
+within a batch they are counted in one row of integers per
+(window, country, device_type) — a list slot per aggregate — rather than a
+dict entry each: an event then costs one lookup, whatever it adds to. The
+window store adds rows up as rows, and expands them into aggregates only
+when it publishes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from flows.partials import BatchSummary, Partials, PartitionState
+from flows.event_ids import EventIds
+from flows.partials import BatchSummary, Partials, PartitionState, RowLayout, Rows
 from flows.windows import WindowConfig, resolution_name
 
 NO_EVENT_YET = -1
+NO_ROW: list[int] = []  # for folders that count nothing per (window, country, device_type)
+NOTHING: tuple[int, None] = (-1, None)  # an event type a folder neither counts nor handles
+
+# handler(event, window, row of (window, country, device), fine rows, partials at window, on time for fine window)
+Handler = Callable[[Any, int, list[int], Rows, Partials, bool], None]
 
 
 class Folder(Protocol):
     """An event family's folding logic (flows/playback_metrics.py, flows/signup_metrics.py)."""
 
     @property
+    def row_layout(self) -> RowLayout:
+        """What each slot of a (window, country, device_type) row adds to."""
+
+    @property
+    def event_slots(self) -> dict[str, int]:
+        """The row slot counting each event type (the `events` aggregate); empty when not counted."""
+
+    @property
+    def handlers(self) -> dict[str, Handler]:
+        """Per event type, what it adds beyond its `events` count (types without an entry add nothing)."""
+
+    @property
     def keys_held(self) -> int:
         """Per-key state held in memory (open sessions, open sign-up funnels)."""
 
-    def fold(self, event: Any, window: int, acc: Partials, fine: Partials | None) -> None:
-        """Add one valid, on-time, first-seen event to `acc` at `window`."""
+    def close(self, high_ms: int, everything: bool, fine_rows: Rows) -> None:
+        """Settle per-key contributions to windows now closed on the partition (all of them if `everything`)."""
 
     def forget(self, horizon_ms: int) -> None:
         """Free per-key state that can no longer change an open window."""
@@ -44,8 +71,7 @@ class Folder(Protocol):
 class PartitionAggregator:
     """Folds one partition's events, in partition order, into per-batch summaries."""
 
-    def __init__(self, partition: str, windows: WindowConfig, folder: Folder, count_events: bool = True) -> None:
-        """`count_events` keeps the per-window `events` aggregate (valid events by type); off only to benchmark."""
+    def __init__(self, partition: str, windows: WindowConfig, folder: Folder) -> None:
         self.partition = partition
         self.high_event_time_ms = NO_EVENT_YET
         self._fine_ms = windows.fine_ms
@@ -54,15 +80,24 @@ class PartitionAggregator:
         self._fine_name = resolution_name(windows.fine_ms)
         self._coarse_name = resolution_name(windows.coarse_ms)
         self._folder = folder
+        self._layout = folder.row_layout
+        self._width = len(self._layout)
+        # event type -> (its `events` row slot or -1, its handler or None): one lookup per event
+        self._by_type: dict[str, tuple[int, Handler | None]] = {
+            event_type: (folder.event_slots.get(event_type, -1), folder.handlers.get(event_type))
+            for event_type in {*folder.event_slots, *folder.handlers}
+        }
+        self._closed_to = NO_EVENT_YET
         self._forgot_at = NO_EVENT_YET
-        self._count_events = count_events
-        # coarse window start -> ids seen in it on this partition
-        self._seen_ids: dict[int, set[str]] = {}
+        self._ids = EventIds()
+        self._first_time = self._ids.first_time
         self._reset_batch()
 
     def _reset_batch(self) -> None:
         self._fine: Partials = {}
+        self._fine_rows: Rows = {}
         self._coarse_only: Partials = {}
+        self._coarse_rows: Rows = {}
         self._late: dict[tuple[str, int, str], int] = {}
         self._duplicates = 0
         self._consumed = 0
@@ -82,24 +117,25 @@ class PartitionAggregator:
             self._count_late(self._coarse_name, coarse_start, event_type)
             self._count_late(self._fine_name, fine_start, event_type)
             return
-        seen = self._seen_ids.get(coarse_start)
-        if seen is None:
-            seen = self._seen_ids[coarse_start] = set()
-        event_id: str = event.event_id
-        if event_id in seen:
+        if not self._first_time(coarse_start, event.event_id):
             self._duplicates += 1
             return
-        seen.add(event_id)
-        fine: Partials | None
         if fine_start + self._fine_ms + lateness <= high:
             self._count_late(self._fine_name, fine_start, event_type)
-            acc, window, fine = self._coarse_only, coarse_start, None
+            acc, rows, window, on_time = self._coarse_only, self._coarse_rows, coarse_start, False
         else:
-            acc, window, fine = self._fine, fine_start, self._fine
-        if self._count_events:
-            key = (window, "events", event.country, event.device_type, event_type)
-            acc[key] = acc.get(key, 0) + 1
-        self._folder.fold(event, window, acc, fine)
+            acc, rows, window, on_time = self._fine, self._fine_rows, fine_start, True
+        slot, handler = self._by_type.get(event_type, NOTHING)
+        if slot >= 0:
+            row_key = (window, event.country, event.device_type)
+            row = rows.get(row_key)
+            if row is None:
+                row = rows[row_key] = [0] * self._width
+            row[slot] += 1
+        else:
+            row = NO_ROW
+        if handler is not None:
+            handler(event, window, row, self._fine_rows, acc, on_time)
 
     def _count_late(self, resolution: str, window: int, event_type: str) -> None:
         key = (resolution, window, event_type)
@@ -107,20 +143,31 @@ class PartitionAggregator:
 
     def summary(self, state: PartitionState) -> BatchSummary:
         """Hand over what the batch added, and forget ids whose windows closed."""
-        horizon = self.high_event_time_ms - self._lateness_ms - self._coarse_ms
-        for start in [s for s in self._seen_ids if s <= horizon]:
-            del self._seen_ids[start]
-        # Freeing per-key state scans it all: once per fine window of progress, not on every batch.
-        if horizon >= self._forgot_at + self._fine_ms:
+        high, fine_ms = self.high_event_time_ms, self._fine_ms
+        # Per-key contributions to windows that just closed here are settled before the store can finalize
+        # them: once per fine window of progress, and all of them when the partition stops holding the
+        # watermark (idle or finished), since windows may then close without it.
+        closed_to = high - self._lateness_ms
+        closed_to -= closed_to % fine_ms
+        if state != "active" or closed_to > self._closed_to:
+            self._closed_to = closed_to
+            self._folder.close(high, state != "active", self._fine_rows)
+        horizon = high - self._lateness_ms - self._coarse_ms
+        self._ids.forget_before(horizon)
+        # Freeing per-key state scans it all: once per coarse window of progress, not on every batch.
+        if horizon >= self._forgot_at + self._coarse_ms:
             self._forgot_at = horizon
             self._folder.forget(horizon)
         summary = BatchSummary(
             partition=self.partition,
-            high_event_time_ms=self.high_event_time_ms,
+            high_event_time_ms=high,
             state=state,
             fine=self._fine,
             coarse_only=self._coarse_only,
             late=self._late,
+            fine_rows=self._fine_rows,
+            coarse_rows=self._coarse_rows,
+            layout=self._layout,
             consumed=self._consumed,
             duplicates=self._duplicates,
         )
@@ -135,4 +182,4 @@ class PartitionAggregator:
     @property
     def remembered_ids(self) -> int:
         """How many event ids are held for duplicate detection."""
-        return sum(len(ids) for ids in self._seen_ids.values())
+        return len(self._ids)

@@ -11,12 +11,16 @@ whose funnel we never saw is attributed to `unknown`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from flows.partials import Partials
+from flows.partials import Partials, RowLayout, Rows
+from flows.partition_aggregator import Handler
 
 UNKNOWN = "unknown"
+
+EVENT_TYPES = ("signup_started", "plan_selected", "payment_submitted", "signup_completed", "signup_failed")
+# Every sign-up aggregate has a dimension beyond country and device: rows only count events by type.
+ROW_LAYOUT: RowLayout = tuple((("events", (t,)),) for t in EVENT_TYPES)
 
 # A funnel in memory: [plan, payment_method, last event time].
 Funnel = list[Any]
@@ -26,19 +30,17 @@ class SignupFolder:
     """Folds one partition's sign-up events; holds its open funnels."""
 
     def __init__(self, signup_timeout_ms: int) -> None:
+        self.row_layout = ROW_LAYOUT
+        self.event_slots = {t: i for i, t in enumerate(EVENT_TYPES)}
         self._timeout_ms = signup_timeout_ms
         self._funnels: dict[str, Funnel] = {}
-        self._by_type: dict[str, Callable[[Any, int, Partials], None]] = {
+        self.handlers: dict[str, Handler] = {
             "signup_started": self._started,
             "plan_selected": self._plan_selected,
             "payment_submitted": self._payment_submitted,
             "signup_completed": self._completed,
             "signup_failed": self._failed,
         }
-
-    def fold(self, event: Any, window: int, acc: Partials, fine: Partials | None) -> None:
-        """Add `event` to `acc` at `window`."""
-        self._by_type[event.event_type](event, window, acc)
 
     @staticmethod
     def _add(acc: Partials, key: tuple[int | str, ...], value: int) -> None:
@@ -51,33 +53,36 @@ class SignupFolder:
         funnel[2] = max(funnel[2], e.event_time_ms)
         return funnel
 
-    def _started(self, e: Any, w: int, acc: Partials) -> None:
+    def _started(self, e: Any, w: int, row: list[int], rows: Rows, acc: Partials, on_time: bool) -> None:
         self._add(acc, (w, "signups_started", e.country, e.device_type, e.channel), 1)
         self._funnel(e)
 
-    def _plan_selected(self, e: Any, w: int, acc: Partials) -> None:
+    def _plan_selected(self, e: Any, w: int, row: list[int], rows: Rows, acc: Partials, on_time: bool) -> None:
         self._add(acc, (w, "plans_selected", e.country, e.device_type, e.channel, e.plan), 1)
         self._funnel(e)[0] = e.plan
 
-    def _payment_submitted(self, e: Any, w: int, acc: Partials) -> None:
+    def _payment_submitted(self, e: Any, w: int, row: list[int], rows: Rows, acc: Partials, on_time: bool) -> None:
         key = (w, "payments_submitted", e.country, e.device_type, e.channel, e.plan, e.payment_method)
         self._add(acc, key, 1)
         funnel = self._funnel(e)
         funnel[0], funnel[1] = e.plan, e.payment_method
 
-    def _completed(self, e: Any, w: int, acc: Partials) -> None:
+    def _completed(self, e: Any, w: int, row: list[int], rows: Rows, acc: Partials, on_time: bool) -> None:
         country, device = e.country, e.device_type
         self._add(acc, (w, "signups_completed", country, device, e.channel, e.plan, e.payment_method), 1)
         self._add(acc, (w, "new_subscription_value_cents", country, device, e.plan, e.currency), e.price_cents)
         self._funnels.pop(e.signup_id, None)
 
-    def _failed(self, e: Any, w: int, acc: Partials) -> None:
+    def _failed(self, e: Any, w: int, row: list[int], rows: Rows, acc: Partials, on_time: bool) -> None:
         funnel = self._funnels.pop(e.signup_id, None)
         plan, method = (funnel[0], funnel[1]) if funnel is not None else (UNKNOWN, UNKNOWN)
         country, device = e.country, e.device_type
         self._add(acc, (w, "signups_failed", country, device, e.channel, plan, e.failure_reason), 1)
         if e.failure_reason == "payment_declined":
             self._add(acc, (w, "payment_declines", country, device, e.channel, plan, method), 1)
+
+    def close(self, high_ms: int, everything: bool, fine_rows: Rows) -> None:
+        """Nothing is sent late: a funnel's events count in their own windows."""
 
     def forget(self, horizon_ms: int) -> None:
         """Free funnels without news for the sign-up timeout before `horizon_ms`."""
@@ -96,8 +101,13 @@ class SignupFolder:
 class IgnoreFolder:
     """Folds nothing: a family left out of `--metric-set stream_starts`."""
 
-    def fold(self, event: Any, window: int, acc: Partials, fine: Partials | None) -> None:
-        """Ignore `event`."""
+    def __init__(self) -> None:
+        self.row_layout: RowLayout = ()
+        self.event_slots: dict[str, int] = {}
+        self.handlers: dict[str, Handler] = {}
+
+    def close(self, high_ms: int, everything: bool, fine_rows: Rows) -> None:
+        """Nothing is held."""
 
     def forget(self, horizon_ms: int) -> None:
         """Nothing is held."""

@@ -9,15 +9,22 @@ from the start, so one whose reader has not reported yet holds the watermark
 at nothing rather than being ignored. A partial arriving for a
 window that is already final (only possible after a partition was idle) is
 counted as late, never added.
+
+Concurrent streams arrive as changes at fine window ends
+(flows/playback_metrics.py); a window's value is the sum of every change up
+to its end. Changes of windows already final are summed in a running base,
+and the open fine windows' values are recomputed from it when a change
+arrives. A coarse window takes the value at the end of its last fine window.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from flows.catalog import AT_WINDOW_END
-from flows.partials import BatchSummary
+from flows.partials import CONCURRENCY_CHANGE, BatchSummary, RowLayout, expand_rows
 from flows.windows import WindowConfig, resolution_name
 
 # aggregate -> (dims...) -> value, within one window
@@ -51,6 +58,22 @@ class _Window:
     values: WindowValues = field(default_factory=dict)
     changed: set[str] = field(default_factory=set)
     dirty: bool = True
+    # Fine windows only: the change in open sessions at this window's end, per (country, device_type).
+    concurrency_change: dict[tuple[str, ...], int] = field(default_factory=dict)
+    # Row-counted aggregates, per row layout then (country, device_type); expanded into `values` on publish.
+    rows: dict[int, dict[tuple[str, str], list[int]]] = field(default_factory=dict)
+    rows_changed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _LayoutInfo:
+    index: int
+    concurrency_slot: int  # -1: none
+    event_slots: tuple[tuple[int, str], ...]  # (slot, event type) of the `events` counts, to count late ones
+
+
+CONCURRENT = "concurrent_streams"
+CLEAN = 2**62  # no concurrency change since the last publish
 
 
 # How long the late counts of a closed window are remembered (in event time), so
@@ -76,6 +99,12 @@ class WindowStore:
         self._late_changed_after_final: set[tuple[str, int]] = set()
         self.late_events = 0
         self.duplicates = 0
+        # Sum of the concurrency changes of fine windows already final, and the first window changed since.
+        self._concurrency_base: dict[tuple[str, ...], int] = {}
+        self._concurrency_dirty_from = CLEAN
+        self._fine_settled_to: int | None = None  # the first fine window start not yet final
+        self._layouts: dict[RowLayout, _LayoutInfo] = {}
+        self._layout_list: list[RowLayout] = []
 
     def expect(self, partitions: Iterable[str]) -> None:
         """Add partitions that appeared since this store was snapshotted (the topic grew)."""
@@ -98,6 +127,9 @@ class WindowStore:
             assert isinstance(start, int)
             aggregate: str = key[1]  # type: ignore[assignment]
             dims: tuple[str, ...] = key[2:]  # type: ignore[assignment]  # dimension values are strings
+            if aggregate == CONCURRENCY_CHANGE:
+                self._change_concurrency(start, dims, value)
+                continue
             if start != current_start:
                 current_start = start
                 coarse_start = start - start % coarse_ms
@@ -125,6 +157,107 @@ class WindowStore:
                 _add_to(window, aggregate, dims, value)
         for (resolution, start, event_type), count in summary.late.items():
             self._count_late(resolution, start, event_type, count)
+        if summary.fine_rows or summary.coarse_rows:
+            self._merge_rows(summary)
+
+    def _layout_info(self, layout: RowLayout) -> _LayoutInfo:
+        info = self._layouts.get(layout)
+        if info is None:
+            slots = [aggregate for entries in layout for aggregate, _extra in entries]
+            info = self._layouts[layout] = _LayoutInfo(
+                index=len(self._layout_list),
+                concurrency_slot=next(
+                    (i for i, entries in enumerate(layout) if any(a == CONCURRENCY_CHANGE for a, _ in entries)), -1
+                ),
+                event_slots=tuple(
+                    (i, extra[0]) for i, entries in enumerate(layout) for a, extra in entries if a == "events"
+                ),
+            )
+            self._layout_list.append(layout)
+            assert slots.count(CONCURRENCY_CHANGE) <= 1
+        return info
+
+    def _merge_rows(self, summary: BatchSummary) -> None:
+        info = self._layout_info(summary.layout)
+        concurrency_slot = info.concurrency_slot
+        fine_ms, coarse_ms = self._sizes[self._fine], self._coarse_ms
+        for (start, country, device), row in summary.fine_rows.items():
+            if concurrency_slot >= 0 and row[concurrency_slot]:
+                self._change_concurrency(start, (country, device), row[concurrency_slot])
+                row[concurrency_slot] = 0
+                if not any(row):
+                    continue  # a row only for a session's -1 or +1 at a later window's end
+            coarse_start = start - start % coarse_ms
+            self._add_row(self._fine, start, info, country, device, row)
+            self._add_row(self._coarse, coarse_start, info, country, device, list(row))
+        for (start, country, device), row in summary.coarse_rows.items():
+            self._add_row(self._coarse, start, info, country, device, row)
+        del fine_ms
+
+    def _add_row(
+        self, resolution: str, start: int, info: _LayoutInfo, country: str, device: str, row: list[int]
+    ) -> None:
+        window = self._open_window(resolution, start)
+        if window is None:
+            # Only possible after a partition was idle: its events are late here, never added.
+            for slot, event_type in info.event_slots:
+                if row[slot]:
+                    self._count_late(resolution, start, event_type, row[slot])
+            return
+        rows = window.rows.get(info.index)
+        if rows is None:
+            rows = window.rows[info.index] = {}
+        held = rows.get((country, device))
+        if held is None:
+            rows[(country, device)] = row
+        else:
+            held[:] = map(operator.add, held, row)
+        window.rows_changed = True
+        window.dirty = True
+
+    def _change_concurrency(self, start: int, dims: tuple[str, ...], change: int) -> None:
+        window = self._open_window(self._fine, start)
+        if window is None:
+            # Only possible after a partition was idle: the final windows keep their value, later ones change.
+            changes, start = self._concurrency_base, -1
+        else:
+            changes = window.concurrency_change
+        changes[dims] = changes.get(dims, 0) + change
+        self._concurrency_dirty_from = min(self._concurrency_dirty_from, start)
+
+    def _settle_concurrency(self) -> None:
+        """Recompute concurrent streams of the open fine windows changed, and open those missing.
+
+        A fine window without events of its own still has the sessions open at its end: every fine window
+        from the first not yet final up to the newest open one is filled in if it has any.
+        """
+        dirty_from, self._concurrency_dirty_from = self._concurrency_dirty_from, CLEAN
+        fine_ms, coarse_ms = self._sizes[self._fine], self._coarse_ms
+        starts = sorted(start for resolution, start in self._open if resolution == self._fine)
+        if not starts:
+            return
+        first = starts[0] if self._fine_settled_to is None else min(starts[0], self._fine_settled_to)
+        running = dict(self._concurrency_base)
+        for start in range(first, starts[-1] + fine_ms, fine_ms):
+            window = self._open.get((self._fine, start))
+            if window is not None:
+                for dims, change in window.concurrency_change.items():
+                    running[dims] = running.get(dims, 0) + change
+                if start < dirty_from:
+                    continue
+            elif not any(running.values()):
+                continue
+            value = {dims: count for dims, count in running.items() if count}
+            if window is None:
+                window = self._window(self._fine, start)
+            _set_value(window, CONCURRENT, value)
+            end = start + fine_ms
+            if end % coarse_ms == 0:
+                coarse = self._open.get((self._coarse, end - coarse_ms))
+                if coarse is None and value and not self._is_final(self._coarse, end - coarse_ms):
+                    coarse = self._window(self._coarse, end - coarse_ms)
+                if coarse is not None:
+                    _set_value(coarse, CONCURRENT, value)
 
     def _is_final(self, resolution: str, start: int) -> bool:
         return start + self._sizes[resolution] + self._lateness_ms <= self.watermark_ms
@@ -144,6 +277,9 @@ class WindowStore:
         window = self._open.get((resolution, start))
         if window is None:
             window = self._open[(resolution, start)] = _Window()
+            if resolution == self._fine:
+                # Its concurrent streams are those open at its end so far: computed at the next publish.
+                self._concurrency_dirty_from = min(self._concurrency_dirty_from, start)
         return window
 
     def _count_late(self, resolution: str, start: int, event_type: str, count: int) -> None:
@@ -169,13 +305,23 @@ class WindowStore:
     def publish(self) -> list[WindowUpdate]:
         """Windows changed since the last call (partial) and windows that just closed (final)."""
         self._advance_watermark()
+        self._settle_concurrency()
+        for window in self._open.values():
+            if window.rows_changed:
+                self._expand(window)
         updates: list[WindowUpdate] = []
+        base = self._concurrency_base
         for (resolution, start), window in list(self._open.items()):
             final = self._is_final(resolution, start)
-            if final or window.dirty:
+            # A window holding nothing (only concurrency changes adding up to no session) is not written.
+            if (final or window.dirty) and (window.values or (resolution, start) in self._late):
                 updates.append(self._update(resolution, start, window, final))
             if final:
                 del self._open[(resolution, start)]
+                if resolution == self._fine:
+                    for dims, change in window.concurrency_change.items():
+                        base[dims] = base.get(dims, 0) + change
+                    self._fine_settled_to = max(self._fine_settled_to or 0, start + self._sizes[resolution])
         for resolution, start in sorted(self._late_changed_after_final):
             if (resolution, start) not in self._open:
                 updates.append(self._update(resolution, start, None, True))
@@ -190,7 +336,8 @@ class WindowStore:
         self.watermark_ms = max([self.watermark_ms, *(p.high_event_time_ms for p in self._partitions.values())])
         updates = self.publish()
         for (resolution, start), window in list(self._open.items()):
-            updates.append(self._update(resolution, start, window, True))
+            if window.values or (resolution, start) in self._late:
+                updates.append(self._update(resolution, start, window, True))
         self._open.clear()
         return updates
 
@@ -200,7 +347,7 @@ class WindowStore:
         else:
             values = window.values
             # Copies: the window keeps changing while the writer works on this update.
-            changes = {aggregate: dict(values[aggregate]) for aggregate in window.changed}
+            changes = {aggregate: dict(values.get(aggregate, {})) for aggregate in window.changed}
             window.changed = set()
             window.dirty = False
         return WindowUpdate(
@@ -214,10 +361,30 @@ class WindowStore:
             watermark_ms=self.watermark_ms,
         )
 
+    def _expand(self, window: _Window) -> None:
+        """Recompute the row-counted aggregates of `window` from its rows (they only ever grow)."""
+        expanded: WindowValues = {}
+        for index, rows in window.rows.items():
+            expand_rows(rows, self._layout_list[index], expanded)
+        window.values.update(expanded)
+        window.changed.update(expanded)
+        window.rows_changed = False
+
     @property
     def open_windows(self) -> int:
         """How many windows are open, all resolutions."""
         return len(self._open)
+
+
+def _set_value(window: _Window, aggregate: str, values: dict[tuple[str, ...], int]) -> None:
+    if window.values.get(aggregate, {}) == values:
+        return
+    if values:
+        window.values[aggregate] = values
+    else:
+        window.values.pop(aggregate, None)
+    window.changed.add(aggregate)
+    window.dirty = True
 
 
 def _add_to(window: _Window, aggregate: str, dims: tuple[str, ...], value: int) -> None:

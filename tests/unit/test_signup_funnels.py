@@ -18,8 +18,9 @@ def ev(kind: str, signup: str, t: int = W, **fields: object) -> SimpleNamespace:
 
 def fold_all(folder: SignupFolder, events: list[SimpleNamespace]) -> Partials:
     acc: Partials = {}
+    row = [0] * len(folder.row_layout)
     for e in events:
-        folder.fold(e, W, acc, acc)
+        folder.handlers[e.event_type](e, W, row, {}, acc, True)
     return acc
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flows.partition_aggregator import PartitionAggregator
-from flows.playback_metrics import PlaybackFolder
+from flows.playback_metrics import PlaybackFolder, StreamStartsFolder
 from flows.window_store import WindowStore, WindowUpdate
 from flows.windows import WindowConfig, resolution_name, window_start
 
@@ -180,3 +180,22 @@ def test_result_does_not_depend_on_how_partitions_interleave(seed: int, partitio
 
 def test_resolution_names() -> None:
     assert [resolution_name(ms) for ms in (10_000, 60_000, 3_600_000, 250)] == ["10s", "1m", "1h", "250ms"]
+
+
+def test_stream_starts_only_counts_what_all_metrics_count() -> None:
+    """`--metric-set stream_starts` folds only play_start; other event types pass through uncounted."""
+    rng = random.Random(3)
+    events: list[SimpleNamespace] = []
+    for i in range(400):
+        e = start(f"e{i}", BASE + i * 300 + rng.randrange(0, 20_000), rng.choice(["BR", "US"]))
+        if i % 3:
+            e.event_type, e.played_ms, e.bitrate_kbps = "heartbeat", 30_000, 3000
+        events.append(e)
+    totals = []
+    for make in (folder, StreamStartsFolder):
+        aggregator, store = PartitionAggregator("p", WINDOWS, make()), WindowStore(WINDOWS, ["p"])
+        for e in events:
+            aggregator.add(e)
+        store.merge(aggregator.summary("finished"))
+        totals.append(final_starts(store.finish(), "10s"))
+    assert totals[0] == totals[1] == expected_starts([e for e in events if e.event_type == "play_start"], 10_000)
