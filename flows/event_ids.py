@@ -91,5 +91,14 @@ class EventIds:
         for start in [s for s in self._by_window if s <= horizon_ms]:
             self._last_count = max(self._last_count // 2, self._by_window.pop(start)[_COUNT])
 
+    def snapshot(self) -> tuple[dict[int, _Table], int]:
+        """Its tables, copied (the live ones keep changing)."""
+        tables = {start: [array("Q", slots), mask, count] for start, (slots, mask, count) in self._by_window.items()}
+        return tables, self._last_count
+
+    def restore(self, state: tuple[dict[int, _Table], int]) -> None:
+        """Take back what `snapshot` returned."""
+        self._by_window, self._last_count = state
+
     def __len__(self) -> int:
         return sum(table[_COUNT] for table in self._by_window.values())

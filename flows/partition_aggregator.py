@@ -27,6 +27,7 @@ when it publishes.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -35,6 +36,7 @@ from flows.partials import BatchSummary, Partials, PartitionState, RowLayout, Ro
 from flows.windows import WindowConfig, resolution_name
 
 NO_EVENT_YET = -1
+SNAPSHOT_VERSION = 1
 NO_ROW: list[int] = []  # for folders that count nothing per (window, country, device_type)
 NOTHING: tuple[int, None] = (-1, None)  # an event type a folder neither counts nor handles
 
@@ -60,6 +62,12 @@ class Folder(Protocol):
     @property
     def keys_held(self) -> int:
         """Per-key state held in memory (open sessions, open sign-up funnels)."""
+
+    def snapshot(self) -> Any:
+        """Its per-key state as plain data (for recovery snapshots)."""
+
+    def restore(self, state: Any) -> None:
+        """Take back the state `snapshot` returned."""
 
     def close(self, high_ms: int, everything: bool, fine_rows: Rows) -> None:
         """Settle per-key contributions to windows now closed on the partition (all of them if `everything`)."""
@@ -173,6 +181,33 @@ class PartitionAggregator:
         )
         self._reset_batch()
         return summary
+
+    def snapshot(self) -> bytes:
+        """Everything it remembers between batches, pickled: what a restart needs to judge the next events alike.
+
+        Taken between batches (bytewax snapshots at the end of an epoch), so nothing of a batch is in it.
+        """
+        state = (
+            SNAPSHOT_VERSION,
+            self.high_event_time_ms,
+            self._closed_to,
+            self._forgot_at,
+            self._ids.snapshot(),
+            self._folder.snapshot(),
+        )
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, snapshot: bytes) -> None:
+        """Continue from a `snapshot` of an aggregator of the same partition."""
+        version, high, closed_to, forgot_at, ids, folder = pickle.loads(snapshot)  # noqa: S301  # our own snapshot
+        if version != SNAPSHOT_VERSION:
+            raise ValueError(
+                f"recovery snapshot of {self.partition} has format {version}, this version reads {SNAPSHOT_VERSION}: "
+                "start with a fresh recovery directory"
+            )
+        self.high_event_time_ms, self._closed_to, self._forgot_at = high, closed_to, forgot_at
+        self._ids.restore(ids)
+        self._folder.restore(folder)
 
     @property
     def keys_held(self) -> int:

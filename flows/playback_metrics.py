@@ -314,6 +314,16 @@ class PlaybackFolder:
         for key in stale:
             del sessions[key]
 
+    def snapshot(self) -> tuple[dict[int, int | Session], list[tuple[str, str]]]:
+        """The open sessions, copied, and the (country, device_type) index packed sessions refer to."""
+        return {key: s if type(s) is int else list(s) for key, s in self._sessions.items()}, list(self._dims)  # type: ignore[arg-type]
+
+    def restore(self, state: tuple[dict[int, int | Session], list[tuple[str, str]]]) -> None:
+        """Take back what `snapshot` returned."""
+        self._sessions, dims = state
+        self._dims = [tuple(d) for d in dims]  # type: ignore[misc]
+        self._dims_index = {d: i for i, d in enumerate(self._dims)}
+
     @property
     def open_sessions(self) -> int:
         """Sessions held in memory."""
@@ -334,6 +344,12 @@ class StreamStartsFolder:
     def _play_start(e: Any, w: int, row: list[int], rows: Rows, acc: Partials, on_time: bool) -> None:
         key = (w, "stream_starts", e.country, e.device_type, e.cdn)
         acc[key] = acc.get(key, 0) + 1
+
+    def snapshot(self) -> None:
+        """Nothing is held per key."""
+
+    def restore(self, state: None) -> None:
+        """Nothing is held per key."""
 
     def close(self, high_ms: int, everything: bool, fine_rows: Rows) -> None:
         """Nothing is held per key."""

@@ -81,6 +81,14 @@ class SignupFolder:
         if e.failure_reason == "payment_declined":
             self._add(acc, (w, "payment_declines", country, device, e.channel, plan, method), 1)
 
+    def snapshot(self) -> dict[str, Funnel]:
+        """The open funnels, copied."""
+        return {signup_id: list(funnel) for signup_id, funnel in self._funnels.items()}
+
+    def restore(self, state: dict[str, Funnel]) -> None:
+        """Take back what `snapshot` returned."""
+        self._funnels = state
+
     def close(self, high_ms: int, everything: bool, fine_rows: Rows) -> None:
         """Nothing is sent late: a funnel's events count in their own windows."""
 
@@ -105,6 +113,12 @@ class IgnoreFolder:
         self.row_layout: RowLayout = ()
         self.event_slots: dict[str, int] = {}
         self.handlers: dict[str, Handler] = {}
+
+    def snapshot(self) -> None:
+        """Nothing is held."""
+
+    def restore(self, state: None) -> None:
+        """Nothing is held."""
 
     def close(self, high_ms: int, everything: bool, fine_rows: Rows) -> None:
         """Nothing is held."""
