@@ -96,11 +96,12 @@ def decode_and_fold(inputs: Inputs) -> int:
         for _name, batches, decode, aggregator in readers:
             if i >= len(batches):
                 continue
-            add = aggregator.add
+            valid = []
             for raw in batches[i]:
                 event = decode(raw, now)
                 if type(event) is not Rejection:
-                    add(event)
+                    valid.append(event)
+            aggregator.add_all(valid)
             n += len(batches[i])
             store.merge(aggregator.summary("active"))
         if time.perf_counter() >= next_publish:  # the flow publishes every publish interval (1 s)

@@ -79,6 +79,5 @@ class BatchSummary:
     fine_rows: Rows = field(default_factory=dict)
     coarse_rows: Rows = field(default_factory=dict)
     layout: RowLayout = ()
-    consumed: int = 0
     duplicates: int = 0
     rejects: list[DeadLetter] = field(default_factory=list)

@@ -98,6 +98,7 @@ class WindowStore:
         self._late: dict[tuple[str, int], dict[str, int]] = {}
         self._late_changed_after_final: set[tuple[str, int]] = set()
         self.late_events = 0
+        self.late_by_resolution: dict[str, int] = {}
         self.duplicates = 0
         # Sum of the concurrency changes of fine windows already final, and the first window changed since.
         self._concurrency_base: dict[tuple[str, ...], int] = {}
@@ -180,40 +181,57 @@ class WindowStore:
     def _merge_rows(self, summary: BatchSummary) -> None:
         info = self._layout_info(summary.layout)
         concurrency_slot = info.concurrency_slot
-        fine_ms, coarse_ms = self._sizes[self._fine], self._coarse_ms
+        coarse_ms = self._coarse_ms
+        # Rows come grouped by window: find each window's rows (None: already final) once per run of rows.
+        current = -1
+        fine_rows: dict[tuple[str, str], list[int]] | None = None
+        coarse_rows: dict[tuple[str, str], list[int]] | None = None
         for (start, country, device), row in summary.fine_rows.items():
             if concurrency_slot >= 0 and row[concurrency_slot]:
                 self._change_concurrency(start, (country, device), row[concurrency_slot])
                 row[concurrency_slot] = 0
                 if not any(row):
                     continue  # a row only for a session's -1 or +1 at a later window's end
-            coarse_start = start - start % coarse_ms
-            self._add_row(self._fine, start, info, country, device, row)
-            self._add_row(self._coarse, coarse_start, info, country, device, list(row))
+            if start != current:
+                current = start
+                fine_rows = self._rows_of(self._fine, start, info)
+                coarse_rows = self._rows_of(self._coarse, start - start % coarse_ms, info)
+            dims = (country, device)
+            if fine_rows is None:
+                self._count_late_row(self._fine, start, info, row)
+            else:
+                _add_row(fine_rows, dims, row)
+            if coarse_rows is None:
+                self._count_late_row(self._coarse, start - start % coarse_ms, info, row)
+            else:
+                _add_row(coarse_rows, dims, list(row))
+        current = -1
         for (start, country, device), row in summary.coarse_rows.items():
-            self._add_row(self._coarse, start, info, country, device, row)
-        del fine_ms
+            if start != current:
+                current = start
+                coarse_rows = self._rows_of(self._coarse, start, info)
+            if coarse_rows is None:
+                self._count_late_row(self._coarse, start, info, row)
+            else:
+                _add_row(coarse_rows, (country, device), row)
 
-    def _add_row(
-        self, resolution: str, start: int, info: _LayoutInfo, country: str, device: str, row: list[int]
-    ) -> None:
+    def _rows_of(self, resolution: str, start: int, info: _LayoutInfo) -> dict[tuple[str, str], list[int]] | None:
+        """The rows of one layout in an open window, marked changed; None if the window is already final."""
         window = self._open_window(resolution, start)
         if window is None:
-            # Only possible after a partition was idle: its events are late here, never added.
-            for slot, event_type in info.event_slots:
-                if row[slot]:
-                    self._count_late(resolution, start, event_type, row[slot])
-            return
+            return None
+        window.rows_changed = True
+        window.dirty = True
         rows = window.rows.get(info.index)
         if rows is None:
             rows = window.rows[info.index] = {}
-        held = rows.get((country, device))
-        if held is None:
-            rows[(country, device)] = row
-        else:
-            held[:] = map(operator.add, held, row)
-        window.rows_changed = True
-        window.dirty = True
+        return rows
+
+    def _count_late_row(self, resolution: str, start: int, info: _LayoutInfo, row: list[int]) -> None:
+        # Only possible after a partition was idle: its events are late here, never added.
+        for slot, event_type in info.event_slots:
+            if row[slot]:
+                self._count_late(resolution, start, event_type, row[slot])
 
     def _change_concurrency(self, start: int, dims: tuple[str, ...], change: int) -> None:
         window = self._open_window(self._fine, start)
@@ -284,6 +302,7 @@ class WindowStore:
 
     def _count_late(self, resolution: str, start: int, event_type: str, count: int) -> None:
         self.late_events += count
+        self.late_by_resolution[resolution] = self.late_by_resolution.get(resolution, 0) + count
         late = self._late.setdefault((resolution, start), {})
         late[event_type] = late.get(event_type, 0) + count
         if self._is_final(resolution, start):
@@ -385,6 +404,14 @@ def _set_value(window: _Window, aggregate: str, values: dict[tuple[str, ...], in
         window.values.pop(aggregate, None)
     window.changed.add(aggregate)
     window.dirty = True
+
+
+def _add_row(rows: dict[tuple[str, str], list[int]], dims: tuple[str, str], row: list[int]) -> None:
+    held = rows.get(dims)
+    if held is None:
+        rows[dims] = row
+    else:
+        held[:] = map(operator.add, held, row)
 
 
 def _add_to(window: _Window, aggregate: str, dims: tuple[str, ...], value: int) -> None:

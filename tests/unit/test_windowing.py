@@ -141,6 +141,25 @@ def test_watermark_is_the_slowest_active_partition() -> None:
     assert any(u.final and u.window_start_ms == BASE for u in updates)
 
 
+def test_events_of_an_idle_partition_for_windows_already_final_are_late_not_added() -> None:
+    store = WindowStore(WINDOWS, ["fast", "slow"])
+    fast, slow = PartitionAggregator("fast", WINDOWS, folder()), PartitionAggregator("slow", WINDOWS, folder())
+    for i in range(300):
+        fast.add(start(f"f{i}", BASE + i * 1000))
+    store.merge(fast.summary("active"))
+    store.merge(slow.summary("idle"))
+    updates = store.publish()
+    assert any(u.final and u.window_start_ms == BASE and u.resolution == "10s" for u in updates)
+    # The idle partition wakes up with an event of that final window: on time on its own partition, late here.
+    slow.add(start("s0", BASE + 1_000))
+    store.merge(slow.summary("active"))
+    updates += store.publish() + store.finish()
+    finals = [u for u in updates if u.final and u.window_start_ms == BASE and u.resolution == "10s"]
+    assert final_starts(updates, "10s")[(BASE, "BR", "tv", "c1")] == 10, "never added to the final window"
+    assert finals[-1].late == {"play_start": 1}
+    assert store.late_by_resolution == {"10s": 1, "1m": 1}
+
+
 def test_partial_windows_are_published_then_final_once() -> None:
     store = WindowStore(WINDOWS, ["p"])
     agg = PartitionAggregator("p", WINDOWS, folder())
