@@ -49,6 +49,20 @@ class Timed:
     wall_s: float
     peak_rss_bytes: int
     log_path: Path
+    # CPU seconds (user + system) of the processes themselves, and of the whole machine over the same wall time:
+    # the rest is the broker, Redis and anything else running. cores_busy = machine_cpu_s / wall_s.
+    cpu_s: float = 0.0
+    machine_cpu_s: float = 0.0
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the machine has spent not idle since boot, all cores (from /proc/stat)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -91,13 +105,20 @@ def run_timed(
     Raises ChildFailed with the log tail if one exits non-zero or time runs out.
     """
     started = time.perf_counter()
+    busy_at_start = machine_busy_s()
     children = [start(name, argv, log_dir / f"{name}.log", env) for name, argv in processes]
     exited: list[float | None] = [None] * len(children)
+    busy_at_exit: list[float] = [0.0] * len(children)
+    cpu: list[float] = [0.0] * len(children)
 
     def wait(i: int) -> None:
-        # A thread per child records its exit time to the microsecond; sampling cannot.
-        children[i].popen.wait()
+        # A thread per child records its exit time to the microsecond (sampling cannot) and its CPU time.
+        popen = children[i].popen
+        _pid, status, usage = os.wait4(popen.pid, 0)
         exited[i] = time.perf_counter()
+        busy_at_exit[i] = machine_busy_s()
+        popen.returncode = os.waitstatus_to_exitcode(status)
+        cpu[i] = usage.ru_utime + usage.ru_stime
 
     waiters = [threading.Thread(target=wait, args=(i,), daemon=True) for i in range(len(children))]
     for waiter in waiters:
@@ -127,7 +148,7 @@ def run_timed(
                 f"{child.log_tail(40)}"
             )
     wall = max(e for e in exited if e is not None) - started
-    return Timed(wall, sum(peaks), children[0].log_path)
+    return Timed(wall, sum(peaks), children[0].log_path, sum(cpu), max(busy_at_exit) - busy_at_start)
 
 
 @dataclass(frozen=True)

@@ -66,8 +66,15 @@ def _cells(rows: list[list[Any]]) -> Cells:
     return {(int(w), str(c), str(d)): int(n) for w, c, d, n in rows if n}
 
 
+# The reference consumers that count stream starts (bench/consumers.py): their output is checked.
+BASELINES = ("baseline", "baseline_orjson")
+
+
 def reference(mode: str, data: Preloaded, target: Target, run_id: str) -> RunResult:
-    """`limit` or `baseline` (bench/consumers.py); the baseline is checked against the truth."""
+    """`limit`, `baseline` or `baseline_orjson` (bench/consumers.py); the baselines are checked against the truth.
+
+    A baseline is exact when its cells equal the truth's and it rejected exactly the malformed messages.
+    """
     out = target.work_dir / f"{run_id}.json"
     argv = [PYTHON, "-m", "bench.consumers", mode, "--bootstrap", target.bootstrap]
     argv += ["--topics", f"{data.playback_topic},{data.signup_topic}", "--out", str(out)]
@@ -75,10 +82,16 @@ def reference(mode: str, data: Preloaded, target: Target, run_id: str) -> RunRes
     result = orjson.loads(out.read_bytes())
     _expect_all_consumed(run_id, result["consumed"], data)
     check = None
-    if mode == "baseline":
+    if mode in BASELINES:
         check = compare(data.expected, _cells(result["cells"]))
-        check.update(late=result["late"], duplicates=result["duplicates"])
-    return RunResult(mode, timed.wall_s, data.messages, timed.peak_rss_bytes, check)
+        check.update(
+            exact=check["exact"] and result["rejected"] == data.malformed,
+            late=result["late"],
+            duplicates=result["duplicates"],
+            rejected=result["rejected"],
+            malformed=data.malformed,
+        )
+    return RunResult(mode, timed.wall_s, data.messages, timed.peak_rss_bytes, check, _cpu(timed))
 
 
 def _timeout(data: Preloaded) -> float:
@@ -132,7 +145,18 @@ def streampulse(
         measured = query_stream_starts(target.redis_url, namespace)
     finally:
         drop_namespace(target.redis_url, namespace)
-    return RunResult(name, timed.wall_s, data.messages, timed.peak_rss_bytes, compare(data.expected, measured))
+    return RunResult(
+        name, timed.wall_s, data.messages, timed.peak_rss_bytes, compare(data.expected, measured), _cpu(timed)
+    )
+
+
+def _cpu(timed: Timed) -> dict[str, float]:
+    """CPU seconds of the contender's processes, of the rest of the machine (broker, Redis, ...), and cores busy."""
+    return {
+        "cpu_s": round(timed.cpu_s, 2),
+        "other_cpu_s": round(max(timed.machine_cpu_s - timed.cpu_s, 0.0), 2),
+        "cores_busy": round(timed.machine_cpu_s / timed.wall_s, 2) if timed.wall_s > 0 else 0.0,
+    }
 
 
 def query_stream_starts(redis_url: str, namespace: str) -> Cells:

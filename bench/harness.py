@@ -1,4 +1,4 @@
-"""`make bench`: throughput, freshness and memory of the real flows, next to the limit, a baseline and Quix Streams.
+"""`make bench`: throughput, freshness and memory of the real flows, next to the limit, baselines and Quix Streams.
 
     .venv/bin/python -m bench                 # the full run (10-20 minutes on 2 cores)
     .venv/bin/python -m bench --quick         # a small one (~2 minutes)
@@ -9,10 +9,11 @@ Phases (all by default; `--only`/`--skip` pick):
 
 - throughput: the load generator preloads the topics (simulated time, delivery
   faults on); then, in rounds with the contenders alternating, each reads
-  them to the end: the limit, the hand-written baseline, streampulse with all
-  metrics on 1 process, 2 processes and 2 workers, and with stream_starts
-  only (bench/contenders.py). Medians; every counting run checked against
-  the truth.
+  them to the end: the limit, the two hand-written baselines (the issue's,
+  decoding with orjson and plain Python checks; and the same with our
+  msgspec contract decoder), streampulse with all metrics on 1 process, 2
+  processes and 2 workers, and with stream_starts only (bench/contenders.py).
+  Medians; every counting run checked against the truth.
 - profile: `streampulse run --exit-at-end` (all metrics, 1 process) under py-spy (bench/profiling.py).
 - freshness: produce -> visible in Redis and on /metrics under steady live load (bench/freshness.py).
 - memory: RSS as open sessions grow (bench/memory.py).
@@ -57,6 +58,7 @@ Runner = Callable[[Preloaded, c.Target, str], c.RunResult]
 CONTENDERS: dict[str, Runner] = {
     "limit": lambda d, t, i: c.reference("limit", d, t, i),
     "baseline": lambda d, t, i: c.reference("baseline", d, t, i),
+    "baseline_orjson": lambda d, t, i: c.reference("baseline_orjson", d, t, i),
     "streampulse_all_1p": lambda d, t, i: c.streampulse("streampulse_all_1p", d, t, i),
     "streampulse_all_2p": lambda d, t, i: c.streampulse("streampulse_all_2p", d, t, i, processes=2),
     "streampulse_all_w2": lambda d, t, i: c.streampulse("streampulse_all_w2", d, t, i, workers=2),
@@ -68,6 +70,7 @@ CONTENDERS: dict[str, Runner] = {
 REQUIRED_KEYS = (
     "limit_eps",
     "baseline_eps",
+    "baseline_orjson_eps",
     "streampulse_all_1p_eps",
     "streampulse_all_2p_eps",
     "streampulse_starts_1p_eps",
@@ -321,15 +324,18 @@ class Bench:
         results, ratios = self.results, self.results["ratios"]
         for name, runs in results["runs"].items():
             results[f"{name}_eps"] = _median([r["eps"] for r in runs if "eps" in r])
-        limit, baseline = results.get("limit_eps"), results.get("baseline_eps")
+        limit = results.get("limit_eps")
         for name in results["runs"]:
             eps = results.get(f"{name}_eps")
             if eps is None:
                 continue
             if limit and name != "limit":
                 ratios[f"{name}_vs_limit"] = round(eps / limit, 3)
-            if baseline and name not in ("limit", "baseline"):
-                ratios[f"{name}_vs_baseline"] = round(eps / baseline, 3)
+            # `_vs_baseline`: against our msgspec decoder's; `_vs_baseline_orjson`: against the issue's.
+            for baseline in c.BASELINES:
+                baseline_eps = results.get(f"{baseline}_eps")
+                if baseline_eps and name not in ("limit", baseline):
+                    ratios[f"{name}_vs_{baseline}"] = round(eps / baseline_eps, 3)
         one = results.get("streampulse_all_1p_eps")
         for name in ("streampulse_all_2p", "streampulse_all_w2"):
             eps = results.get(f"{name}_eps")
