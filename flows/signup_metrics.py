@@ -48,7 +48,7 @@ class SignupFolder:
 
     def _funnel(self, e: Any) -> Funnel:
         funnel = self._funnels.get(e.signup_id)
-        if funnel is None:
+        if funnel is None or funnel[2] < e.event_time_ms - self._timeout_ms:
             funnel = self._funnels[e.signup_id] = [UNKNOWN, UNKNOWN, e.event_time_ms]
         funnel[2] = max(funnel[2], e.event_time_ms)
         return funnel
@@ -75,6 +75,8 @@ class SignupFolder:
 
     def _failed(self, e: Any, w: int, row: list[int], rows: Rows, acc: Partials, on_time: bool) -> None:
         funnel = self._funnels.pop(e.signup_id, None)
+        if funnel is not None and funnel[2] < e.event_time_ms - self._timeout_ms:
+            funnel = None  # expired: whether `forget` has freed it yet depends on batch timing, not on the events
         plan, method = (funnel[0], funnel[1]) if funnel is not None else (UNKNOWN, UNKNOWN)
         country, device = e.country, e.device_type
         self._add(acc, (w, "signups_failed", country, device, e.channel, plan, e.failure_reason), 1)

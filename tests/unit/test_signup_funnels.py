@@ -64,3 +64,19 @@ def test_abandoned_funnels_are_forgotten_after_the_timeout() -> None:
     assert folder.open_funnels == 1
     folder.forget(W + 1000 + 60_001)
     assert folder.open_funnels == 0
+
+
+def test_a_failure_after_the_timeout_is_unknown_whether_or_not_its_funnel_was_freed_yet() -> None:
+    """Attribution depends on the events only, not on when `forget` happened to run (batch timing)."""
+    late_failure = ev("signup_failed", "a", W + 1000 + 60_001, failure_reason="payment_declined")
+    submitted = ev("payment_submitted", "a", W + 1000, plan="ads", payment_method="card")
+    for forget_first in (False, True):
+        folder = SignupFolder(signup_timeout_ms=60_000)
+        fold_all(folder, [submitted])
+        if forget_first:
+            folder.forget(W + 1000 + 60_001)
+        acc = fold_all(folder, [late_failure])
+        assert acc == {
+            (W, "signups_failed", "DE", "web", "social", UNKNOWN, "payment_declined"): 1,
+            (W, "payment_declines", "DE", "web", "social", UNKNOWN, UNKNOWN): 1,
+        }
