@@ -6,7 +6,9 @@
                             WindowLogic (one store: merge, watermark, partial/final)
                                    │ WindowUpdate
                                    ├──► RedisWindowSink
-                                   └──► PrometheusWindowSink
+                                   ├──► PrometheusWindowSink
+                                   └──► final fine windows ──► AnomalyLogic (flows/anomaly_flow.py)
+                                           └──► anomalies topic, Redis, /metrics (sinks/anomaly_sink.py)
 
 All summaries meet in one stateful step (one key) because the watermark is a
 property of all partitions together; by then each batch is a handful of
@@ -17,15 +19,18 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from flows.anomaly_flow import anomaly_events, detect_anomalies
 from flows.kafka_source import KafkaEventSource
 from flows.partials import BatchSummary, DeadLetter
 from flows.partition_aggregator import Folder
@@ -34,6 +39,7 @@ from flows.reader_config import ReaderConfig
 from flows.signup_metrics import IgnoreFolder, SignupFolder
 from flows.window_store import WindowStore, WindowUpdate
 from flows.windows import resolution_name
+from sinks.anomaly_sink import AnomalyKafkaSink, AnomalyPrometheusSink, AnomalyRedisSink
 from sinks.dead_letter import DeadLetterSink
 from sinks.prometheus import pipeline_metrics
 from sinks.redis_sink import RedisWindowSink
@@ -62,6 +68,8 @@ class WindowLogic(StatefulBatchLogic[BatchSummary, WindowUpdate, WindowStore]):
         self._exit_at_end = reader.exit_at_end
         self._next_publish = datetime.now(UTC) + self._interval
         self._metrics = pipeline_metrics()
+        # Late events already on the counter (a restored store's are not counted again by this process).
+        self._late_reported = dict(self._store.late_by_resolution)
 
     def on_batch(self, values: list[BatchSummary]) -> tuple[list[WindowUpdate], bool]:
         for summary in values:
@@ -84,6 +92,10 @@ class WindowLogic(StatefulBatchLogic[BatchSummary, WindowUpdate, WindowStore]):
             metrics.watermark.set(store.watermark_ms / 1000)
             metrics.watermark_delay.set(max(time.time() - store.watermark_ms / 1000, 0.0))
         metrics.open_windows.set(store.open_windows)
+        for resolution, total in store.late_by_resolution.items():
+            if total > self._late_reported.get(resolution, 0):
+                metrics.late_events.labels(resolution).inc(total - self._late_reported.get(resolution, 0))
+                self._late_reported[resolution] = total
         return updates
 
     def notify_at(self) -> datetime | None:
@@ -126,22 +138,43 @@ def _rejects(summary: BatchSummary) -> list[DeadLetter]:
     return summary.rejects
 
 
-def build_dataflow(settings: FlowSettings) -> Dataflow:
-    """The live/replay dataflow for the configured topics."""
+# Makes the dataflow's input from (topic -> family, family -> folder factory, reader settings).
+SourceFactory = Callable[
+    [Mapping[str, str], Mapping[str, Callable[[], Folder]], ReaderConfig], FixedPartitionedSource[BatchSummary, Any]
+]
+
+
+def build_dataflow(settings: FlowSettings, source_factory: SourceFactory | None = None) -> Dataflow:
+    """The live/replay dataflow for the configured topics: from Kafka, or from `source_factory`'s source."""
     kafka, reader = settings.kafka, settings.reader
-    source = KafkaEventSource(
-        kafka,
-        topics={kafka.playback_topic: "playback", kafka.signup_topic: "signup"},
-        folders=_folders(reader),
-        config=reader,
-    )
+    topics = {kafka.playback_topic: "playback", kafka.signup_topic: "signup"}
+    if source_factory is None:
+        source: FixedPartitionedSource[BatchSummary, Any] = KafkaEventSource(
+            kafka, topics=topics, folders=_folders(reader), config=reader
+        )
+    else:
+        source = source_factory(topics, _folders(reader), reader)
     partitions = source.list_parts()
+    # A replay writes to no Kafka topic: the live run has dead-lettered its bad input and published its anomalies.
+    live = reader.replay is None
     flow = Dataflow("streampulse")
     summaries = op.input("kafka_in", flow, source)
-    op.output("dead_letter_out", op.flat_map("rejects", summaries, _rejects), DeadLetterSink(kafka))
+    if live:
+        op.output("dead_letter_out", op.flat_map("rejects", summaries, _rejects), DeadLetterSink(kafka))
     keyed = op.key_on("one_store", summaries, lambda _summary: STORE_KEY)
     updates = op.stateful_batch("windows", keyed, lambda resume: WindowLogic(reader, partitions, resume))
     plain = op.map("drop_key", updates, lambda key_update: key_update[1])
+    replay = reader.replay
+    if replay is not None:
+        # Only windows wholly inside the range hold all their events (flows/replay_range.py).
+        plain = op.filter("replay_range", plain, lambda u: replay.inside(u.window_start_ms, u.window_end_ms))
     op.output("redis_out", plain, RedisWindowSink(settings.redis, settings.redis_ttl_s))
     op.output("prometheus_out", plain, PrometheusWindowSink(reader.windows.fine_ms))
+    if reader.metric_set == "all":  # the stream-starts-only benchmark configuration has nothing to detect on
+        detections = detect_anomalies(plain, reader.windows.fine_ms)
+        events = anomaly_events(detections)
+        if live:
+            op.output("anomalies_kafka_out", events, AnomalyKafkaSink(kafka, kafka.anomalies_topic))
+        op.output("anomalies_redis_out", events, AnomalyRedisSink(settings.redis, settings.redis_ttl_s))
+        op.output("anomalies_prometheus_out", detections, AnomalyPrometheusSink())
     return flow

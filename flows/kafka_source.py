@@ -4,9 +4,11 @@ Each reader is assigned its partition directly (no consumer group: no
 rebalance, and bytewax distributes partitions over workers itself), decodes
 every message with the contract's decoder, folds valid events into window
 partials (flows/partition_aggregator.py) and emits one `BatchSummary` per
-consumed batch. Its snapshot is the next offset to read, so recovery
-(bytewax snapshots sources and state together) resumes exactly after the
-last batch the window store has seen.
+consumed batch. Its snapshot is the next offset to read with what the
+aggregator remembers (duplicate ids, open sessions, the partition's newest
+event time), so recovery (bytewax snapshots sources and state together)
+resumes exactly after the last batch the window store has seen, judging the
+next events as if it had never stopped.
 
 The end of a partition is what the fetcher reports (librdkafka's
 end-of-partition event), not the ListOffsets high watermark: tansu 0.6 reports
@@ -16,6 +18,11 @@ stops at its partition's first end-of-partition event, which is at or past
 every message produced before it started. In a live run, a partition at its
 end and quiet for `idle_after_ms` is reported idle, so it stops holding the
 watermark back; a partition merely caught up for a moment still holds it.
+
+In a replay (`ReaderConfig.replay`) a reader starts at the first record
+that can hold an event of the range's lead (flows/kafka_seek.py) and hands
+its events to a `ReplayFeed` (flows/replay_range.py), which drops what the
+range cannot need, stops the partition past the range, and paces.
 """
 
 from __future__ import annotations
@@ -24,14 +31,17 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from flows.kafka_seek import seek_offset
 from flows.partials import BatchSummary, DeadLetter, PartitionState
 from flows.partition_aggregator import Folder, PartitionAggregator
 from flows.reader_config import ReaderConfig
+from flows.replay_range import ReplayFeed, shared_progress
 from schemas.decoder import EventDecoder, Rejection
 from sinks.prometheus import pipeline_metrics
 from streampulse.settings import KafkaSettings
@@ -68,8 +78,12 @@ def consumer_config(kafka: KafkaSettings) -> dict[str, object]:
     return config
 
 
-class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, int]):
-    """Reads one partition of one topic; state is the next offset to read."""
+# The next offset to read, and what the aggregator remembers (duplicate ids, open sessions, newest event time).
+ReaderSnapshot = tuple[int, bytes]
+
+
+class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]):
+    """Reads one partition of one topic; its state is the next offset and the aggregator's memory."""
 
     def __init__(
         self,
@@ -79,22 +93,36 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, int]):
         family: str,
         folder: Folder,
         config: ReaderConfig,
-        resume_offset: int | None,
+        resume: ReaderSnapshot | None,
     ) -> None:
         self._topic = topic
         self._partition = partition
         self._config = config
         self._consumer = Consumer(consumer_config(kafka))
-        if resume_offset is not None:
-            start = resume_offset
+        if resume is not None:
+            start = resume[0]
         else:
             # Explicit offsets: OFFSET_BEGINNING costs tansu 0.5 s per partition, OFFSET_END is wrong there.
             low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
             start = high if config.start_at == "latest" else low
+            if config.replay is not None:
+                # A replay starts at the first record that can hold an event of its lead (flows/replay_range.py).
+                start = seek_offset(self._consumer, topic, partition, config.replay.seek_ms(family), low, high)
         self._next_offset = start
         self._consumer.assign([TopicPartition(topic, partition, start)])
         self._decoder = EventDecoder(family, config.max_message_bytes, config.max_future_skew_ms)
         self._aggregator = PartitionAggregator(f"{topic}#{partition}", config.windows, folder)
+        if resume is not None:
+            self._aggregator.restore(resume[1])
+        # In a replay, events reach the aggregator through the feed: range filter, stop, pacing, progress.
+        self._feed = (
+            ReplayFeed(
+                config.replay, family, f"{topic}#{partition}", self._aggregator.add, shared_progress(config.replay)
+            )
+            if config.replay is not None
+            else None
+        )
+        self._hold_until: float | None = None
         self._finished = False
         self._at_end = False
         self._last_message_at = time.monotonic()
@@ -112,12 +140,20 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, int]):
     def next_batch(self) -> list[BatchSummary]:
         if self._finished:
             raise StopIteration
-        messages = self._consumer.consume(self._config.batch_size, 0)
+        feed = self._feed
+        released = 0
+        if feed is not None:
+            # Paced replay: events held back go first; nothing new is read while some still wait.
+            self._hold_until = feed.release(time.time())
+            released = feed.released
+        held = self._hold_until is not None
+        messages = [] if held else self._consumer.consume(self._config.batch_size, 0)
         now = time.monotonic()
         self._empty_poll = not messages
         now_ms = time.time_ns() // 1_000_000
         decode = self._decoder.decode
-        add = self._aggregator.add
+        valid: list[Any] = []
+        keep = valid.append
         rejects: list[DeadLetter] = []
         consumed = 0
         last_message = None
@@ -134,8 +170,13 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, int]):
             if type(event) is Rejection:
                 rejects.append(self._dead_letter(message, event))
             else:
-                add(event)
+                keep(event)
             last_message = message
+        if feed is None:
+            self._aggregator.add_all(valid)
+        else:
+            for event in valid:
+                feed.add(event)
         if last_message is not None:
             self._next_offset = (last_message.offset() or 0) + 1
         if consumed:
@@ -146,8 +187,13 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, int]):
             self._at_end = last is not None and last.code() == KafkaError._PARTITION_EOF
         if now - self._last_lag_at > LAG_REPORT_INTERVAL_S:
             self._report_lag(now)
+        if feed is not None and not held:
+            self._hold_until = feed.release(time.time())
+            released += feed.released
         state = self._state(now)
-        if not consumed and state == "active":
+        if feed is not None:
+            feed.report(consumed, state == "finished")
+        if not consumed and not released and state == "active":
             return []
         if state == "idle" and not consumed and now - self._last_report_at < IDLE_REPORT_INTERVAL_S:
             return []
@@ -163,6 +209,11 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, int]):
         return [summary]
 
     def _state(self, now: float) -> PartitionState:
+        if self._feed is not None:
+            if self._feed.past_range:
+                return "finished"
+            if self._feed.holding:
+                return "active"
         if not self._at_end:
             return "active"
         if self._config.exit_at_end:
@@ -203,19 +254,21 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, int]):
         )
 
     def next_awake(self) -> datetime | None:
+        if self._hold_until is not None:
+            return datetime.fromtimestamp(self._hold_until, UTC)
         if self._empty_poll:
             # Polling an empty partition in a tight loop would starve the other partitions of this worker.
             return datetime.now(UTC) + EMPTY_POLL_BACKOFF
         return None
 
-    def snapshot(self) -> int:
-        return self._next_offset
+    def snapshot(self) -> ReaderSnapshot:
+        return self._next_offset, self._aggregator.snapshot()
 
     def close(self) -> None:
         self._consumer.close()
 
 
-class KafkaEventSource(FixedPartitionedSource[BatchSummary, int]):
+class KafkaEventSource(FixedPartitionedSource[BatchSummary, ReaderSnapshot]):
     """Every partition of the given topics, each read by a `KafkaPartitionReader`."""
 
     def __init__(
@@ -245,7 +298,7 @@ class KafkaEventSource(FixedPartitionedSource[BatchSummary, int]):
             parts.extend(f"{topic}#{p}" for p in sorted(metadata.partitions))
         return parts
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> KafkaPartitionReader:
+    def build_part(self, step_id: str, for_part: str, resume_state: ReaderSnapshot | None) -> KafkaPartitionReader:
         topic, _, partition = for_part.rpartition("#")
         family = self._topics[topic]
         return KafkaPartitionReader(

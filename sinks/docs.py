@@ -58,8 +58,14 @@ def metrics_markdown() -> str:
     lines.append("|---|---|---|---|")
     registry = CollectorRegistry()
     PipelineMetrics(registry)
+    # The declared label names: a labelled metric has no samples (so no labels to read) until it is first set.
+    declared = {
+        collector._name: collector._labelnames  # type: ignore[attr-defined]
+        for collector in registry._collector_to_names
+        if hasattr(collector, "_labelnames")
+    }
     for family in registry.collect():
-        labels = sorted({label for sample in family.samples for label in sample.labels})
+        labels = declared.get(family.name, ())
         name = f"{family.name}_total" if family.type == "counter" else family.name
         lines.append(f"| `{name}` | {family.type} | {', '.join(labels)} | {family.documentation} |")
     return "\n".join(lines) + "\n"

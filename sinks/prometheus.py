@@ -3,8 +3,10 @@
 Names follow `streampulse_<what>_<unit>`; labels are bounded: `country`
 (ISO codes seen), `device_type` (6 values), `reason` (the decoder's fixed
 set), `event_type` (contract enum), `topic`/`partition` (the configured
-topics). Titles are never labels. The catalogue is rendered in
-docs/metrics.md.
+topics), `series` (the anomaly detector's 7 series) and `severity`
+(warning, critical); the anomaly metrics add `country="all"` and
+`device_type="all"` for roll-ups. Titles are never labels. The catalogue is
+rendered in docs/metrics.md.
 
 Window values are those of the newest *final* fine window: a partial window
 would read as a dip on every scrape. `streampulse_stream_starts_total` adds
@@ -13,6 +15,7 @@ each final fine window once, so `rate()` works and totals can be checked.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from flows.anomaly_detector import SEVERITIES, Detection
 from flows.catalog import METRICS
 from flows.metric_values import roll_up, top, value_of
 from flows.window_store import WindowUpdate
@@ -163,6 +167,41 @@ class PipelineMetrics:
             "Rejected messages delivered to the dead-letter topic",
             registry=registry,
         )
+
+        # Anomaly detection (flows/anomaly_detector.py, docs/anomalies.md).
+        self.anomaly_score = Gauge(
+            "streampulse_anomaly_score",
+            "Current anomaly score of a series: signed z of its most anomalous recent horizon (alarms from 5)",
+            ["series", "country", "device_type"],
+            registry=registry,
+        )
+        self.anomalies = Counter(
+            "streampulse_anomalies",
+            "Anomalies opened, by series and the severity they opened with",
+            ["series", "severity"],
+            registry=registry,
+        )
+        self.anomaly_active = Gauge(
+            "streampulse_anomaly_active",
+            "1 while an anomaly is open on the series (removed when it resolves)",
+            ["series", "country", "device_type", "severity"],
+            registry=registry,
+        )
+
+    def observe_detection(self, detection: Detection) -> None:
+        """Export one window's anomaly scores and the anomalies it opened, escalated or resolved."""
+        for score in detection.scores:
+            self.anomaly_score.labels(score.series, score.country, score.device_type).set(score.score)
+        for event in detection.events:
+            labels = (event.series, event.country, event.device_type)
+            if event.state == "open":
+                self.anomalies.labels(event.series, event.severity).inc()
+            # One active sample per open anomaly, under its current severity.
+            for severity in SEVERITIES:
+                with contextlib.suppress(KeyError):
+                    self.anomaly_active.remove(*labels, severity)
+            if event.state != "resolved":
+                self.anomaly_active.labels(*labels, event.severity).set(1)
 
     def observe_windows(self, updates: Iterable[WindowUpdate], fine_resolution: str, fine_seconds: float) -> None:
         """Export the window values of freshly published updates."""

@@ -8,6 +8,8 @@ touches live keys:
 | `sp:{ns}:agg:{res}:{aggregate}:{window_start_ms}` | string | JSON array of rows `[dim1, dim2, …, value]`: dimension values in the aggregate's order (flows/catalog.py), then the integer value |
 | `sp:{ns}:win:{res}:{window_start_ms}` | hash | `final` (0/1), `end_ms`, `watermark_ms`, `updated_ms`, `late:{event_type}` counts |
 | `sp:{ns}:windows:{res}` | sorted set | member and score = window_start_ms of every window written |
+| `sp:{ns}:anomalies` | sorted set | recent anomalies: member = anomaly id (`series:country:device_type:direction:onset_ms`), score = end of the window it opened in (ms); the newest 1000 are kept |
+| `sp:{ns}:anomaly:{anomaly_id}` | string | JSON of the anomaly's latest event (`state` open, escalated or resolved; fields in docs/anomalies.md) |
 
 Values are absolute per window: each publish rewrites, whole, every
 aggregate of a window that changed since its last publish, inside MULTI/EXEC,
@@ -16,6 +18,8 @@ a reader never sees half an update. One JSON document per (window,
 aggregate) rather than a hash field per dimension combination: orjson
 encodes it in C, where redis-py packs hash fields one by one in Python (22 %
 of the flow's time, measured). Every key carries the retention TTL.
+Anomalies are written the same way: each event sets the anomaly's whole
+latest state, so a retry or a replay writes the same document again.
 """
 
 from __future__ import annotations
@@ -36,3 +40,13 @@ def window_key(namespace: str, resolution: str, window_start_ms: int) -> str:
 def index_key(namespace: str, resolution: str) -> str:
     """Sorted set of the window starts written at a resolution."""
     return f"{PREFIX}:{namespace}:windows:{resolution}"
+
+
+def anomalies_key(namespace: str) -> str:
+    """Sorted set of recent anomaly ids, scored by the end of the window they opened in."""
+    return f"{PREFIX}:{namespace}:anomalies"
+
+
+def anomaly_key(namespace: str, anomaly_id: str) -> str:
+    """JSON document of one anomaly's latest state."""
+    return f"{PREFIX}:{namespace}:anomaly:{anomaly_id}"

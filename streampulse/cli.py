@@ -1,4 +1,4 @@
-"""`streampulse`: one command, a subcommand per job (demo, run, loadgen, query)."""
+"""`streampulse`: one command, a subcommand per job (demo, run, loadgen, query, archive, replay)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand; options fall back to STREAMPULSE_* environment variables."""
     # Imported here so `streampulse --help` stays fast and one broken subcommand cannot hide the others' help.
     from loadgen import cli as loadgen_cli
-    from streampulse import demo, query, run
+    from streampulse import archive, demo, query, replay, run
 
     parser = argparse.ArgumentParser(
         prog="streampulse",
@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.register(subparsers)
     loadgen_cli.register(subparsers)
     query.register(subparsers)
+    archive.register(subparsers)
+    replay.register(subparsers)
     return parser
 
 

@@ -131,12 +131,19 @@ def _run_children(
     wait_for_kafka(kafka)
     partitions = args.partitions
     ensure_topics(
-        kafka, {kafka.playback_topic: partitions, kafka.signup_topic: partitions, kafka.dead_letter_topic: partitions}
+        kafka,
+        {
+            kafka.playback_topic: partitions,
+            kafka.signup_topic: partitions,
+            kafka.dead_letter_topic: partitions,
+            kafka.anomalies_topic: 1,
+        },
     )
     common = _connection_argv(kafka, redis_url, redis_settings.namespace)
     python = [sys.executable, "-m", "streampulse.cli"]
     metrics = ["--metrics-host", args.metrics_host, "--metrics-port", str(args.metrics_port)]
-    children.append(ManagedProcess("flows", [*python, "run", *common, *metrics], work_dir / "flows.log"))
+    anomalies = ["--anomalies-topic", kafka.anomalies_topic]
+    children.append(ManagedProcess("flows", [*python, "run", *common, *metrics, *anomalies], work_dir / "flows.log"))
     loadgen = ["--mode", "realtime", "--rate", str(args.rate), "--seed", str(args.seed)]
     children.append(ManagedProcess("loadgen", [*python, "loadgen", *loadgen, *common[:6]], work_dir / "loadgen.log"))
     print(

@@ -5,18 +5,24 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import time
 from datetime import timedelta
+from pathlib import Path
 
 import redis
 from bytewax._bytewax import cli_main
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from confluent_kafka.admin import AdminClient
 
-from flows.dataflow import FlowSettings, build_dataflow
+from flows.dataflow import FlowSettings, SourceFactory, build_dataflow
+from flows.replay_range import ReplayRange
 from sinks.prometheus import serve_metrics
 from sinks.redis_sink import connect
 from streampulse.kafka_admin import ensure_topics, topic_partitions, wait_for_kafka
-from streampulse.options import add_flag, add_option, port, positive_int
+from streampulse.options import add_flag, add_option, port, positive_duration_ms, positive_int
 from streampulse.settings import (
     ConfigError,
+    KafkaSettings,
     add_flow_options,
     add_kafka_options,
     add_redis_options,
@@ -40,25 +46,73 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_flag(parser, "--exit-at-end", help="read up to the end offsets present at start, finalize every window, exit 0")
     add_metrics_options(parser)
-    cluster = parser.add_argument_group("scale-out (bytewax cluster)")
-    add_option(cluster, "--workers", type=positive_int, default="1", help="worker threads in this process")
-    add_option(cluster, "--process-id", type=int, help="this process's index in the cluster (with --addresses)")
-    add_option(cluster, "--addresses", help="host:port of every process of the cluster, separated by ';'")
+    add_cluster_options(parser)
+    add_recovery_options(parser)
     add_kafka_options(parser)
     add_redis_options(parser)
     add_flow_options(parser)
     parser.set_defaults(func=run)
 
 
-def add_metrics_options(parser: argparse.ArgumentParser) -> None:
+def add_metrics_options(parser: argparse.ArgumentParser, default_port: str = "9464") -> None:
     """Where /metrics is served."""
     group = parser.add_argument_group("metrics endpoint")
     add_option(group, "--metrics-host", default="127.0.0.1", help="address /metrics binds to")
-    add_option(group, "--metrics-port", type=port, default="9464", help="port of /metrics (0 = any free port)")
+    add_option(group, "--metrics-port", type=port, default=default_port, help="port of /metrics (0 = any free port)")
 
 
-def flow_settings(args: argparse.Namespace) -> FlowSettings:
-    """Validated settings of the flow; raises ConfigError saying what to fix."""
+def add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    """Bytewax scale-out: workers in this process, and the other processes of a cluster."""
+    cluster = parser.add_argument_group("scale-out (bytewax cluster)")
+    add_option(cluster, "--workers", type=positive_int, default="1", help="worker threads in this process")
+    add_option(cluster, "--process-id", type=int, help="this process's index in the cluster (with --addresses)")
+    add_option(cluster, "--addresses", help="host:port of every process of the cluster, separated by ';'")
+
+
+def add_recovery_options(parser: argparse.ArgumentParser) -> None:
+    """Crash recovery: where bytewax keeps its snapshots, and how often it takes them."""
+    group = parser.add_argument_group("crash recovery (bytewax snapshots)")
+    add_option(
+        group,
+        "--recovery-dir",
+        help="directory of the state snapshots; a restart with the same directory resumes where the last snapshot "
+        "left off (offsets, duplicate ids, open sessions and windows). One per flow, on persistent storage; shared by "
+        "the processes of a cluster. Without it a restart starts afresh.",
+    )
+    add_option(
+        group,
+        "--snapshot-interval",
+        type=positive_duration_ms,
+        default="10s",
+        help="how often state is snapshotted: a restart re-reads at most this much",
+    )
+
+
+def recovery_config(args: argparse.Namespace) -> RecoveryConfig | None:
+    """Bytewax's recovery settings, creating the snapshot store on first use; None without --recovery-dir."""
+    if getattr(args, "recovery_dir", None) is None:
+        return None
+    directory = Path(args.recovery_dir)
+    processes = len(args.addresses.split(";")) if args.addresses else 1
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if not any(directory.glob("part-*.sqlite3")):
+            if args.process_id in (None, 0):
+                init_db_dir(directory, processes)  # type: ignore[no-untyped-call]
+            else:
+                # Process 0 creates the store; the others wait for it rather than race it.
+                deadline = time.monotonic() + 60
+                while not any(directory.glob("part-*.sqlite3")):
+                    if time.monotonic() > deadline:
+                        raise ConfigError(f"--recovery-dir {directory}: process 0 did not create the snapshot store")
+                    time.sleep(0.2)
+    except OSError as exc:
+        raise ConfigError(f"--recovery-dir {directory} is not usable ({exc}): give a writable directory") from None
+    return RecoveryConfig(directory)  # type: ignore[no-untyped-call]
+
+
+def flow_settings(args: argparse.Namespace, replay: ReplayRange | None = None) -> FlowSettings:
+    """Validated settings of the flow (of a replay of `replay`); raises ConfigError saying what to fix."""
     if (args.process_id is None) != (args.addresses is None):
         raise ConfigError("--process-id and --addresses go together: give both to run as part of a cluster")
     if args.addresses is not None and not 0 <= args.process_id < len(args.addresses.split(";")):
@@ -66,7 +120,8 @@ def flow_settings(args: argparse.Namespace) -> FlowSettings:
     return FlowSettings(
         kafka=kafka_settings(args),
         redis=redis_settings(args),
-        reader=reader_config(args, exit_at_end=args.exit_at_end),
+        # A replay ends like --exit-at-end: at the end of what it reads, every window finalized.
+        reader=reader_config(args, exit_at_end=replay is not None or args.exit_at_end, replay=replay),
         redis_ttl_s=max(args.redis_ttl // 1000, 1),
     )
 
@@ -74,19 +129,29 @@ def flow_settings(args: argparse.Namespace) -> FlowSettings:
 def check_services(settings: FlowSettings) -> None:
     """Fail at start, with what to fix, if Kafka, the input topic or Redis is missing."""
     admin = wait_for_kafka(settings.kafka)
+    partitions = check_input_topics(settings.kafka, admin)
+    # One partition for anomalies: they are few, and one partition keeps them in order for a consumer.
+    topics = {settings.kafka.dead_letter_topic: partitions, settings.kafka.anomalies_topic: 1}
+    ensure_topics(settings.kafka, topics, admin)
+    check_redis(settings)
+
+
+def check_input_topics(kafka: KafkaSettings, admin: AdminClient) -> int:
+    """Fail, with what to fix, if an input topic is missing; return the largest partition count."""
     partitions = 1
-    for flag, topic in (
-        ("--playback-topic", settings.kafka.playback_topic),
-        ("--signup-topic", settings.kafka.signup_topic),
-    ):
-        count = topic_partitions(settings.kafka, topic, admin)
+    for flag, topic in (("--playback-topic", kafka.playback_topic), ("--signup-topic", kafka.signup_topic)):
+        count = topic_partitions(kafka, topic, admin)
         if count is None:
             raise ConfigError(
-                f"the topic {topic!r} ({flag}) does not exist on {settings.kafka.bootstrap}. Create it, or produce "
+                f"the topic {topic!r} ({flag}) does not exist on {kafka.bootstrap}. Create it, or produce "
                 "events with `streampulse loadgen`, which creates its topics."
             )
         partitions = max(partitions, count)
-    ensure_topics(settings.kafka, {settings.kafka.dead_letter_topic: partitions}, admin)
+    return partitions
+
+
+def check_redis(settings: FlowSettings) -> None:
+    """Fail at start, with what to fix, if Redis is not reachable."""
     try:
         connect(settings.redis).ping()
     except redis.RedisError as exc:
@@ -98,14 +163,27 @@ def check_services(settings: FlowSettings) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the dataflow until stopped, or to the end of the input with --exit-at-end."""
     settings = flow_settings(args)
+    recovery = recovery_config(args)
     check_services(settings)
+    return execute(settings, args, recovery=recovery)
+
+
+def execute(
+    settings: FlowSettings,
+    args: argparse.Namespace,
+    source_factory: SourceFactory | None = None,
+    job: str = "run",
+    recovery: RecoveryConfig | None = None,
+) -> int:
+    """Serve /metrics and run the dataflow of `settings` (from Kafka, or `source_factory`'s source) to its end."""
     # Every event allocates a few short-lived key tuples; the default gen-0 threshold (700) would run the
     # collector every few hundred events. Long-lived state is frozen out of its scans.
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
     server = serve_metrics(args.metrics_host, args.metrics_port)
     log.info(
-        "streampulse run: Kafka %s, Redis %s (namespace %s), /metrics on %s:%d",
+        "streampulse %s: Kafka %s, Redis %s (namespace %s), /metrics on %s:%d",
+        job,
         settings.kafka.bootstrap,
         settings.redis.display_url,
         settings.redis.namespace,
@@ -114,11 +192,13 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         cli_main(  # type: ignore[no-untyped-call]
-            build_dataflow(settings),
+            build_dataflow(settings, source_factory),
             workers_per_process=args.workers,
             process_id=args.process_id,
             addresses=args.addresses.split(";") if args.addresses else None,
-            epoch_interval=timedelta(seconds=10),
+            # Snapshots are taken at the end of each epoch.
+            epoch_interval=timedelta(milliseconds=getattr(args, "snapshot_interval", 10_000)),
+            recovery_config=recovery,
         )
     finally:
         server.stop()

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from flows.reader_config import ReaderConfig
+from flows.replay_range import ReplayRange
 from flows.windows import WindowConfig
 from schemas.contract import families
 from streampulse.options import add_option, duration_ms, positive_duration_ms, positive_int
@@ -74,6 +75,7 @@ class KafkaSettings:
     sasl_username: str | None = None
     sasl_password: Secret | None = None
     ssl_ca_location: str | None = None
+    anomalies_topic: str = "anomalies"
 
     def client_config(self) -> dict[str, Any]:
         """Librdkafka settings common to producers, consumers and the admin client."""
@@ -124,6 +126,7 @@ def add_kafka_options(parser: argparse.ArgumentParser) -> None:
     add_option(group, "--playback-topic", default=topics["playback"].default_topic, help="topic of playback events")
     add_option(group, "--signup-topic", default=topics["signup"].default_topic, help="topic of sign-up events")
     add_option(group, "--dead-letter-topic", default="streampulse-dead-letter", help="topic for rejected events")
+    add_option(group, "--anomalies-topic", default="anomalies", help="topic the anomaly detector publishes to")
     add_option(
         group, "--kafka-security-protocol", default="PLAINTEXT", choices=SECURITY_PROTOCOLS, help="Kafka security"
     )
@@ -157,11 +160,15 @@ def kafka_settings(args: argparse.Namespace) -> KafkaSettings:
         "--signup-topic": args.signup_topic,
         "--dead-letter-topic": args.dead_letter_topic,
     }
-    for flag, topic in names.items():
+    for flag, topic in [*names.items(), ("--anomalies-topic", args.anomalies_topic)]:
         if not _TOPIC.match(topic):
             raise ConfigError(f"{flag} {topic!r} is not a valid Kafka topic name (letters, digits, . _ -)")
     if len(set(names.values())) != len(names):
         raise ConfigError("the playback, sign-up and dead-letter topics must be three different topics")
+    if args.anomalies_topic in names.values():
+        raise ConfigError(
+            f"--anomalies-topic {args.anomalies_topic!r} must differ from the input and dead-letter topics"
+        )
     protocol = args.kafka_security_protocol
     password = _read_secret(args, "kafka_sasl_password")
     if protocol.startswith("SASL") and not (args.kafka_sasl_mechanism and args.kafka_sasl_username and password):
@@ -174,6 +181,7 @@ def kafka_settings(args: argparse.Namespace) -> KafkaSettings:
         playback_topic=args.playback_topic,
         signup_topic=args.signup_topic,
         dead_letter_topic=args.dead_letter_topic,
+        anomalies_topic=args.anomalies_topic,
         security_protocol=protocol,
         sasl_mechanism=args.kafka_sasl_mechanism,
         sasl_username=args.kafka_sasl_username,
@@ -246,7 +254,7 @@ def add_flow_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def reader_config(args: argparse.Namespace, exit_at_end: bool) -> ReaderConfig:
+def reader_config(args: argparse.Namespace, exit_at_end: bool, replay: ReplayRange | None = None) -> ReaderConfig:
     """Validated reader settings from parsed options; raises ConfigError saying what to fix."""
     try:
         windows = WindowConfig(
@@ -266,4 +274,5 @@ def reader_config(args: argparse.Namespace, exit_at_end: bool) -> ReaderConfig:
         max_future_skew_ms=args.max_future_skew,
         session_timeout_ms=args.session_timeout,
         metric_set=args.metric_set,
+        replay=replay,
     )

@@ -30,7 +30,7 @@ from sinks.redis_query import query
 from streampulse.processes import free_port
 from streampulse.settings import KafkaSettings
 from tests.conftest import Stack
-from tests.integration.helpers import REPO, create_topics, streampulse
+from tests.integration.helpers import REPO, create_topics, scrape, streampulse
 from tests.integration.helpers import produce as produce_messages
 
 pytestmark = pytest.mark.integration
@@ -78,7 +78,7 @@ def _closing_events(family: str, time_ms: int) -> list[tuple[int, bytes | None, 
     return messages
 
 
-def _produce_closed(generated: Generated, kafka: KafkaSettings) -> int:
+def _produce_closed(generated: Generated, kafka: KafkaSettings, all_messages: Generated | None = None) -> int:
     """Produce the generated stream, closing it before the events held back past its end; returns the close time.
 
     An event the generator holds back beyond the end of the stream would otherwise find its partition with
@@ -86,7 +86,8 @@ def _produce_closed(generated: Generated, kafka: KafkaSettings) -> int:
     """
     messages = generated.messages
     cut = max(i for i, m in enumerate(messages) if m.kind in ("valid", "duplicate")) + 1
-    close_ms: int = max(m.event["event_time_ms"] for m in messages if m.event is not None) + 15 * 60_000
+    everything = (all_messages or generated).messages
+    close_ms: int = max(m.event["event_time_ms"] for m in everything if m.event is not None) + 15 * 60_000
     assert produce(messages[:cut], kafka)["failed"] == 0
     produce_messages(kafka.bootstrap, kafka.playback_topic, _closing_events("playback", close_ms))
     produce_messages(kafka.bootstrap, kafka.signup_topic, _closing_events("signup", close_ms))
@@ -249,7 +250,56 @@ def test_every_metric_equals_ground_truth(
     namespace = f"truth-{unique_name}"
     CLOSE_MS[namespace] = _produce_closed(generated, kafka)
     _run(topology, _connection(kafka, stack, namespace), tmp_path)
+    _assert_equal_to_truth(stack, kafka, namespace, generated)
 
+
+def test_a_run_killed_and_restarted_from_its_snapshots_equals_ground_truth(
+    stack: Stack, unique_name: str, generated: Generated, tmp_path: Path
+) -> None:
+    """kill -9 with sessions open, ids remembered and windows open; the restart resumes from the snapshots."""
+    kafka = _kafka(stack, unique_name)
+    create_topics(stack.bootstrap, {kafka.playback_topic: PARTITIONS, kafka.signup_topic: PARTITIONS})
+    namespace = f"recovery-{unique_name}"
+    connection = _connection(kafka, stack, namespace)
+    recovery = ["--recovery-dir", str(tmp_path / "recovery"), "--snapshot-interval", "1"]
+    # The first half is read live, then the process is killed; the rest arrives while it is down.
+    half = len(generated.messages) // 2
+    first, rest = generated.messages[:half], generated.messages[half:]
+    assert produce(first, kafka)["failed"] == 0
+    port = free_port()
+    log = tmp_path / "killed.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streampulse.cli", "run", "--metrics-port", str(port), *recovery, *connection],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while _consumed(port) < half:
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"consumed {_consumed(port)} of {half}"
+            time.sleep(0.2)
+        time.sleep(2.5)  # two snapshot intervals: the snapshot covers everything consumed
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    remaining = Generated(messages=rest, truth=generated.truth, result=generated.result)
+    CLOSE_MS[namespace] = _produce_closed(remaining, kafka, all_messages=generated)
+    result = streampulse("run", "--exit-at-end", "--metrics-port", "0", *recovery, *connection, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_equal_to_truth(stack, kafka, namespace, generated)
+
+
+def _consumed(port: int) -> int:
+    try:
+        samples = scrape(port)
+    except OSError:
+        return 0
+    return int(sum(v for (name, _labels), v in samples.items() if name == "streampulse_events_consumed_total"))
+
+
+def _assert_equal_to_truth(stack: Stack, kafka: KafkaSettings, namespace: str, generated: Generated) -> None:
     truth = generated.truth
     client = redis.Redis.from_url(stack.redis_url)
     text = redis.Redis.from_url(stack.redis_url, decode_responses=True)
