@@ -31,20 +31,21 @@ Series (`SERIES`) and the statistics that score them:
 
 Volume awareness: each score is the exact tail probability (Poisson,
 binomial; flows/anomaly_stats.py) turned into a z-like number, and the
-baseline's own uncertainty widens it (negative binomial for counts: a rate
-learned from 12 events cannot call 5 events an anomaly; variance inflation
-for shares and means). Sparse series gather evidence over several
+baseline's own uncertainty widens it (negative binomial for counts, whose
+shape is the number of events the baseline rests on: the fewer, the more a
+count must deviate; variance inflation for shares and means). Sparse series gather evidence over several
 *horizons* — the sums of the last 1, 3, 6, 12 and 30 windows — so a
 country with a few attempts per window is still judged on a minute of
 them, while a big series flags within one or two windows.
 
 Low false alarms: a horizon alarms only if its score passes `z_open`, the
-relative effect is large enough to matter (`min_effect`: +50 % on a rate,
--30 % on starts, …) and there is volume behind it (at least `min_events`
-events, `min_trials` trials); an anomaly opens only when `confirm_n` of the
-last `confirm_m` windows alarm, resolves after `resolve_after` quiet
-windows, and the series then rests for `cooldown` windows, so one incident
-is one anomaly. While a series looks suspicious (any horizon beyond
+relative effect is large enough to matter (`min_effect_up`/`_down`: +50 %
+on a rate, -30 % on starts, …) and there is volume behind it (at least
+`min_events` events, `min_trials` trials); an anomaly opens only when
+`confirm_n` of the last `confirm_m` windows alarm, resolves after
+`resolve_after` windows quiet at the scale it was seen at
+(`resolve_horizon`), and the series then rests for `cooldown` windows, so
+one incident is one anomaly. While a series looks suspicious (any horizon beyond
 `z_learn`) or is anomalous, its baseline learns ten times slower, so an
 incident does not become the new normal within minutes.
 """
@@ -52,7 +53,7 @@ incident does not become the new normal within minutes.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -167,6 +168,9 @@ class DetectorConfig:
     confirm_n: int = 2
     confirm_m: int = 3
     resolve_after: int = 12
+    # An open anomaly is quiet when no horizon up to max(the one that opened it, this) is beyond z_resolve:
+    # judged at the scale it was seen at, not until the longest horizon has forgotten it.
+    resolve_horizon: int = 6
     cooldown: int = 30
     warmup_windows: int = 30
     alpha_count: float = 0.02
@@ -422,8 +426,9 @@ class _Verdict:
     """The scoring of one series in one window."""
 
     score: float = 0.0  # signed, most anomalous horizon in a watched direction
-    best_up: float = 0.0  # the highest signed score of any horizon
-    best_down: float = 0.0  # the lowest
+    # The highest and lowest signed scores of the horizons an open anomaly's quiet check looks at.
+    quiet_up: float = 0.0
+    quiet_down: float = 0.0
     suspect: bool = False
     alarm: Direction | None = None
     alarm_score: float = 0.0
@@ -630,6 +635,8 @@ class AnomalyDetector:
         poisson_like = kind in ("count", "rate")
         verdict = _Verdict()
         best_up, best_down = -math.inf, math.inf
+        opened = series.open
+        quiet_limit = max(opened.get("horizon", self._ring), config.resolve_horizon) if opened is not None else 0
         at = 0
         for horizon in config.horizons:
             if horizon > series.filled:
@@ -658,6 +665,8 @@ class AnomalyDetector:
                 best_up = z
             if z < best_down:
                 best_down = z
+            if horizon <= quiet_limit:
+                verdict.quiet_up, verdict.quiet_down = max(verdict.quiet_up, z), min(verdict.quiet_down, z)
             if z >= z_learn or z <= -z_learn:
                 effect = self._effect(index, kind, sk, sn, sm)
                 # Only a material change holds learning back: a big series' slow drift must still be learned.
@@ -676,7 +685,6 @@ class AnomalyDetector:
             at += _SLOT
         if best_up == -math.inf:
             return verdict
-        verdict.best_up, verdict.best_down = best_up, best_down
         if spec.directions == ("up",):
             verdict.score = best_up
         elif spec.directions == ("down",):
@@ -746,19 +754,21 @@ class AnomalyDetector:
                 "severity": self._severity(spec, alarm, verdict.effect),
                 "onset_ms": onset,
                 "opened_ms": end_ms,
+                "horizon": verdict.horizon,
             }
             self._keep_peak(opened, verdict)
             series.quiet = 0
             events.append(self._event(series, index, spec, opened, "open", start_ms, end_ms, window_s, group))
             return
         direction = opened["direction"]
-        # Quiet: no horizon still beyond z_resolve in the anomaly's direction (or no baseline to judge by).
+        # Quiet: no horizon it is judged on (see resolve_horizon) beyond z_resolve in its direction, or no
+        # baseline to judge by.
         if verdict is None:
             still = False
         elif direction == "up":
-            still = verdict.best_up >= config.z_resolve
+            still = verdict.quiet_up >= config.z_resolve
         else:
-            still = verdict.best_down <= -config.z_resolve
+            still = verdict.quiet_down <= -config.z_resolve
         series.quiet = 0 if still else series.quiet + 1
         if verdict is not None and alarm == direction:
             if abs(verdict.alarm_score) > abs(opened["peak"]):
@@ -933,8 +943,3 @@ def _negative_binomial_score(k: float, mean: float, shape: float) -> float:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else float(f"{value:.6g}")
-
-
-def series_keys(events: Iterable[AnomalyEvent]) -> set[str]:
-    """The `series:country:device_type` keys of some events."""
-    return {event.series_key for event in events}

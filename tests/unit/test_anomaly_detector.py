@@ -110,7 +110,9 @@ def test_a_drop_in_stream_starts_opens_one_critical_down_anomaly_and_resolves() 
     assert opening.expected == pytest.approx(5.0, rel=0.1)
     assert opening.observed is not None and opening.expected is not None
     assert opening.observed <= 0.5 * opening.expected
-    assert STEP_AT + STEP_WINDOWS <= window_of(resolving) <= STEP_AT + STEP_WINDOWS + 60
+    # Quiet at the scale it was seen at (up to 6 windows here) for 12 windows: resolved within ~3 minutes of
+    # the end, not only once the 30-window horizon has forgotten the drop.
+    assert STEP_AT + STEP_WINDOWS + 12 <= window_of(resolving) <= STEP_AT + STEP_WINDOWS + 25
     # The country roll-up sees it too; the US and the device roll-up (half the traffic gone from one of two) too.
     assert {(e.country, e.device_type) for e in opened(events)} <= {("BR", "tv"), ("BR", ALL), (ALL, "tv"), (ALL, ALL)}
     assert not [e for e in events if e.country == "US"]
