@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from flows.partition_aggregator import PartitionAggregator
 from flows.playback_metrics import PlaybackFolder
-from flows.window_store import WindowStore
+from flows.window_store import WindowStore, WindowUpdate
 from flows.windows import WindowConfig
 
 WINDOWS = WindowConfig(fine_ms=10_000, coarse_ms=60_000, allowed_lateness_ms=30_000)
@@ -90,6 +90,11 @@ def fine_values(events: list[SimpleNamespace], aggregate: str) -> Counter[tuple[
         updates += store.publish()
     store.merge(aggregator.summary("finished"))
     updates += store.finish()
+    return final_fine_values(updates, aggregate)
+
+
+def final_fine_values(updates: list[WindowUpdate], aggregate: str) -> Counter[tuple[int, str]]:
+    """Per (fine window start, country): the final values of `aggregate`."""
     values: Counter[tuple[int, str]] = Counter()
     for update in updates:
         if update.final and update.resolution == "10s" and update.complete:
@@ -168,10 +173,5 @@ def test_a_restored_snapshot_continues_as_if_never_stopped(seed: int, cut: int) 
         updates += store.publish()
     store.merge(aggregator.summary("finished"))
     updates += store.finish()
-    values: Counter[tuple[int, str]] = Counter()
-    for update in updates:
-        if update.final and update.resolution == "10s" and update.complete:
-            for key, value in update.complete.get("concurrent_streams", {}).items():
-                values[(update.window_start_ms, key[0])] += value
     unique = list({e.event_id: e for e in events}.values())
-    assert values == +brute_force_concurrency(unique)
+    assert final_fine_values(updates, "concurrent_streams") == +brute_force_concurrency(unique)
