@@ -137,7 +137,9 @@ class ArchivePartitionReader(StatefulSourcePartition[BatchSummary, int]):
         self._low = replay.low_ms(family)
         self._next_offset = resume if resume is not None else 0
         self._aggregator = PartitionAggregator(name, config.windows, folder)
-        self._feed = ReplayFeed(replay, family, name, self._aggregator.add, shared_progress(replay))
+        # What the feed lets through is folded once per batch (`add_all`), not once per event.
+        self._replayed: list[Any] = []
+        self._feed = ReplayFeed(replay, family, name, self._replayed.append, shared_progress(replay))
         self._to_events = _RowsToEvents(family)
         self._batches = self._events()
         self._hold_until: float | None = None
@@ -185,6 +187,9 @@ class ArchivePartitionReader(StatefulSourcePartition[BatchSummary, int]):
                     add(event)
             self._hold_until = feed.release(time.time())
             released += feed.released
+        if self._replayed:
+            self._aggregator.add_all(self._replayed)
+            self._replayed.clear()
         finished = feed.past_range or (batch is None and not feed.holding)
         feed.report(read, finished)
         if not (read or released or finished):

@@ -114,10 +114,12 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
         self._aggregator = PartitionAggregator(f"{topic}#{partition}", config.windows, folder)
         if resume is not None:
             self._aggregator.restore(resume[1])
-        # In a replay, events reach the aggregator through the feed: range filter, stop, pacing, progress.
+        # In a replay, events reach the aggregator through the feed: range filter, stop, pacing, progress. What it
+        # lets through is folded once per batch (`add_all`), as in a live run, not once per event.
+        self._replayed: list[Any] = []
         self._feed = (
             ReplayFeed(
-                config.replay, family, f"{topic}#{partition}", self._aggregator.add, shared_progress(config.replay)
+                config.replay, family, f"{topic}#{partition}", self._replayed.append, shared_progress(config.replay)
             )
             if config.replay is not None
             else None
@@ -190,6 +192,9 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
         if feed is not None and not held:
             self._hold_until = feed.release(time.time())
             released += feed.released
+        if self._replayed:
+            self._aggregator.add_all(self._replayed)
+            self._replayed.clear()
         state = self._state(now)
         if feed is not None:
             feed.report(consumed, state == "finished")

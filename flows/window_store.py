@@ -164,7 +164,6 @@ class WindowStore:
     def _layout_info(self, layout: RowLayout) -> _LayoutInfo:
         info = self._layouts.get(layout)
         if info is None:
-            slots = [aggregate for entries in layout for aggregate, _extra in entries]
             info = self._layouts[layout] = _LayoutInfo(
                 index=len(self._layout_list),
                 concurrency_slot=next(
@@ -175,7 +174,6 @@ class WindowStore:
                 ),
             )
             self._layout_list.append(layout)
-            assert slots.count(CONCURRENCY_CHANGE) <= 1
         return info
 
     def _merge_rows(self, summary: BatchSummary) -> None:

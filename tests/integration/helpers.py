@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from streampulse.kafka_admin import ensure_topics
@@ -145,3 +146,25 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
+
+
+def read_to_end(bootstrap: str, topic: str, timeout_s: float = 60) -> list[Message]:
+    """Every message of every partition of `topic`, partition by partition in offset order, up to its end."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{topic}", "enable.partition.eof": True})
+    try:
+        partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        messages: list[Message] = []
+        at_end: set[int] = set()
+        deadline = time.monotonic() + timeout_s
+        while len(at_end) < len(partitions):
+            assert time.monotonic() < deadline, f"did not reach the end of {topic} within {timeout_s:.0f} s"
+            for message in consumer.consume(1000, 1.0):
+                error = message.error()
+                if error is None:
+                    messages.append(message)
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(message.partition() or 0)
+    finally:
+        consumer.close()
+    return sorted(messages, key=lambda m: (m.partition() or 0, m.offset() or 0))

@@ -16,13 +16,12 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from loadgen.api import generate, produce
 from sinks.anomaly_sink import recent_anomalies
 from streampulse.settings import KafkaSettings
 from tests.conftest import Stack
-from tests.integration.helpers import create_topics, streampulse
+from tests.integration.helpers import create_topics, read_to_end, streampulse
 
 pytestmark = pytest.mark.integration
 
@@ -40,23 +39,7 @@ INCIDENT = {
 
 def _consume_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, dict[str, Any]]]:
     """Every message of the (one-partition) topic, as (key, decoded JSON)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{topic}", "enable.partition.eof": True})
-    consumer.assign([TopicPartition(topic, 0, 0)])
-    messages: list[tuple[bytes | None, dict[str, Any]]] = []
-    deadline = time.monotonic() + 60
-    at_end = False
-    while not at_end and time.monotonic() < deadline:
-        for message in consumer.consume(500, 1.0):
-            error = message.error()
-            if error is not None:
-                at_end = at_end or error.code() == KafkaError._PARTITION_EOF
-                continue
-            value = message.value()
-            assert value is not None
-            messages.append((message.key(), orjson.loads(value)))
-    consumer.close()
-    assert at_end, f"did not reach the end of {topic} within 60 s"
-    return messages
+    return [(message.key(), orjson.loads(message.value() or b"")) for message in read_to_end(bootstrap, topic)]
 
 
 def test_a_scripted_incident_is_published_as_one_anomaly_to_kafka_and_redis(stack: Stack, unique_name: str) -> None:

@@ -21,7 +21,6 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from loadgen.api import Generated, generate, produce
 from loadgen.config import FaultConfig, ModelParams
@@ -30,7 +29,7 @@ from sinks.redis_query import query
 from streampulse.processes import free_port
 from streampulse.settings import KafkaSettings
 from tests.conftest import Stack
-from tests.integration.helpers import REPO, create_topics, scrape, streampulse
+from tests.integration.helpers import REPO, create_topics, read_to_end, scrape, streampulse
 from tests.integration.helpers import produce as produce_messages
 
 pytestmark = pytest.mark.integration
@@ -218,26 +217,13 @@ def _concurrency_exempt(generated: Generated, size_ms: int) -> set[tuple[int, st
 
 
 def _dead_letters(kafka: KafkaSettings) -> Counter[str]:
-    consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": "test", "enable.partition.eof": True})
-    metadata = consumer.list_topics(kafka.dead_letter_topic, timeout=10).topics[kafka.dead_letter_topic]
-    parts = sorted(metadata.partitions)
-    consumer.assign([TopicPartition(kafka.dead_letter_topic, p, 0) for p in parts])
     reasons: Counter[str] = Counter()
-    at_end: set[int] = set()
-    deadline = time.monotonic() + 60
-    while len(at_end) < len(parts) and time.monotonic() < deadline:
-        for message in consumer.consume(500, 1.0):
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    at_end.add(message.partition() or 0)
-                continue
-            headers: dict[str, bytes] = {}
-            for header in message.headers() or []:
-                headers[str(header[0])] = header[1] if isinstance(header[1], bytes) else b""
-            reasons[headers["sp-reason"].decode()] += 1
-            assert headers["sp-source-topic"].decode() in (kafka.playback_topic, kafka.signup_topic)
-    consumer.close()
+    for message in read_to_end(kafka.bootstrap, kafka.dead_letter_topic):
+        headers: dict[str, bytes] = {}
+        for header in message.headers() or []:
+            headers[str(header[0])] = header[1] if isinstance(header[1], bytes) else b""
+        reasons[headers["sp-reason"].decode()] += 1
+        assert headers["sp-source-topic"].decode() in (kafka.playback_topic, kafka.signup_topic)
     return reasons
 
 

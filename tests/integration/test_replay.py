@@ -25,7 +25,7 @@ import orjson
 import pyarrow.dataset as ds
 import pytest
 import redis
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from flows.catalog import AGGREGATES, BASE_DIMS, METRICS, dims_of
 from flows.kafka_seek import seek_offset
@@ -37,7 +37,7 @@ from sinks.redis_layout import aggregate_key, index_key, window_key
 from sinks.redis_query import query
 from streampulse.settings import KafkaSettings
 from tests.conftest import Stack
-from tests.integration.helpers import REPO, create_topics, streampulse
+from tests.integration.helpers import REPO, create_topics, read_to_end, streampulse
 
 pytestmark = pytest.mark.integration
 
@@ -243,30 +243,16 @@ def test_kafka_seek_by_timestamp_never_misses_a_record(stack: Stack, unique_name
 
 def _valid_messages(kafka: KafkaSettings) -> tuple[list[tuple[str, int, int, str]], int]:
     """Every valid message of both topics as (family, partition, offset, event_id), and how many are bad."""
-    consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": "test", "enable.partition.eof": True})
     valid: list[tuple[str, int, int, str]] = []
     bad = 0
-    try:
-        for family, topic in (("playback", kafka.playback_topic), ("signup", kafka.signup_topic)):
-            decoder = EventDecoder(family)
-            parts = range(PARTITIONS[family])
-            consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-            at_end: set[int] = set()
-            deadline = time.monotonic() + 60
-            while len(at_end) < len(parts) and time.monotonic() < deadline:
-                for message in consumer.consume(1000, 1.0):
-                    error = message.error()
-                    if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            at_end.add(message.partition() or 0)
-                        continue
-                    event = decoder.decode(message.value(), int(time.time() * 1000))
-                    if isinstance(event, Rejection):
-                        bad += 1
-                    else:
-                        valid.append((family, message.partition() or 0, message.offset() or 0, event.event_id))
-    finally:
-        consumer.close()
+    for family, topic in (("playback", kafka.playback_topic), ("signup", kafka.signup_topic)):
+        decoder = EventDecoder(family)
+        for message in read_to_end(kafka.bootstrap, topic):
+            event = decoder.decode(message.value(), int(time.time() * 1000))
+            if isinstance(event, Rejection):
+                bad += 1
+            else:
+                valid.append((family, message.partition() or 0, message.offset() or 0, event.event_id))
     return sorted(valid), bad
 
 
