@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streampulse.cli import main
+from streampulse.cli import COMMANDS, _command_in, build_parser, main
 from streampulse.processes import free_port
 
 
@@ -60,3 +60,27 @@ def test_unknown_metric_lists_the_known_ones(capsys: pytest.CaptureFixture[str])
     code, output = run_cli(["query", "no_such_metric", "--redis-url", f"redis://127.0.0.1:{free_port()}/0"], capsys)
     assert code == 2
     assert "stream_starts" in output
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["run", "--exit-at-end"], "run"),
+        (["--log-level", "DEBUG", "query", "stream_starts"], "query"),
+        (["--log-level=DEBUG", "replay"], "replay"),
+        (["--help"], None),
+        (["nope"], None),
+        ([], None),
+    ],
+)
+def test_only_the_named_subcommand_is_built(argv: list[str], command: str | None) -> None:
+    assert _command_in(argv) == command
+    parser = build_parser(only=command)
+    subcommands = next(a for a in parser._actions if a.dest == "command").choices
+    assert subcommands is not None
+    assert list(subcommands) == ([command] if command else list(COMMANDS))
+
+
+def test_a_lone_subcommand_parses_as_with_all_of_them() -> None:
+    argv = ["query", "stream_starts", "--resolution", "1m", "--by", "country"]
+    assert vars(build_parser(only="query").parse_args(argv)).keys() == vars(build_parser().parse_args(argv)).keys()
