@@ -31,7 +31,9 @@ import pickle
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from flows.event_ids import EventIds
+from xxhash import xxh3_64_intdigest
+
+from flows.event_ids import EventIds, grow, new_table
 from flows.partials import BatchSummary, Partials, PartitionState, RowLayout, Rows
 from flows.windows import WindowConfig, resolution_name
 
@@ -98,7 +100,7 @@ class PartitionAggregator:
         self._closed_to = NO_EVENT_YET
         self._forgot_at = NO_EVENT_YET
         self._ids = EventIds()
-        self._first_time = self._ids.first_time
+        self._no_table = new_table(1)
         self._reset_batch()
 
     def _reset_batch(self) -> None:
@@ -121,7 +123,10 @@ class PartitionAggregator:
         """
         high = self.high_event_time_ms
         lateness, coarse_ms, fine_ms, width = self._lateness_ms, self._coarse_ms, self._fine_ms, self._width
-        first_time, by_type, count_late = self._first_time, self._by_type, self._count_late
+        by_type, count_late, table_of = self._by_type, self._count_late, self._ids.table
+        # The id table of the coarse window last seen: events come mostly in window order, so it rarely changes.
+        ids_window, table, slots, mask = NO_EVENT_YET, self._no_table, self._no_table[0], 0
+        duplicates = 0
         fine, fine_rows, coarse_only, coarse_rows = self._fine, self._fine_rows, self._coarse_only, self._coarse_rows
         fine_name, coarse_name = self._fine_name, self._coarse_name
         for event in events:
@@ -129,21 +134,43 @@ class PartitionAggregator:
             if t > high:
                 high = t
             event_type: str = event.event_type
+            slot, handler = by_type.get(event_type, NOTHING)
+            if slot < 0 and handler is None:
+                # A type no enabled metric counts (`--metric-set stream_starts`) only moves the watermark: it is
+                # neither late nor a duplicate of anything counted, so its id need not be checked or remembered.
+                continue
             coarse_start = t - t % coarse_ms
             fine_start = t - t % fine_ms
             if coarse_start + coarse_ms + lateness <= high:
                 count_late(coarse_name, coarse_start, event_type)
                 count_late(fine_name, fine_start, event_type)
                 continue
-            if not first_time(coarse_start, event.event_id):
-                self._duplicates += 1
+            # EventIds.first_time, inlined: a call per event costs as much as the probe.
+            if coarse_start != ids_window:
+                ids_window, table = coarse_start, table_of(coarse_start)
+                slots, mask = table[0], table[1]
+            h = (xxh3_64_intdigest(event.event_id.encode()) >> 1) | 1
+            i = h & mask
+            held = slots[i]
+            while held:
+                if held == h:
+                    break
+                i = (i + 1) & mask
+                held = slots[i]
+            if held:
+                duplicates += 1
                 continue
+            slots[i] = h
+            count = table[2]
+            table[2] = count + 1
+            if count * 2 >= mask:
+                grow(table)
+                slots, mask = table[0], table[1]
             if fine_start + fine_ms + lateness <= high:
                 count_late(fine_name, fine_start, event_type)
                 acc, rows, window, on_time = coarse_only, coarse_rows, coarse_start, False
             else:
                 acc, rows, window, on_time = fine, fine_rows, fine_start, True
-            slot, handler = by_type.get(event_type, NOTHING)
             if slot >= 0:
                 row_key = (window, event.country, event.device_type)
                 row = rows.get(row_key)
@@ -155,6 +182,7 @@ class PartitionAggregator:
             if handler is not None:
                 handler(event, window, row, fine_rows, acc, on_time)
         self.high_event_time_ms = high
+        self._duplicates += duplicates
 
     def _count_late(self, resolution: str, window: int, event_type: str) -> None:
         key = (resolution, window, event_type)
