@@ -42,6 +42,7 @@ CATEGORIES: tuple[tuple[str, Sequence[str]], ...] = (
         "per-partition folding (flows/partition_aggregator.py, *_metrics.py, sketch.py)",
         ("flows/partition_aggregator.py", "flows/playback_metrics.py", "flows/signup_metrics.py", "flows/sketch.py"),
     ),
+    ("anomaly detection (flows/anomaly_*.py)", ("flows/anomaly_",)),
     ("window store merge/publish (flows/window_store.py, WindowLogic)", ("flows/window_store.py", "flows/dataflow.py")),
     ("Redis writes (sinks/redis_sink.py, redis-py)", ("sinks/redis_sink.py", "redis/")),
     (
