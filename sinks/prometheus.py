@@ -27,7 +27,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from flows.anomaly_detector import SEVERITIES, Detection
+from flows.anomaly_detector import SERIES_IDS, SEVERITIES, Detection
 from flows.catalog import METRICS
 from flows.metric_values import roll_up, top, value_of
 from flows.window_store import WindowUpdate
@@ -183,6 +183,11 @@ class PipelineMetrics:
             ["series", "severity"],
             registry=registry,
         )
+        # Every series and severity at 0 from the start, so `increase()` sees the first anomaly too (a counter
+        # born at 1 has no increase to show).
+        for series in SERIES_IDS:
+            for severity in SEVERITIES:
+                self.anomalies.labels(series, severity)
         self.anomaly_active = Gauge(
             "streampulse_anomaly_active",
             "1 while an anomaly is open on the series (removed when it resolves)",

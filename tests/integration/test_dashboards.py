@@ -56,6 +56,8 @@ DEADLINE_S = 90.0
 # the expression (a metric name or a piece of PromQL).
 MAY_BE_EMPTY = {
     "offset 1d": "the same series a day earlier: this Prometheus is a minute old",
+    "streampulse_anomaly_active": "no anomaly opens in a minute of steady traffic",
+    "streampulse_anomaly_score": "the detector scores a series only after its warm-up windows",
 }
 
 

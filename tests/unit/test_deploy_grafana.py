@@ -38,6 +38,11 @@ GRAFANA_BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__range": "1h
 TITLE_METRIC = "streampulse_top_title_stream_starts"
 _VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]")
 _LABEL_VALUES = re.compile(r"^label_values\((?:(?P<selector>.+),\s*)?(?P<label>\w+)\)$")
+OPS_UID = "streampulse-ops"
+# What the anomaly detector exports (docs/anomalies.md), and the score it opens an anomaly from.
+ANOMALY_ACTIVE, ANOMALY_SCORE = "streampulse_anomaly_active", "streampulse_anomaly_score"
+ANOMALIES_OPENED = "streampulse_anomalies_total"
+ANOMALY_OPEN_SCORE = 5
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,19 @@ def queries() -> list[Query]:
         for panel in panels(board)
         for target in panel.get("targets", [])
     ]
+
+
+def sections(board: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The panels under each row title, as Grafana lays them out ("" for those above the first row)."""
+    found: dict[str, list[dict[str, Any]]] = {"": []}
+    current = found[""]
+    for panel in sorted(board["panels"], key=lambda p: (p["gridPos"]["y"], p["gridPos"]["x"])):
+        if panel["type"] == "row":
+            current = found.setdefault(panel["title"], [])
+            current.extend(panel.get("panels", []))  # a collapsed row holds its own
+        else:
+            current.append(panel)
+    return found
 
 
 def variable_queries(board: Mapping[str, Any]) -> dict[str, tuple[str | None, str]]:
@@ -233,6 +251,46 @@ def test_compose_runs_prometheus_with_the_rules_and_grafana_provisioned() -> Non
     assert url.hostname == "prometheus" and any(str(p).endswith(f":{url.port}") for p in prometheus["ports"])
     # $__rate_interval is built on the datasource's scrape interval: it must be Prometheus's.
     assert datasource["jsonData"]["timeInterval"] == config["global"]["scrape_interval"]
+
+
+def test_ops_overview_shows_the_anomaly_detector() -> None:
+    """On-call sees the detector's open anomalies and scores right under the headline numbers."""
+    board = next(board for board in dashboards().values() if board["uid"] == OPS_UID)
+    layout = sections(board)
+    assert [title for title in layout if title][:1] == ["Anomalies"], "an Anomalies row first, under the headline"
+    assert all(panel["type"] == "stat" for panel in layout[""]), "only the headline stats above the anomalies"
+    by_metric: dict[str, list[dict[str, Any]]] = {}
+    for panel in layout["Anomalies"]:
+        for target in panel["targets"]:
+            for name in promql_metric_names(target["expr"]):
+                by_metric.setdefault(name, []).append(panel)
+    assert {ANOMALY_ACTIVE, ANOMALY_SCORE, ANOMALIES_OPENED} <= set(by_metric), sorted(by_metric)
+
+    # The open anomalies, one row per series and place with its severity: what the alerts name.
+    listed = [
+        panel
+        for panel in by_metric[ANOMALY_ACTIVE]
+        if panel["type"] in ("table", "state-timeline")
+        and any(
+            all(label in target["expr"] for label in ("series", "country", "device_type", "severity"))
+            for target in panel["targets"]
+        )
+    ]
+    assert listed, "no table or state timeline of the open anomalies by series, country, device type, severity"
+
+    # The scores over time, with the level that opens an anomaly marked on both sides.
+    charts = [panel for panel in by_metric[ANOMALY_SCORE] if panel["type"] == "timeseries"]
+    assert charts, "no time series of the anomaly scores"
+    for chart in charts:
+        steps = {step["value"] for step in chart["fieldConfig"]["defaults"]["thresholds"]["steps"]}
+        assert {-ANOMALY_OPEN_SCORE, ANOMALY_OPEN_SCORE} <= steps, chart["title"]
+        assert chart["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] != "off", chart["title"]
+
+    # Every anomaly query but the counter's (it has no country) follows the Country and Device type filters.
+    for panel in layout["Anomalies"]:
+        for target in panel["targets"]:
+            if promql_metric_names(target["expr"]) & {ANOMALY_ACTIVE, ANOMALY_SCORE}:
+                assert "$country" in target["expr"] and "$device_type" in target["expr"], panel["title"]
 
 
 @pytest.mark.parametrize(
