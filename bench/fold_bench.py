@@ -2,6 +2,8 @@
 
     .venv/bin/python -m bench.fold_bench [--events N] [--repeat R] [--profile]
 
+With the native fold installed (native/), the Python fold runs too, for the ratio.
+
 The load generator makes N events in simulated time (every delivery fault on),
 split into 4 partitions by key as the producer would. Each pass runs every
 partition's messages through the contract decoder alone (the floor), then
@@ -22,6 +24,7 @@ import time
 import zlib
 from collections.abc import Callable
 
+from flows.native_fold import Aggregator, make_aggregator, native_core
 from flows.partition_aggregator import Folder, PartitionAggregator
 from flows.playback_metrics import PlaybackFolder
 from flows.signup_metrics import SignupFolder
@@ -78,7 +81,7 @@ def decode_only(inputs: Inputs) -> int:
     return n
 
 
-def decode_and_fold(inputs: Inputs) -> int:
+def decode_and_fold(inputs: Inputs, make: Callable[[str, WindowConfig, Folder], Aggregator] = make_aggregator) -> int:
     """Decode, fold per partition and merge every batch summary into one window store, as the flow does."""
     windows = WindowConfig()
     store = WindowStore(windows, list(inputs))
@@ -88,7 +91,7 @@ def decode_and_fold(inputs: Inputs) -> int:
     for name, batches in inputs.items():
         family = name.split(":")[0]
         decoder = EventDecoder(family, 65_536, 3_600_000)
-        readers.append((name, batches, decoder.decode, PartitionAggregator(name, windows, _folder(family, windows))))
+        readers.append((name, batches, decoder.decode, make(name, windows, _folder(family, windows))))
     # Round-robin over partitions, one batch at a time, like readers interleaving.
     longest = max(len(b) for _, b, _, _ in readers)
     next_publish = time.perf_counter() + 1.0
@@ -105,6 +108,11 @@ def decode_and_fold(inputs: Inputs) -> int:
             next_publish = time.perf_counter() + 1.0
     store.finish()
     return n
+
+
+def python_fold(inputs: Inputs) -> int:
+    """`decode_and_fold` with the Python aggregator for every partition (the reference implementation)."""
+    return decode_and_fold(inputs, PartitionAggregator)
 
 
 def best_rate(run: Callable[[Inputs], int], inputs: Inputs) -> float:
@@ -133,13 +141,22 @@ def main() -> None:
         profiler.runcall(decode_and_fold, inputs)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
         return
-    decode_rates, fold_rates = [], []
+    native = native_core() is not None
+    decode_rates, fold_rates, python_rates = [], [], []
     for _ in range(args.repeat):
         decode_rates.append(best_rate(decode_only, inputs))
         fold_rates.append(best_rate(decode_and_fold, inputs))
+        if native:
+            python_rates.append(best_rate(python_fold, inputs))
     decode, fold = max(decode_rates), max(fold_rates)
     print(f"decode only:            {decode:12,.0f} msg/s")
-    print(f"decode + fold + merge:  {fold:12,.0f} msg/s   ({fold / decode:.2f} of decode only)")
+    print(f"decode + fold + merge:  {fold:12,.0f} msg/s   ({fold / decode:.2f} of decode only)", end="")
+    print(", playback folded in Rust (streampulse_native)" if native else ", folded in Python")
+    if native:
+        python = max(python_rates)
+        print(
+            f"... folded in Python:   {python:12,.0f} msg/s   ({python / decode:.2f}; Rust {fold / python:.2f}x Python)"
+        )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,15 @@ CATEGORIES: tuple[tuple[str, Sequence[str]], ...] = (
     ("decode (schemas/decoder.py, msgspec)", ("schemas/decoder.py", "msgspec/")),
     ("Kafka client (confluent-kafka, librdkafka)", ("confluent_kafka/", "librdkafka", "rd_kafka")),
     (
-        "per-partition folding (flows/partition_aggregator.py, *_metrics.py, sketch.py)",
-        ("flows/partition_aggregator.py", "flows/playback_metrics.py", "flows/signup_metrics.py", "flows/sketch.py"),
+        "per-partition folding (flows/partition_aggregator.py, *_metrics.py, native/)",
+        (
+            "flows/partition_aggregator.py",
+            "flows/playback_metrics.py",
+            "flows/signup_metrics.py",
+            "flows/sketch.py",
+            "flows/native_fold.py",
+            "streampulse_native",
+        ),
     ),
     ("anomaly detection (flows/anomaly_*.py)", ("flows/anomaly_",)),
     ("window store merge/publish (flows/window_store.py, WindowLogic)", ("flows/window_store.py", "flows/dataflow.py")),

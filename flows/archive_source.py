@@ -30,8 +30,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from flows.native_fold import make_aggregator
 from flows.partials import BatchSummary
-from flows.partition_aggregator import Folder, PartitionAggregator
+from flows.partition_aggregator import Folder
 from flows.reader_config import ReaderConfig
 from flows.replay_range import ReplayFeed, ReplayRange, shared_progress
 from schemas.decoder import EVENT_CLASSES, EventStruct
@@ -136,7 +137,7 @@ class ArchivePartitionReader(StatefulSourcePartition[BatchSummary, int]):
         self._config = config
         self._low = replay.low_ms(family)
         self._next_offset = resume if resume is not None else 0
-        self._aggregator = PartitionAggregator(name, config.windows, folder)
+        self._aggregator = make_aggregator(name, config.windows, folder)
         # What the feed lets through is folded once per batch (`add_all`), not once per event.
         self._replayed: list[Any] = []
         self._feed = ReplayFeed(replay, family, name, self._replayed.append, shared_progress(replay))

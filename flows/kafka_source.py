@@ -38,8 +38,9 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from flows.kafka_seek import seek_offset
+from flows.native_fold import make_aggregator
 from flows.partials import BatchSummary, DeadLetter, PartitionState
-from flows.partition_aggregator import Folder, PartitionAggregator
+from flows.partition_aggregator import Folder
 from flows.reader_config import ReaderConfig
 from flows.replay_range import ReplayFeed, shared_progress
 from schemas.decoder import Event, EventDecoder, Rejection
@@ -111,7 +112,7 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
         self._next_offset = start
         self._consumer.assign([TopicPartition(topic, partition, start)])
         self._decoder = EventDecoder(family, config.max_message_bytes, config.max_future_skew_ms)
-        self._aggregator = PartitionAggregator(f"{topic}#{partition}", config.windows, folder)
+        self._aggregator = make_aggregator(f"{topic}#{partition}", config.windows, folder)
         if resume is not None:
             self._aggregator.restore(resume[1])
         # In a replay, events reach the aggregator through the feed: range filter, stop, pacing, progress. What it

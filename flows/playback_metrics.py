@@ -102,6 +102,11 @@ class PlaybackFolder:
             "play_stop": self._play_stop,
         }
 
+    @property
+    def session_timeout_ms(self) -> int:
+        """How long after its last event a session stops counting as open."""
+        return self._timeout_ms
+
     @staticmethod
     def _add(acc: Partials, key: tuple[int | str, ...], value: int) -> None:
         acc[key] = acc.get(key, 0) + value

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 RELATIVE_ACCURACY = 0.01
 GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
-_LOG_GAMMA = math.log(GAMMA)
+LOG_GAMMA = math.log(GAMMA)
 ZERO_BUCKET = -(2**31)  # values <= 0 (startup_ms may be 0)
 
 
@@ -22,7 +22,7 @@ def bucket_of(value: int) -> int:
     """The bucket holding `value`."""
     if value <= 0:
         return ZERO_BUCKET
-    return math.ceil(math.log(value) / _LOG_GAMMA)
+    return math.ceil(math.log(value) / LOG_GAMMA)
 
 
 def bucket_value(bucket: int) -> float:

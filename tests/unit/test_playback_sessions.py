@@ -6,13 +6,14 @@ import random
 from collections import Counter
 from types import SimpleNamespace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.partition_aggregator import PartitionAggregator
 from flows.playback_metrics import PlaybackFolder
 from flows.window_store import WindowStore, WindowUpdate
 from flows.windows import WindowConfig
+from tests.unit.aggregators import PLAYBACK_AGGREGATORS, MakeAggregator
 
 WINDOWS = WindowConfig(fine_ms=10_000, coarse_ms=60_000, allowed_lateness_ms=30_000)
 TIMEOUT = 60_000
@@ -79,8 +80,8 @@ def brute_force_concurrency(events: list[SimpleNamespace]) -> Counter[tuple[int,
     return counts
 
 
-def fine_values(events: list[SimpleNamespace], aggregate: str) -> Counter[tuple[int, str]]:
-    aggregator = PartitionAggregator("p", WINDOWS, PlaybackFolder(WINDOWS, TIMEOUT))
+def fine_values(make: MakeAggregator, events: list[SimpleNamespace], aggregate: str) -> Counter[tuple[int, str]]:
+    aggregator = make("p", WINDOWS, PlaybackFolder(WINDOWS, TIMEOUT))
     store = WindowStore(WINDOWS, ["p"])
     updates = []
     for i in range(0, len(events), 50):
@@ -104,24 +105,27 @@ def final_fine_values(updates: list[WindowUpdate], aggregate: str) -> Counter[tu
     return values
 
 
+@pytest.mark.parametrize("make", PLAYBACK_AGGREGATORS)
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 100_000))
-def test_concurrent_streams_equal_brute_force_in_order(seed: int) -> None:
+def test_concurrent_streams_equal_brute_force_in_order(make: MakeAggregator, seed: int) -> None:
     events = sorted(make_sessions(seed, 40), key=lambda e: e.event_time_ms)
-    assert fine_values(events, "concurrent_streams") == +brute_force_concurrency(events)
+    assert fine_values(make, events, "concurrent_streams") == +brute_force_concurrency(events)
 
 
+@pytest.mark.parametrize("make", PLAYBACK_AGGREGATORS)
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 100_000))
-def test_concurrent_streams_equal_brute_force_out_of_order(seed: int) -> None:
+def test_concurrent_streams_equal_brute_force_out_of_order(make: MakeAggregator, seed: int) -> None:
     rng = random.Random(seed)
     events = sorted(make_sessions(seed, 40), key=lambda e: e.event_time_ms)
     # Deliver out of order within 20 s (under the 30 s allowed lateness).
     keyed = sorted(events, key=lambda e: e.event_time_ms + rng.randrange(0, 20_000))
-    assert fine_values(keyed, "concurrent_streams") == +brute_force_concurrency(events)
+    assert fine_values(make, keyed, "concurrent_streams") == +brute_force_concurrency(events)
 
 
-def test_sums_and_counts() -> None:
+@pytest.mark.parametrize("make", PLAYBACK_AGGREGATORS)
+def test_sums_and_counts(make: MakeAggregator) -> None:
     events = sorted(make_sessions(5, 60), key=lambda e: e.event_time_ms)
     step = WINDOWS.fine_ms
     rebuffer: Counter[tuple[int, str]] = Counter()
@@ -132,26 +136,27 @@ def test_sums_and_counts() -> None:
             rebuffer[window] += e.rebuffer_ms
         if e.event_type == "play_start":
             starts[window] += 1
-    assert fine_values(events, "rebuffer_ms") == rebuffer
-    assert fine_values(events, "stream_starts") == starts
+    assert fine_values(make, events, "rebuffer_ms") == rebuffer
+    assert fine_values(make, events, "stream_starts") == starts
 
 
-def test_sessions_are_freed_when_they_end_or_fall_silent() -> None:
-    folder = PlaybackFolder(WINDOWS, TIMEOUT)
-    aggregator = PartitionAggregator("p", WINDOWS, folder)
+@pytest.mark.parametrize("make", PLAYBACK_AGGREGATORS)
+def test_sessions_are_freed_when_they_end_or_fall_silent(make: MakeAggregator) -> None:
+    aggregator = make("p", WINDOWS, PlaybackFolder(WINDOWS, TIMEOUT))
     events = sorted(make_sessions(9, 200), key=lambda e: e.event_time_ms)
     for e in events:
         aggregator.add(e)
     aggregator.summary("active")
-    assert folder.open_sessions > 0
+    assert aggregator.keys_held > 0
     aggregator.add(event("later", 0, "play_attempt", BASE + 3_600_000, "BR"))
     aggregator.summary("active")
-    assert folder.open_sessions == 0
+    assert aggregator.keys_held == 0
 
 
+@pytest.mark.parametrize("make", PLAYBACK_AGGREGATORS)
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 100_000), cut=st.integers(1, 30))
-def test_a_restored_snapshot_continues_as_if_never_stopped(seed: int, cut: int) -> None:
+def test_a_restored_snapshot_continues_as_if_never_stopped(make: MakeAggregator, seed: int, cut: int) -> None:
     """Recovery: an aggregator restored from a snapshot between batches judges the rest like the original."""
     rng = random.Random(seed)
     events = sorted(make_sessions(seed, 40), key=lambda e: e.event_time_ms + rng.randrange(0, 20_000))
@@ -159,13 +164,13 @@ def test_a_restored_snapshot_continues_as_if_never_stopped(seed: int, cut: int) 
     events += [events[i] for i in rng.sample(range(len(events)), 10)]
     events.sort(key=lambda e: e.event_time_ms + rng.randrange(0, 5_000))
     batches = [events[i : i + 20] for i in range(0, len(events), 20)]
-    aggregator = PartitionAggregator("p", WINDOWS, PlaybackFolder(WINDOWS, TIMEOUT))
+    aggregator = make("p", WINDOWS, PlaybackFolder(WINDOWS, TIMEOUT))
     store = WindowStore(WINDOWS, ["p"])
     updates = []
     for i, batch in enumerate(batches):
         if i == cut % len(batches):
             snapshot = aggregator.snapshot()
-            aggregator = PartitionAggregator("p", WINDOWS, PlaybackFolder(WINDOWS, TIMEOUT))
+            aggregator = make("p", WINDOWS, PlaybackFolder(WINDOWS, TIMEOUT))
             aggregator.restore(snapshot)
         for e in batch:
             aggregator.add(e)
