@@ -4,9 +4,14 @@ Fed every *final* fine window in order (`observe`, with the window's complete
 aggregates), the detector keeps one small record per series — series id ×
 country × device type, plus the roll-ups `country="all"` and/or
 `device_type="all"` — and returns the anomalies that opened, escalated or
-resolved in that window, and every series' current score. Pure Python, no
-I/O; its whole state is plain data (`snapshot` / `restore`), so it rides in
-bytewax recovery snapshots.
+resolved in that window, and every series' current score. No I/O; its whole
+state is plain data (`snapshot` / `restore`), so it rides in bytewax
+recovery snapshots. In memory the records are arrays over all series
+(numpy, struct of arrays): each window's common path — observations, the
+recent-window sums, a cheap normal z per horizon, learning — is whole-array
+arithmetic, and only the few series that need it (a z beyond the screen,
+an open anomaly) go through the per-series Python of exact tails, alarms
+and life cycles.
 
 Series (`SERIES`) and the statistics that score them:
 
@@ -53,9 +58,12 @@ incident does not become the new normal within minutes.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
 
 from flows.anomaly_stats import MAX_SCORE, binomial_score, log_beta_i, z_from_log_tail
 from flows.sketch import GAMMA, ZERO_BUCKET
@@ -117,6 +125,9 @@ _AGGREGATE_FIELD: dict[str, int] = {
 }
 Cell = list[int]
 Cells = dict[tuple[str, str], Cell]
+Floats = NDArray[np.float64]
+Ints = NDArray[np.int64]
+Bools = NDArray[np.bool_]
 
 
 @dataclass(frozen=True)
@@ -285,36 +296,43 @@ def cell_inputs(values: Mapping[str, Mapping[tuple[Any, ...], int]]) -> Cells:
     return cells
 
 
-def roll_up_cells(cells: Cells) -> Cells:
-    """The cells plus their roll-ups: (country, all), (all, device_type) and (all, all)."""
-    groups: Cells = dict(cells)
-    for (country, device), cell in cells.items():
-        for key in ((country, ALL), (ALL, device), (ALL, ALL)):
-            total = groups.get(key)
-            if total is None:
-                groups[key] = list(cell)
-            else:
-                for i, value in enumerate(cell):
-                    total[i] += value
-    return groups
+# What each series tests, as cell fields: k is one field, n the sum of these (none: sps, whose exposure is one
+# window). One table, so the scalar `_observation` and the arrays' `_observations` cannot drift apart.
+_K_FIELD: tuple[int, ...] = (STARTS, FAILURES, REBUFFERS, ERRORS, STARTUP_B, SIGNUPS_COMPLETED, DECLINES)
+_N_FIELDS: tuple[tuple[int, ...], ...] = (
+    (),
+    (STARTS, FAILURES),
+    (PLAYED_MS,),
+    (PLAYED_MS,),
+    (STARTUP_N,),
+    (SIGNUPS_COMPLETED, SIGNUPS_STARTED),
+    (PAYMENTS,),
+)
 
 
 def _observation(index: int, cell: Cell) -> tuple[float, float]:
     """(k, n) the test uses: events and exposure, successes and trials, or Σlog-bucket and starts."""
-    if index == _SPS:
-        return cell[STARTS], 1.0
-    if index == _VSF:
-        return cell[FAILURES], cell[STARTS] + cell[FAILURES]
-    if index == _REBUFFER:
-        return cell[REBUFFERS], cell[PLAYED_MS]
-    if index == _ERRORS:
-        return cell[ERRORS], cell[PLAYED_MS]
-    if index == _STARTUP:
-        return cell[STARTUP_B], cell[STARTUP_N]
-    if index == _COMPLETION:
-        return cell[SIGNUPS_COMPLETED], cell[SIGNUPS_COMPLETED] + cell[SIGNUPS_STARTED]
-    # A decline whose payment fell in the window before: at most one per payment counts, so k <= n.
-    return min(cell[DECLINES], cell[PAYMENTS]), cell[PAYMENTS]
+    fields = _N_FIELDS[index]
+    n: float = sum(cell[f] for f in fields) if fields else 1.0
+    k: float = cell[_K_FIELD[index]]
+    if index == _PAYMENT:
+        # A decline whose payment fell in the window before: at most one per payment counts, so k <= n.
+        k = min(k, n)
+    return k, n
+
+
+def _observations(cells: Floats) -> tuple[Floats, Floats]:
+    """`_observation` over arrays: k and n (groups x SERIES) from each group's cell (groups x CELL_FIELDS)."""
+    k = cells[:, list(_K_FIELD)]
+    n = np.ones_like(k)
+    for index, fields in enumerate(_N_FIELDS):
+        if fields:
+            total = cells[:, fields[0]]
+            for f in fields[1:]:
+                total = total + cells[:, f]
+            n[:, index] = total
+    k[:, _PAYMENT] = np.minimum(k[:, _PAYMENT], n[:, _PAYMENT])
+    return k, n
 
 
 def _metric_value(index: int, k: float, n: float, window_s: float, windows: int) -> float | None:
@@ -333,92 +351,170 @@ def _metric_value(index: int, k: float, n: float, window_s: float, windows: int)
     return k / n
 
 
-class _Series:
-    """One series' whole state: baseline, recent windows, anomaly life cycle. Plain numbers and lists."""
+# Per SERIES index, what its arrays' common path needs to know (indexed by each series' SERIES index).
+_IS_COUNT = np.array([spec.kind == "count" for spec in SERIES])
+_IS_RATE = np.array([spec.kind == "rate" for spec in SERIES])
+_IS_SHARE = np.array([spec.kind == "share" for spec in SERIES])
+_IS_LOGNORMAL = np.array([spec.kind == "lognormal" for spec in SERIES])
+_UP_ONLY = np.array([spec.directions == ("up",) for spec in SERIES])
+_DOWN_ONLY = np.array([spec.directions == ("down",) for spec in SERIES])
 
-    __slots__ = (
-        "a",
-        "b",
-        "c",
-        "cooldown",
-        "d",
-        "d_num",
-        "filled",
-        "hits",
-        "open",
-        "phi",
-        "pos",
-        "quiet",
-        "ring",
-        "sums",
-        "t",
-    )
+# A series' record in a snapshot: these numbers, in this order (ring and sums as flat lists), then its open anomaly.
+_RECORD: tuple[str, ...] = (
+    "t",
+    "a",
+    "b",
+    "c",
+    "d",
+    "d_num",
+    "phi",
+    "ring",
+    "sums",
+    "pos",
+    "filled",
+    "hits",
+    "quiet",
+    "cooldown",
+)
+_INTS: tuple[str, ...] = ("t", "pos", "filled", "hits", "quiet", "cooldown")
+
+
+class _Arrays:
+    """Every series' state as arrays indexed by series number (in order of creation): struct of arrays.
+
+    So the per-window common path — observations, ring and horizon sums, the normal-z screen, learning — runs
+    as whole-array operations over all series at once, not as ~10 µs of Python per series. The series number
+    is the last axis everywhere, so a window's work is contiguous rows of these arrays. Each series' open
+    anomaly (a dict, rare) is kept by `AnomalyDetector._open`.
+
+    The rings share one position, `at`, moved on by every window: a judged series' window goes to slot `at`
+    and one that is not judged has an empty ring (`AnomalyDetector._step` clears it), so a series' own ring
+    position `pos` (where its snapshot ring has the next slot) moves in step with `at` while it has windows.
+    Its own slot i is shared slot (i + at - pos) % ring size, and a window's push is whole slices of the ring.
+    """
 
     def __init__(self, ring_size: int, horizons: int) -> None:
-        self.t = 0  # windows seen
+        self.index: Ints = np.zeros(0, np.int64)  # the series' SERIES index
+        self.group: Ints = np.zeros(0, np.int64)  # its (country, device_type)'s number: AnomalyDetector._group_list
+        self.t: Ints = np.zeros(0, np.int64)  # windows seen
         # count: a = EWMA level; rate/share/lognormal: a = Σk, b = Σn, c = Σk² (lognormal), all discounted
-        self.a = 0.0
-        self.b = 0.0
-        self.c = 0.0
+        self.a: Floats = np.zeros(0)
+        self.b: Floats = np.zeros(0)
+        self.c: Floats = np.zeros(0)
         # rebuffer_ratio's displayed ratio: discounted Σrebuffer_ms (d_num) and Σ(played + rebuffer) ms (d)
-        self.d = 0.0
-        self.d_num = 0.0
-        self.phi = 1.0
-        # Last windows, newest at pos - 1: k, n, expected k, variance of k, and rebuffer_ms for
-        # rebuffer_ratio's displayed value (_SLOT numbers each).
-        self.ring = [0.0] * (_SLOT * ring_size)
-        self.pos = 0
-        self.filled = 0
-        # The ring's sums over each horizon (the same _SLOT numbers each), kept as windows come and go.
-        self.sums = [0.0] * (_SLOT * horizons)
-        self.hits = 0  # bit i: the window i windows ago alarmed
-        self.quiet = 0
-        self.cooldown = 0
-        self.open: dict[str, Any] | None = None
+        self.d: Floats = np.zeros(0)
+        self.d_num: Floats = np.zeros(0)
+        self.phi: Floats = np.zeros(0)
+        # Last windows, newest at slot at - 1: k, n, expected k, variance of k, and rebuffer_ms for
+        # rebuffer_ratio's displayed value; ring slot x _SLOT x series.
+        self.ring: Floats = np.zeros((ring_size, _SLOT, 0))
+        self.at = 0  # the shared ring position: the slot this window goes to
+        self.pos: Ints = np.zeros(0, np.int64)
+        self.filled: Ints = np.zeros(0, np.int64)
+        # The ring's sums over each horizon (the same _SLOT numbers), kept as windows come and go; horizon x
+        # _SLOT x series.
+        self.sums: Floats = np.zeros((horizons, _SLOT, 0))
+        self.hits: Ints = np.zeros(0, np.int64)  # bit i: the window i windows ago alarmed
+        self.quiet: Ints = np.zeros(0, np.int64)
+        self.cooldown: Ints = np.zeros(0, np.int64)
+        self._derive()
 
-    def to_list(self) -> list[Any]:
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _derive(self) -> None:
+        """The per-series constants that follow from the SERIES index."""
+        self.count, self.rate = _IS_COUNT[self.index], _IS_RATE[self.index]
+        self.share, self.lognormal = _IS_SHARE[self.index], _IS_LOGNORMAL[self.index]
+        self.rebuffer = self.index == _REBUFFER
+        self.up_only, self.down_only = _UP_ONLY[self.index], _DOWN_ONLY[self.index]
+
+    def grow(self, index: list[int], group: list[int]) -> None:
+        """Add fresh series (nothing learned yet, empty rings) at the end."""
+        added = len(index)
+        fresh: dict[str, Any] = {name: np.zeros(added, np.int64) for name in _INTS}
+        fresh.update({name: np.zeros(added) for name in ("a", "b", "c", "d", "d_num")})
+        fresh["phi"] = np.ones(added)
+        fresh["ring"] = np.zeros((*self.ring.shape[:-1], added))
+        fresh["sums"] = np.zeros((*self.sums.shape[:-1], added))
+        fresh["index"] = np.array(index, np.int64)
+        fresh["group"] = np.array(group, np.int64)
+        for name, column in fresh.items():
+            setattr(self, name, np.concatenate((getattr(self, name), column), axis=-1))
+        self._derive()
+
+    def clear(self, rows: Bools) -> None:
+        """Forget the recent windows of `rows` (the baselines stay)."""
+        self.ring[:, :, rows] = 0.0
+        self.sums[:, :, rows] = 0.0
+        self.pos[rows] = self.filled[rows] = self.hits[rows] = 0
+
+    def _own_slots(self) -> tuple[Ints, Ints]:
+        """Indices of each series' ring in its own order (series x slot), into the shared ring's slot and series."""
+        size, count = self.ring.shape[0], len(self)
+        slots = (np.arange(size) + self.at - self.pos[:, None]) % size
+        return slots, np.arange(count)[:, None]
+
+    def records(self, opened: Mapping[int, dict[str, Any]]) -> list[list[Any]]:
+        """Each series' state as the plain list a snapshot holds (see _RECORD)."""
+        count = len(self)
+        slots, series = self._own_slots()
+        columns: dict[str, Any] = {
+            "ring": self.ring[slots, :, series].reshape(count, self.ring.shape[0] * _SLOT).tolist(),
+            "sums": self.sums.transpose(2, 0, 1).reshape(count, self.sums.shape[0] * _SLOT).tolist(),
+        }
+        columns.update({name: getattr(self, name).tolist() for name in _RECORD if name not in columns})
+        for row, index in enumerate(self.index.tolist()):
+            # The ring held each window's counts as the ints they are (k, the trials n, rebuffer_ms): snapshot them
+            # as ints, as before the arrays, so a snapshot's bytes do not change. Written slots: the first `filled`.
+            ring = columns["ring"][row]
+            integral = (0,) if index == _SPS else (0, 1, 4) if index == _REBUFFER else (0, 1)
+            for slot in range(0, _SLOT * columns["filled"][row], _SLOT):
+                for j in integral:
+                    ring[slot + j] = int(ring[slot + j])
         return [
-            self.t,
-            self.a,
-            self.b,
-            self.c,
-            self.d,
-            self.d_num,
-            self.phi,
-            list(self.ring),
-            list(self.sums),
-            self.pos,
-            self.filled,
-            self.hits,
-            self.quiet,
-            self.cooldown,
-            dict(self.open) if self.open is not None else None,
+            [*(columns[name][row] for name in _RECORD), dict(opened[row]) if row in opened else None]
+            for row in range(count)
         ]
 
-    @classmethod
-    def from_list(cls, data: list[Any]) -> _Series:
-        series = cls.__new__(cls)
-        (
-            series.t,
-            series.a,
-            series.b,
-            series.c,
-            series.d,
-            series.d_num,
-            series.phi,
-            ring,
-            sums,
-            series.pos,
-            series.filled,
-            series.hits,
-            series.quiet,
-            series.cooldown,
-            opened,
-        ) = data
-        series.ring = list(ring)
-        series.sums = list(sums)
-        series.open = dict(opened) if opened is not None else None
-        return series
+    def load(self, records: list[list[Any]]) -> dict[int, dict[str, Any]]:
+        """Set every series' state from its snapshot record; returns the open anomalies.
+
+        One record per series, in order, into arrays already grown to hold them.
+        """
+        count = len(records)
+        columns = {name: [record[at] for record in records] for at, name in enumerate(_RECORD)}
+        for name in _RECORD:
+            if name not in ("ring", "sums"):
+                setattr(self, name, np.array(columns[name], getattr(self, name).dtype).reshape(count))
+        self.at = 0
+        slots, series = self._own_slots()
+        self.ring[slots, :, series] = np.array(columns["ring"], np.float64).reshape(count, *self.ring.shape[:2])
+        self.sums = np.ascontiguousarray(
+            np.array(columns["sums"], np.float64).reshape(count, *self.sums.shape[:2]).transpose(1, 2, 0)
+        )
+        return {row: dict(record[-1]) for row, record in enumerate(records) if record[-1] is not None}
+
+
+@dataclass(slots=True)
+class _Series:
+    """One series as the rare per-series path sees it: exact tails, alarms, life cycle.
+
+    Read from the arrays; its life cycle (hits, quiet, cooldown, open) is written back.
+    """
+
+    hits: int
+    quiet: int
+    cooldown: int
+    open: dict[str, Any] | None
+    d: float  # rebuffer_ratio's baseline ratio is d_num / d
+    d_num: float
+    filled: int
+    sums: list[float]  # _SLOT numbers per horizon, as _Arrays.sums
+    z: list[float]  # the screen's normal z per horizon
+    inflate: list[float]  # shares: the variance inflation per horizon
+    phi: float  # the dispersion as the tests use it (clamped)
+    shape: float  # counts and rates: the negative binomial's shape
 
 
 @dataclass(slots=True)
@@ -447,7 +543,15 @@ class AnomalyDetector:
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
         self._ring = self.config.horizons[-1]
-        self._series: dict[tuple[int, str, str], _Series] = {}
+        self._horizons: Ints = np.array(self.config.horizons, np.int64)
+        self._state = _Arrays(self._ring, len(self.config.horizons))
+        self._keys: list[tuple[int, str, str]] = []  # per series number: (SERIES index, country, device_type)
+        self._rows: dict[tuple[int, str, str], int] = {}  # the inverse
+        self._open: dict[int, dict[str, Any]] = {}  # series number -> its open anomaly
+        self._group_list: list[tuple[str, str]] = []  # group number -> (country, device_type)
+        self._group_number: dict[tuple[str, str], int] = {}
+        self._complete: set[tuple[str, str]] = set()  # groups that hold every series
+        self._order: Ints = np.zeros(0, np.int64)  # series numbers in the order a window judges them
         self._groups: set[tuple[str, str]] = set()
         self._next_start: int | None = None
         self._window_ms: int | None = None
@@ -490,8 +594,7 @@ class AnomalyDetector:
         if self._next_start is not None and self._window_ms == size:
             gap = (window_start_ms - self._next_start) // size
             if gap > self.config.max_gap_windows:
-                for series in self._series.values():
-                    self._clear_horizons(series)
+                self._state.clear(np.ones(len(self._state), np.bool_))
             else:
                 for i in range(gap):
                     start = self._next_start + i * size
@@ -502,135 +605,248 @@ class AnomalyDetector:
         return detections
 
     def _step(self, start_ms: int, end_ms: int, cells: Cells, scores: bool) -> Detection:
-        groups = roll_up_cells(cells)
+        # The window's cells and their roll-ups: (country, all), (all, device_type) and (all, all).
+        roll_ups = [((country, ALL), (ALL, device), (ALL, ALL)) for country, device in cells]
+        groups = set(cells).union(*roll_ups)
         self._groups.update(groups)
+        # A series starts with the first window of its group (nothing to learn from before).
+        new = [
+            (index, *group)
+            for group in sorted(groups)
+            if group not in self._complete
+            for index in range(len(SERIES))
+            if (index, *group) not in self._rows
+        ]
+        if new:
+            self._add_series(new)
         detection = Detection(start_ms, end_ms)
-        window_s = (end_ms - start_ms) / 1000
-        empty = [0] * len(CELL_FIELDS)
-        for group in sorted(self._groups):
-            cell = groups.get(group, empty)
-            country, device = group
-            for index, spec in enumerate(SERIES):
-                key = (index, country, device)
-                series = self._series.get(key)
-                if series is None:
-                    if group not in groups:
-                        continue  # nothing to learn from yet
-                    series = self._series[key] = _Series(self._ring, len(self.config.horizons))
-                verdict = self._update(series, index, spec, cell, start_ms, end_ms, window_s, detection.events, group)
-                if scores and verdict is not None:
-                    detection.scores.append(SeriesScore(spec.id, country, device, round(verdict.score, 3)))
-        return detection
-
-    # --- one series, one window ---------------------------------------------------------------------
-
-    def _expected(self, series: _Series, kind: Kind, n: float) -> tuple[float, float]:
-        """Expected k and its variance for this window, from the baseline before it learns this window."""
-        if kind == "count":
-            return series.a, series.a
-        if series.b <= 0:
-            return 0.0, 0.0
-        ratio = series.a / series.b
-        if kind == "rate":
-            mean = ratio * n
-            return mean, mean
-        if kind == "share":
-            return ratio * n, n * ratio * (1.0 - ratio)
-        variance = max(series.c / series.b - ratio * ratio, 1e-9)
-        return ratio * n, variance * n
-
-    def _ready(self, series: _Series, kind: Kind) -> bool:
-        """Whether the baseline, as learned from the windows before this one, can judge it."""
-        config = self.config
-        if series.t < config.warmup_windows:
-            return False
-        if kind == "count":
-            return True
-        if kind == "lognormal":
-            # The per-start variance is learned too: from fewer starts it is too rough to divide by.
-            return series.b >= config.min_baseline_starts
-        return series.a >= config.min_baseline_events
-
-    def _shape(self, series: _Series, kind: Kind) -> float:
-        """How many events the baseline rests on: the negative binomial's shape (∞ = Poisson)."""
-        if kind == "count":
-            return max(series.a, 1e-9) * min(series.t, 1.0 / self.config.alpha_count)
-        return max(series.a, 1e-9)
-
-    def _update(
-        self,
-        series: _Series,
-        index: int,
-        spec: SeriesSpec,
-        cell: Cell,
-        start_ms: int,
-        end_ms: int,
-        window_s: float,
-        events: list[AnomalyEvent],
-        group: tuple[str, str],
-    ) -> _Verdict | None:
-        kind = spec.kind
-        k, n = _observation(index, cell)
-        mean, var = self._expected(series, kind, n)
+        if not self._keys:
+            return detection
+        config, s = self.config, self._state
+        inputs = self._inputs(cells, roll_ups)
+        k_table, n_table = _observations(inputs)
+        k, n = k_table[s.group, s.index], n_table[s.group, s.index]
+        cell = inputs[s.group]
+        mean, var = self._expected(n)
         # Judged only on a baseline learned from earlier windows; the horizons hold only windows so judged
         # (a window from before there was a baseline would count as "nothing expected").
-        ready = self._ready(series, kind)
-        if ready:
-            self._push(series, (k, n, mean, var, cell[REBUFFER_MS] if index == _REBUFFER else 0.0))
-        elif series.filled:
-            self._clear_horizons(series)
-        series.t += 1
-        verdict = self._score(series, index, spec) if ready else None
-        self._life_cycle(series, index, spec, verdict, start_ms, end_ms, window_s, events, group)
-        suspect = series.open is not None or (verdict is not None and verdict.suspect)
-        self._learn(series, index, kind, cell, k, n, mean, var, suspect)
-        return verdict
+        ready = self._ready()
+        # A series not judged has no recent windows: its ring is empty (which the shared ring position relies on).
+        stale = ~ready & (s.filled > 0)
+        if stale.any():
+            s.clear(stale)
+        aux = np.where(s.rebuffer, cell[:, REBUFFER_MS], 0.0)
+        self._push(ready, np.stack((k, n, mean, var, aux)))
+        s.t += 1
+        z, judged, inflate, phi, shape = self._screen(ready)
+        up = np.where(judged, z, -np.inf).max(axis=0)
+        down = np.where(judged, z, np.inf).min(axis=0)
+        score = np.where(s.up_only, up, np.where(s.down_only, down, np.where(up >= -down, up, down)))
+        score[up == -np.inf] = 0.0
+        # The rare series go one by one: a z beyond the screen (the exact tail decides, and suspicion and
+        # alarms start at z_learn), or an open anomaly (its life cycle). Every other series has no alarm and is
+        # not suspect: its life cycle is only the alarm history moving on and the cooldown running down.
+        rare: Bools = np.logical_or.reduce(judged & (np.abs(z) >= min(config.screen, config.z_learn)), axis=0)
+        rare[list(self._open)] = True
+        s.hits = np.where(rare, s.hits, (s.hits << 1) & ((1 << config.confirm_m) - 1))
+        s.cooldown = np.where(rare | (s.cooldown <= 0), s.cooldown, s.cooldown - 1)
+        suspect = self._one_by_one(rare, ready, (z, inflate, phi, shape), score, start_ms, end_ms, detection.events)
+        self._learn(k, n, mean, var, cell, suspect)
+        if scores:
+            scored = self._order[ready[self._order]]
+            for row, value in zip(scored.tolist(), score[scored].tolist(), strict=True):
+                index, country, device = self._keys[row]
+                detection.scores.append(SeriesScore(SERIES_IDS[index], country, device, round(value, 3)))
+        return detection
 
-    @staticmethod
-    def _clear_horizons(series: _Series) -> None:
-        series.ring = [0.0] * len(series.ring)
-        series.sums = [0.0] * len(series.sums)
-        series.pos = series.filled = series.hits = 0
+    def _one_by_one(
+        self,
+        rare: Bools,
+        ready: Bools,
+        screened: tuple[Floats, Floats, Floats, Floats],
+        score: Floats,
+        start_ms: int,
+        end_ms: int,
+        events: list[AnomalyEvent],
+    ) -> Bools:
+        """Judge the `rare` series one by one, in the window's order: exact tails, alarms, life cycles.
 
-    def _push(self, series: _Series, entry: tuple[float, float, float, float, float]) -> None:
-        """Add the newest window to the ring and to every horizon's sums; drop the windows leaving them."""
-        ring, sums, size, pos = series.ring, series.sums, self._ring, series.pos
-        k, n, mean, var, aux = entry
-        at = 0
-        for horizon in self.config.horizons:
-            out = _SLOT * ((pos - horizon) % size)  # for the longest horizon: the slot about to be reused
-            sums[at] += k - ring[out]
-            sums[at + 1] += n - ring[out + 1]
-            sums[at + 2] += mean - ring[out + 2]
-            sums[at + 3] += var - ring[out + 3]
-            sums[at + 4] += aux - ring[out + 4]
-            at += _SLOT
-        slot = _SLOT * pos
-        ring[slot : slot + _SLOT] = entry
-        series.pos = pos = (pos + 1) % size
-        if series.filled < size:
-            series.filled += 1
-        if pos == 0:
+        `screened` is what `_screen` found (z, inflate, phi, shape); each judged series' `score` is replaced by
+        its verdict's. Returns which series are suspect (or anomalous): their baselines learn slowly.
+        """
+        s = self._state
+        z, inflate, phi, shape = screened
+        suspect = np.zeros(len(s), np.bool_)
+        window_s = (end_ms - start_ms) / 1000
+        rare_rows = self._order[rare[self._order]]
+        rows = rare_rows.tolist()
+        # Each rare series' numbers as Python ones, taken from the arrays in one go (in _Series' order).
+        views = map(
+            _Series,
+            s.hits[rare_rows].tolist(),
+            s.quiet[rare_rows].tolist(),
+            s.cooldown[rare_rows].tolist(),
+            [self._open.get(row) for row in rows],
+            s.d[rare_rows].tolist(),
+            s.d_num[rare_rows].tolist(),
+            s.filled[rare_rows].tolist(),
+            s.sums[:, :, rare_rows].transpose(2, 0, 1).reshape(len(rows), s.sums.shape[0] * _SLOT).tolist(),
+            z[:, rare_rows].T.tolist(),
+            inflate[:, rare_rows].T.tolist(),
+            phi[rare_rows].tolist(),
+            shape[rare_rows].tolist(),
+        )
+        for row, is_ready, series in zip(rows, ready[rare_rows].tolist(), views, strict=True):
+            index, country, device = self._keys[row]
+            spec = SERIES[index]
+            verdict = self._score(series, index, spec) if is_ready else None
+            self._life_cycle(series, index, spec, verdict, start_ms, end_ms, window_s, events, (country, device))
+            s.hits[row], s.quiet[row], s.cooldown[row] = series.hits, series.quiet, series.cooldown
+            if series.open is None:
+                self._open.pop(row, None)
+            else:
+                self._open[row] = series.open
+            suspect[row] = series.open is not None or (verdict is not None and verdict.suspect)
+            if verdict is not None:
+                score[row] = verdict.score
+        return suspect
+
+    def _inputs(self, cells: Cells, roll_ups: Sequence[tuple[tuple[str, str], ...]]) -> Floats:
+        """This window's inputs per group number (zeros for a group absent from it): groups x CELL_FIELDS."""
+        number = self._group_number
+        inputs = np.zeros((len(self._group_list), len(CELL_FIELDS)))
+        if cells:
+            # Which groups each cell counts in (itself and its roll-ups), as a groups x cells matrix of ones: the
+            # inputs are its product with the cells'. Exact: counts are integers, and so are their sums (< 2**53).
+            member = np.zeros((len(inputs), len(cells)))
+            for keys in ([*cells], *zip(*roll_ups, strict=True)):
+                member[[number[key] for key in keys], np.arange(len(cells))] = 1.0
+            inputs = member @ np.array(list(cells.values()), np.float64)
+        return inputs
+
+    def _add_series(self, keys: list[tuple[int, str, str]]) -> None:
+        """Fresh series at the end of the arrays, in this order (a snapshot lists them in order of creation)."""
+        index, group = [], []
+        for key in keys:
+            country_device = (key[1], key[2])
+            if country_device not in self._group_number:
+                self._group_number[country_device] = len(self._group_list)
+                self._group_list.append(country_device)
+            self._rows[key] = len(self._keys)
+            self._keys.append(key)
+            index.append(key[0])
+            group.append(self._group_number[country_device])
+            if all((i, *country_device) in self._rows for i in range(len(SERIES))):
+                self._complete.add(country_device)
+        self._state.grow(index, group)
+        # Windows judge groups in sorted order and each group's series in SERIES order: events come out so.
+        keys_of = self._keys
+        self._order = np.array(
+            sorted(range(len(keys_of)), key=lambda row: (keys_of[row][1], keys_of[row][2], keys_of[row][0])), np.int64
+        )
+
+    # --- every series, one window: the common path, as arrays ---------------------------------------
+
+    def _expected(self, n: Floats) -> tuple[Floats, Floats]:
+        """Expected k and its variance for this window, from the baseline before it learns this window."""
+        s = self._state
+        with np.errstate(divide="ignore", invalid="ignore"):  # b = 0: nothing learned, masked below
+            ratio = s.a / s.b
+            mean = np.where(s.count, s.a, np.where(s.b > 0, ratio * n, 0.0))
+            share_var = n * ratio * (1.0 - ratio)
+            lognormal_var = np.maximum(s.c / s.b - ratio * ratio, 1e-9) * n  # per-start variance x starts
+            var = np.where(
+                s.count,
+                s.a,
+                np.where(s.b <= 0, 0.0, np.where(s.rate, mean, np.where(s.share, share_var, lognormal_var))),
+            )
+        return mean, var
+
+    def _ready(self) -> Bools:
+        """Whether each baseline, as learned from the windows before this one, can judge it."""
+        config, s = self.config, self._state
+        # lognormal: the per-start variance is learned too: from fewer starts it is too rough to divide by.
+        enough = np.where(s.lognormal, s.b >= config.min_baseline_starts, s.count | (s.a >= config.min_baseline_events))
+        ready: Bools = (s.t >= config.warmup_windows) & enough
+        return ready
+
+    def _push(self, ready: Bools, entry: Floats) -> None:
+        """Add the newest window to the rings of the `ready` series and to every horizon's sums.
+
+        `entry` is _SLOT x series; the windows leaving the horizons are dropped from their sums.
+        """
+        s, size = self._state, self._ring
+        # The slot each horizon's oldest window leaves (for the longest: the slot about to be reused).
+        leaving = s.ring[(s.at - self._horizons) % size]
+        s.sums = np.where(ready, s.sums + (entry - leaving), s.sums)
+        s.ring[s.at] = np.where(ready, entry, s.ring[s.at])
+        s.at = (s.at + 1) % size
+        s.pos = np.where(ready, (s.pos + 1) % size, s.pos)
+        s.filled = np.where(ready, np.minimum(s.filled + 1, size), s.filled)
+        lap = np.flatnonzero(ready & (s.pos == 0))
+        if lap.size:
             # Once a lap, sum afresh: adding and subtracting floats for days would let rounding creep in.
-            fresh = [0.0] * _SLOT
-            at = 0
+            fresh = np.zeros((_SLOT, lap.size))
             back = 0
-            for horizon in self.config.horizons:
+            for h, horizon in enumerate(self.config.horizons):
                 while back < horizon:
                     back += 1
-                    slot = _SLOT * (size - back)
-                    for j in range(_SLOT):
-                        fresh[j] += ring[slot + j]
-                sums[at : at + _SLOT] = fresh
-                at += _SLOT
+                    fresh = fresh + s.ring[(s.at - back) % size][:, lap]
+                s.sums[h][:, lap] = fresh
+
+    def _screen(self, ready: Bools) -> tuple[Floats, Bools, Floats, Floats, Floats]:
+        """The cheap normal z of every horizon of every series (horizons x series; 0 where nothing to judge).
+
+        Also which horizons are judged, and what the exact tails need: shares' variance inflation (per horizon),
+        the dispersion and the negative binomial's shape (per series).
+        """
+        config, s = self.config, self._state
+        phi = np.minimum(np.maximum(s.phi, 1.0), config.phi_max)
+        # How many events the baseline rests on (∞ = Poisson): a level remembers at most 1 / alpha windows.
+        shape = np.maximum(s.a, 1e-9) * np.where(s.count, np.minimum(s.t, 1.0 / config.alpha_count), 1.0)
+        sk, sn, sm, sv = (s.sums[:, j] for j in range(4))
+        with np.errstate(divide="ignore", invalid="ignore"):  # nothing expected: masked below
+            # Negative binomial: Poisson noise plus the baseline's own (relative variance 1/shape).
+            poisson = (sk - sm) / np.sqrt(sm * phi * (1.0 + sm / (shape * phi)))
+            # The baseline was learned from b trials: its uncertainty adds sn / b of the variance.
+            inflate = phi * (1.0 + sn / np.maximum(s.b, 1e-9))
+            normal = (sk - sm) / np.sqrt(sv * inflate)
+        z = np.where(s.count | s.rate, np.where(sm > 0.0, poisson, 0.0), np.where((sn > 0.0) & (sv > 0.0), normal, 0.0))
+        judged = ready & (self._horizons[:, None] <= s.filled)
+        return np.where(judged, z, 0.0), judged, inflate, phi, shape
+
+    def _learn(self, k: Floats, n: Floats, mean: Floats, var: Floats, cell: Floats, suspect: Bools) -> None:
+        """Every baseline learns this window; a suspect one (or one with an open anomaly) ten times slower."""
+        config, s = self.config, self._state
+        weight = np.where(suspect, config.slow_factor, 1.0)
+        # count: a running mean at first, then the EWMA.
+        level = s.a + np.maximum(config.alpha_count, 1.0 / s.t) * weight * (k - s.a)
+        keep = 1.0 - config.alpha_rate * weight
+        s.a = np.where(s.count, level, s.a * keep + weight * k)
+        s.b = np.where(s.count, s.b, s.b * keep + weight * n)
+        s.c = np.where(s.lognormal, s.c * keep + weight * cell[:, STARTUP_B2], s.c)
+        s.d_num = np.where(s.rebuffer, s.d_num * keep + weight * cell[:, REBUFFER_MS], s.d_num)
+        s.d = np.where(s.rebuffer, s.d * keep + weight * (cell[:, PLAYED_MS] + cell[:, REBUFFER_MS]), s.d)
+        rows = np.flatnonzero(~suspect & (mean >= config.phi_min_expected) & (var > 0))
+        if rows.size:
+            # Quasi-likelihood dispersion: the mean squared Pearson residual, 1 for pure Poisson/binomial noise.
+            # Squared by Python's ** (the C library's pow), not numpy's x * x: they differ in the last bit about
+            # once in a thousand, and the detector's outputs stay bit for bit what they were.
+            squares = np.array([x**2 for x in (k[rows] - mean[rows]).tolist()])
+            pearson = np.minimum(squares / var[rows], 25.0)
+            s.phi[rows] += config.alpha_phi * (pearson - s.phi[rows])
+
+    # --- one rare series, one window ----------------------------------------------------------------
 
     def _score(self, series: _Series, index: int, spec: SeriesSpec) -> _Verdict:
+        """The verdict on one series, from the screen's normal z per horizon.
+
+        Where that z is beyond `screen`, the exact tail (anomaly_stats) replaces it; a z beyond `z_learn` makes
+        the series suspect, and beyond `z_open`, with effect and volume enough, an alarm.
+        """
         config = self.config
         kind = spec.kind
         sums = series.sums
-        phi = min(max(series.phi, 1.0), config.phi_max)
-        shape = self._shape(series, kind)
-        base_n = max(series.b, 1e-9)
         screen, z_learn = config.screen, config.z_learn
         poisson_like = kind in ("count", "rate")
         verdict = _Verdict()
@@ -638,29 +854,18 @@ class AnomalyDetector:
         opened = series.open
         quiet_limit = max(opened.get("horizon", self._ring), config.resolve_horizon) if opened is not None else 0
         at = 0
-        for horizon in config.horizons:
+        for horizon, normal_z, inflate in zip(config.horizons, series.z, series.inflate, strict=True):
             if horizon > series.filled:
                 break
-            sk, sn, sm, sv = sums[at], sums[at + 1], sums[at + 2], sums[at + 3]
-            # A cheap normal z first; the exact tail only where it might matter (see anomaly_stats).
-            if poisson_like:
-                if sm <= 0.0:
-                    z = 0.0
-                else:
-                    # Negative binomial: Poisson noise plus the baseline's own (relative variance 1/shape).
-                    z = (sk - sm) / math.sqrt(sm * phi * (1.0 + sm / (shape * phi)))
-                    if z >= screen or z <= -screen:
-                        z = _negative_binomial_score(sk / phi, sm / phi, shape)
-            elif sn <= 0.0 or sv <= 0.0:
-                z = 0.0
-            else:
-                # The baseline was learned from base_n trials: its uncertainty adds sn / base_n of the variance.
-                inflate = phi * (1.0 + sn / base_n)
-                z = (sk - sm) / math.sqrt(sv * inflate)
-                if kind == "share" and (z >= screen or z <= -screen):
-                    z = binomial_score(sk, sn, sm / sn, inflate)
-                elif z > MAX_SCORE or z < -MAX_SCORE:
-                    z = math.copysign(MAX_SCORE, z)
+            sk, sn, sm = sums[at], sums[at + 1], sums[at + 2]
+            z = normal_z
+            beyond = z >= screen or z <= -screen
+            if beyond and poisson_like:
+                z = _negative_binomial_score(sk / series.phi, sm / series.phi, series.shape)
+            elif beyond and kind == "share":
+                z = binomial_score(sk, sn, sm / sn, inflate)
+            elif not poisson_like and (z > MAX_SCORE or z < -MAX_SCORE):
+                z = math.copysign(MAX_SCORE, z)
             if z > best_up:
                 best_up = z
             if z < best_down:
@@ -845,52 +1050,18 @@ class AnomalyDetector:
             unit=spec.unit,
         )
 
-    # --- learning -----------------------------------------------------------------------------------
-
-    def _learn(
-        self,
-        series: _Series,
-        index: int,
-        kind: Kind,
-        cell: Cell,
-        k: float,
-        n: float,
-        mean: float,
-        var: float,
-        suspect: bool,
-    ) -> None:
-        config = self.config
-        weight = config.slow_factor if suspect else 1.0
-        if kind == "count":
-            # A running mean at first, then the EWMA.
-            series.a += max(config.alpha_count, 1.0 / series.t) * weight * (k - series.a)
-        else:
-            keep = 1.0 - config.alpha_rate * weight
-            series.a = series.a * keep + weight * k
-            series.b = series.b * keep + weight * n
-            if kind == "lognormal":
-                series.c = series.c * keep + weight * cell[STARTUP_B2]
-            elif index == _REBUFFER:
-                series.d_num = series.d_num * keep + weight * cell[REBUFFER_MS]
-                series.d = series.d * keep + weight * (cell[PLAYED_MS] + cell[REBUFFER_MS])
-        if not suspect and mean >= config.phi_min_expected and var > 0:
-            # Quasi-likelihood dispersion: the mean squared Pearson residual, 1 for pure Poisson/binomial noise.
-            pearson = min((k - mean) ** 2 / var, 25.0)
-            series.phi += config.alpha_phi * (pearson - series.phi)
-
     # --- state --------------------------------------------------------------------------------------
 
     @property
     def series_count(self) -> int:
         """Series held (one small record each)."""
-        return len(self._series)
+        return len(self._keys)
 
     def open_anomalies(self) -> list[tuple[str, str, str, str, str]]:
         """(series, country, device_type, direction, severity) of every open anomaly."""
         return [
-            (SERIES[index].id, country, device, series.open["direction"], series.open["severity"])
-            for (index, country, device), series in self._series.items()
-            if series.open is not None
+            (SERIES[index].id, country, device, opened["direction"], opened["severity"])
+            for (index, country, device), opened in ((self._keys[row], self._open[row]) for row in sorted(self._open))
         ]
 
     def snapshot(self) -> dict[str, Any]:
@@ -901,7 +1072,10 @@ class AnomalyDetector:
             "next_start": self._next_start,
             "window_ms": self._window_ms,
             "groups": sorted([list(g) for g in self._groups]),
-            "series": [[SERIES[i].id, c, d, s.to_list()] for (i, c, d), s in self._series.items()],
+            "series": [
+                [SERIES[i].id, c, d, record]
+                for (i, c, d), record in zip(self._keys, self._state.records(self._open), strict=True)
+            ],
         }
 
     @classmethod
@@ -918,9 +1092,14 @@ class AnomalyDetector:
         detector._window_ms = snapshot["window_ms"]
         detector._groups = {(c, d) for c, d in snapshot["groups"]}
         index_of = {spec.id: i for i, spec in enumerate(SERIES)}
+        keys: list[tuple[int, str, str]] = []
+        records: list[list[Any]] = []
         for series_id, country, device, state in snapshot["series"]:
             if series_id in index_of:  # a series dropped since the snapshot is forgotten
-                detector._series[(index_of[series_id], country, device)] = _Series.from_list(state)
+                keys.append((index_of[series_id], country, device))
+                records.append(state)
+        detector._add_series(keys)
+        detector._open = detector._state.load(records)
         return detector
 
 
