@@ -609,7 +609,10 @@ impl PlaybackCore {
 
     fn rows_to_dict<'py>(&self, py: Python<'py>, rows: &Rows) -> PyResult<Bound<'py, PyDict>> {
         let out = PyDict::new_bound(py);
-        for (&(window, dims), row) in rows {
+        // In window order, as the Python fold inserts them: the window store looks each window up once per run.
+        let mut ordered: Vec<(&(i64, u32), &Row)> = rows.iter().collect();
+        ordered.sort_unstable_by_key(|(key, _)| **key);
+        for (&(window, dims), row) in ordered {
             let (country, device) = &self.dims[dims as usize];
             let key = PyTuple::new_bound(py, [window.into_py(py), country.clone_ref(py).into_any(), device.clone_ref(py).into_any()]);
             out.set_item(key, PyList::new_bound(py, row.iter()))?;
@@ -619,7 +622,9 @@ impl PlaybackCore {
 
     fn partials_to_dict<'py>(&self, py: Python<'py>, partials: &Partials) -> PyResult<Bound<'py, PyDict>> {
         let out = PyDict::new_bound(py);
-        for (&(window, name, dims, extra), &count) in partials {
+        let mut ordered: Vec<(&(i64, u8, u32, i64), &i64)> = partials.iter().collect();
+        ordered.sort_unstable_by_key(|(key, _)| **key);
+        for (&(window, name, dims, extra), &count) in ordered {
             let (country, device) = &self.dims[dims as usize];
             let extra: PyObject = if name == STARTUP_SKETCH {
                 extra.into_py(py)
