@@ -55,6 +55,7 @@ def native_core() -> Any | None:
             len(ROW_LAYOUT),
         )
         return None
+    log.info("playback events fold in Rust (streampulse_native; STREAMPULSE_NATIVE=0 folds them in Python)")
     return PlaybackCore
 
 
