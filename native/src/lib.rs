@@ -31,6 +31,9 @@ const SPAN_SHIFT: u32 = 13;
 const SPAN_MASK: i64 = (1 << 16) - 1;
 const HI_SHIFT: u32 = 29;
 const LOW_BITS: i64 = (1 << SPAN_SHIFT) - 1;
+// Python's ints have no top; an i64 holds the last end up to 2^34 windows (year 7400 at 10 s windows, but
+// 2026 at 100 ms ones): a session past it stays in the listed form, which counts the same.
+const MAX_HI: i64 = 1 << (63 - HI_SHIFT);
 
 // Event types, in flows/playback_metrics.py EVENT_TYPES order (checked at construction), and the row slots.
 const PLAY_ATTEMPT: u8 = 0;
@@ -293,6 +296,14 @@ impl PlaybackCore {
         Session { dims, end: NEVER, open: packed & 1 == 1, ranges: vec![(last - span) * step, last * step] }
     }
 
+    fn unpack_wide(&self, packed: i128) -> Session {
+        let step = self.fine_ms as i128;
+        let last = packed >> HI_SHIFT;
+        let span = (packed >> SPAN_SHIFT) & SPAN_MASK as i128;
+        let dims = ((packed >> DIMS_SHIFT) & DIMS_MASK as i128) as u32;
+        Session { dims, end: NEVER, open: packed & 1 == 1, ranges: vec![((last - span) * step) as i64, (last * step) as i64] }
+    }
+
     fn session(&self, key: i64) -> Option<Session> {
         match self.sessions.get(&key) {
             None => None,
@@ -305,7 +316,7 @@ impl PlaybackCore {
         let step = self.fine_ms;
         if session.ranges.len() == 2 && session.end == NEVER && (session.dims as i64) <= DIMS_MASK {
             let (lo, hi) = (floor_div(session.ranges[0], step), floor_div(session.ranges[1], step));
-            if hi - lo <= SPAN_MASK {
+            if hi - lo <= SPAN_MASK && hi < MAX_HI {
                 let packed = (hi << HI_SHIFT) | ((hi - lo) << SPAN_SHIFT) | ((session.dims as i64) << DIMS_SHIFT) | session.open as i64;
                 self.sessions.insert(key, Held::Packed(packed));
                 return;
@@ -325,7 +336,7 @@ impl PlaybackCore {
                 let window = floor_div(t, step) + 1;
                 if last - span <= window && window <= last + 1 {
                     let hi = floor_div(t + self.timeout_ms, step);
-                    if hi > last && span + hi - last <= SPAN_MASK {
+                    if hi > last && span + hi - last <= SPAN_MASK && hi < MAX_HI {
                         let grown = (hi << HI_SHIFT) | ((span + hi - last) << SPAN_SHIFT) | (packed & LOW_BITS);
                         self.sessions.insert(key, Held::Packed(grown));
                         return;
@@ -843,8 +854,14 @@ impl PlaybackCore {
         let mut restored = HashMap::new();
         for (key, held) in sessions.iter() {
             let key: i64 = key.extract()?;
-            if let Ok(packed) = held.extract::<i64>() {
-                restored.insert(key, Held::Packed(packed));
+            if let Ok(packed) = held.extract::<i128>() {
+                // Python packs sessions whatever the size of the int; past an i64 they are kept listed here.
+                let session = if packed <= i64::MAX as i128 {
+                    Held::Packed(packed as i64)
+                } else {
+                    Held::Listed(self.unpack_wide(packed))
+                };
+                restored.insert(key, session);
                 continue;
             }
             let items = held.downcast::<PyList>()?;
@@ -854,6 +871,9 @@ impl PlaybackCore {
             let end: i64 = items.get_item(2)?.extract()?;
             let open: bool = items.get_item(3)?.extract()?;
             let ranges: Vec<i64> = items.iter().skip(4).map(|r| r.extract()).collect::<PyResult<_>>()?;
+            if ranges.len() % 2 != 0 || (open && ranges.is_empty()) {
+                return Err(PyValueError::new_err("corrupt session in the recovery snapshot"));
+            }
             restored.insert(key, Held::Listed(Session { dims, end, open, ranges }));
         }
         self.high = high;

@@ -47,24 +47,32 @@ def playback_batches(seed: int, events: int, partitions: int = 2, batch: int = 7
     return [[events[i : i + batch] for i in range(0, len(events), batch)] for events in parts]
 
 
+# 50 ms windows put a session's last end past 2^34 windows, where the native fold keeps it unpacked.
+TINY_WINDOWS = WindowConfig(fine_ms=50, coarse_ms=1_000, allowed_lateness_ms=30_000)
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 @pytest.mark.parametrize(
-    "make_folder",
-    [pytest.param(lambda: PlaybackFolder(WINDOWS, 60_000), id="all"), pytest.param(StreamStartsFolder, id="starts")],
+    ("windows", "make_folder"),
+    [
+        pytest.param(WINDOWS, lambda: PlaybackFolder(WINDOWS, 60_000), id="all"),
+        pytest.param(WINDOWS, StreamStartsFolder, id="starts"),
+        pytest.param(TINY_WINDOWS, lambda: PlaybackFolder(TINY_WINDOWS, 60_000), id="all-50ms-windows"),
+    ],
 )
 def test_native_summaries_equal_python_ones_and_snapshots_cross_over(
-    seed: int, make_folder: Callable[[], PlaybackFolder | StreamStartsFolder]
+    seed: int, windows: WindowConfig, make_folder: Callable[[], PlaybackFolder | StreamStartsFolder]
 ) -> None:
     for batches in playback_batches(seed, 12_000):
-        python = PartitionAggregator("p", WINDOWS, make_folder())
-        native = NativePlaybackAggregator("p", WINDOWS, make_folder())
+        python = PartitionAggregator("p", windows, make_folder())
+        native = NativePlaybackAggregator("p", windows, make_folder())
         for i, batch in enumerate(batches):
             if i == len(batches) // 2:
                 # Each resumes from the other's snapshot: recovery works across a switch of implementation.
                 python_snapshot, native_snapshot = python.snapshot(), native.snapshot()
-                python = PartitionAggregator("p", WINDOWS, make_folder())
+                python = PartitionAggregator("p", windows, make_folder())
                 python.restore(native_snapshot)
-                native = NativePlaybackAggregator("p", WINDOWS, make_folder())
+                native = NativePlaybackAggregator("p", windows, make_folder())
                 native.restore(python_snapshot)
             python.add_all(batch)
             native.add_all(iter(batch))
