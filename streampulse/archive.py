@@ -33,9 +33,9 @@ from flows.kafka_source import consumer_config
 from schemas.decoder import EventDecoder, Rejection
 from sinks.parquet_archive import ArchiveError, ArchiveWriter, ChunkBuffer, ChunkWritten
 from streampulse.kafka_admin import wait_for_kafka
-from streampulse.options import add_flag, add_option, duration_ms, positive_duration_ms, positive_int
+from streampulse.options import add_flag, add_option, positive_duration_ms, positive_int
 from streampulse.run import check_input_topics
-from streampulse.settings import ConfigError, KafkaSettings, add_kafka_options, kafka_settings
+from streampulse.settings import ConfigError, KafkaSettings, add_decoder_options, add_kafka_options, kafka_settings
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +81,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         choices=("earliest", "latest"),
         help="where a partition with nothing archived yet starts",
     )
-    add_option(group, "--max-message-bytes", type=positive_int, default="65536", help="larger messages are rejected")
-    add_option(
-        group,
-        "--max-future-skew",
-        type=duration_ms,
-        default="1h",
-        help="events further ahead of the clock are rejected",
-    )
+    add_decoder_options(group)
     add_kafka_options(parser)
     parser.set_defaults(func=run)
 

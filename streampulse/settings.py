@@ -204,6 +204,18 @@ def redis_settings(args: argparse.Namespace) -> RedisSettings:
     return RedisSettings(url=args.redis_url, namespace=args.namespace, password=_read_secret(args, "redis_password"))
 
 
+def add_decoder_options(group: argparse._ArgumentGroup) -> None:
+    """What the contract decoder rejects beyond the contract itself (every command that decodes events takes them)."""
+    add_option(group, "--max-message-bytes", type=positive_int, default="65536", help="larger messages are rejected")
+    add_option(
+        group,
+        "--max-future-skew",
+        type=duration_ms,
+        default="1h",
+        help="events further ahead of the clock are rejected",
+    )
+
+
 def add_flow_options(parser: argparse.ArgumentParser) -> None:
     """Options of the dataflow: windows, lateness, limits, Redis retention."""
     group = parser.add_argument_group("windows and input")
@@ -219,14 +231,7 @@ def add_flow_options(parser: argparse.ArgumentParser) -> None:
         default="1s",
         help="how often open windows are published",
     )
-    add_option(group, "--max-message-bytes", type=positive_int, default="65536", help="larger messages are rejected")
-    add_option(
-        group,
-        "--max-future-skew",
-        type=duration_ms,
-        default="1h",
-        help="events further ahead of the clock are rejected",
-    )
+    add_decoder_options(group)
     add_option(
         group, "--batch-size", type=positive_int, default="5000", help="messages consumed per partition per batch"
     )
