@@ -289,9 +289,9 @@ class _QuietHandler(WSGIRequestHandler):
         """Scrapes every few seconds are not worth a log line each."""
 
 
-def serve_metrics(host: str, port: int, metrics: PipelineMetrics | None = None) -> MetricsServer:
-    """Serve `/metrics` on host:port in a background thread (prometheus_client's `start_http_server`, stoppable fast)."""
-    registry = (metrics or pipeline_metrics()).registry
+def serve_metrics(host: str, port: int, registry: CollectorRegistry | None = None) -> MetricsServer:
+    """Serve `registry` (the flow's by default) on host:port/metrics in a background thread, stoppable fast."""
+    registry = registry or pipeline_metrics().registry
     family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
     server_class = type("MetricsHTTPServer", (ThreadingWSGIServer,), {"address_family": family})
     server: WSGIServer = make_server(host, port, make_wsgi_app(registry), server_class, handler_class=_QuietHandler)

@@ -31,15 +31,19 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from flows.kafka_source import consumer_config
 from schemas.decoder import EventDecoder, Rejection
+from sinks.archive_metrics import ArchiveMetrics
 from sinks.parquet_archive import ArchiveError, ArchiveWriter, ChunkBuffer, ChunkWritten
+from sinks.prometheus import serve_metrics
 from streampulse.kafka_admin import wait_for_kafka
 from streampulse.options import add_flag, add_option, positive_duration_ms, positive_int
-from streampulse.run import check_input_topics
+from streampulse.run import add_metrics_options, check_input_topics
 from streampulse.settings import ConfigError, KafkaSettings, add_decoder_options, add_kafka_options, kafka_settings
 
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 5.0
+METRICS_INTERVAL_S = 1.0
+METRICS_PORT = "9465"  # beside the flow's 9464, so both run on one host
 CONSUME_BATCH = 5000
 CONSUME_TIMEOUT_S = 0.2
 
@@ -83,6 +87,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_decoder_options(group)
     add_kafka_options(parser)
+    add_metrics_options(parser, default_port=METRICS_PORT)
     parser.set_defaults(func=run)
 
 
@@ -94,6 +99,7 @@ class _Partition:
     done: bool = False  # with --exit-at-end: reached the end present at start
     caught_up_since_chunk: bool = False
     buffered_since: float = 0.0
+    next_offset: int = -1  # the next to read: where it started, then after the last message taken
 
 
 @dataclass
@@ -131,6 +137,7 @@ class Archiver:
         max_message_bytes: int = 65536,
         max_future_skew_ms: int = 3_600_000,
         out: TextIO | None = None,
+        metrics: ArchiveMetrics | None = None,
     ) -> None:
         self._kafka = kafka
         self._writer = ArchiveWriter(root)
@@ -143,6 +150,7 @@ class Archiver:
         self._out = out
         self._stop = threading.Event()
         self.totals = ArchiveTotals()
+        self.metrics = metrics or ArchiveMetrics()
 
     def stop(self) -> None:
         """Ask the loop to write what it holds and return (safe from a signal handler)."""
@@ -156,6 +164,7 @@ class Archiver:
             try:
                 partitions = self._assign(consumer, resume)
                 self._loop(consumer, partitions)
+                self._observe(consumer, partitions)
             finally:
                 consumer.close()
         return self.totals
@@ -173,7 +182,7 @@ class Archiver:
                     low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
                     start = high if self._start_at == "latest" else low
                 decoder = EventDecoder(family, self._max_message_bytes, self._max_future_skew_ms)
-                partitions[(topic, p)] = _Partition(ChunkBuffer(topic, family, p), decoder)
+                partitions[(topic, p)] = _Partition(ChunkBuffer(topic, family, p), decoder, next_offset=start)
                 assignment.append(TopicPartition(topic, p, start))
         consumer.assign(assignment)
         log.info(
@@ -186,7 +195,7 @@ class Archiver:
         return partitions
 
     def _loop(self, consumer: Consumer, partitions: dict[tuple[str, int], _Partition]) -> None:
-        last_line = time.monotonic()
+        last_line = last_metrics = time.monotonic()
         messages_at_last_line = 0
         while not self._stop.is_set():
             messages = consumer.consume(CONSUME_BATCH, CONSUME_TIMEOUT_S)
@@ -199,6 +208,9 @@ class Archiver:
                     self._commit(state)
             if self._exit_at_end and all(state.done for state in partitions.values()):
                 break
+            if now - last_metrics >= METRICS_INTERVAL_S:
+                self._observe(consumer, partitions)
+                last_metrics = now
             if self._out is not None and now - last_line >= PROGRESS_INTERVAL_S:
                 consumed = self.totals.messages + sum(s.buffer.messages for s in partitions.values())
                 rate = (consumed - messages_at_last_line) / (now - last_line)
@@ -228,6 +240,7 @@ class Archiver:
         if not buffer.messages:
             state.buffered_since = now
         offset = message.offset() or 0
+        state.next_offset = offset + 1
         event = state.decoder.decode(message.value(), now_ms)
         if isinstance(event, Rejection):
             buffer.add_bad(offset, event.reason)
@@ -244,9 +257,28 @@ class Archiver:
 
     def _commit(self, state: _Partition) -> None:
         buffer = state.buffer
-        self.totals.add(self._writer.write(buffer))
+        written = self._writer.write(buffer)
+        self.totals.add(written)
+        self.metrics.committed(buffer.topic, written, time.time())
         state.buffer = ChunkBuffer(buffer.topic, buffer.family, buffer.partition)
         state.caught_up_since_chunk = state.at_end
+
+    def _observe(self, consumer: Consumer, partitions: Mapping[tuple[str, int], _Partition]) -> None:
+        """Buffered messages per topic, and each partition's lag behind its high watermark, on /metrics."""
+        buffered: dict[str, int] = {}
+        for (topic, p), state in partitions.items():
+            buffered[topic] = buffered.get(topic, 0) + state.buffer.messages
+            if state.next_offset < 0:
+                continue
+            try:
+                # The high watermark of the last fetch response: no request to the broker.
+                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=1, cached=True)
+            except Exception:  # noqa: S112  # a metric can wait for the next round
+                continue
+            if high >= 0:
+                self.metrics.lag.labels(topic, str(p)).set(max(high - state.next_offset, 0))
+        for topic, count in buffered.items():
+            self.metrics.buffered.labels(topic).set(count)
 
     def _line(self, partitions: Mapping[tuple[str, int], _Partition], rate: float) -> str:
         totals = self.totals
@@ -274,6 +306,7 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.archive_dir)
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--archive-dir {root} exists and is not a directory")
+    metrics = ArchiveMetrics()
     archiver = Archiver(
         kafka,
         root,
@@ -284,7 +317,10 @@ def run(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_bytes,
         max_future_skew_ms=args.max_future_skew,
         out=sys.stderr,
+        metrics=metrics,
     )
+    server = serve_metrics(args.metrics_host, args.metrics_port, metrics.registry)
+    log.info("streampulse archive: /metrics on %s:%d", args.metrics_host, server.port)
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
         archiver.stop()
@@ -295,6 +331,7 @@ def run(args: argparse.Namespace) -> int:
     except ArchiveError as exc:
         raise ConfigError(str(exc)) from None
     finally:
+        server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print(archiver.summary(), file=sys.stderr, flush=True)

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import pyarrow.dataset as ds
 import pytest
 import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from flows.catalog import AGGREGATES, BASE_DIMS, METRICS, dims_of
 from flows.kafka_seek import seek_offset
@@ -35,6 +37,7 @@ from schemas.decoder import EventDecoder, Rejection
 from sinks.parquet_archive import CHUNKS_DIR
 from sinks.redis_layout import aggregate_key, index_key, window_key
 from sinks.redis_query import query
+from streampulse.processes import free_port
 from streampulse.settings import KafkaSettings
 from tests.conftest import Stack
 from tests.integration.helpers import REPO, create_topics, read_to_end, streampulse
@@ -201,7 +204,7 @@ def test_replay_from_the_archive_equals_the_live_run(live: Live, tmp_path: Path)
     client = redis.Redis.from_url(live.stack.redis_url)
     archive = tmp_path / "archive"
     written = streampulse(
-        "archive", "--exit-at-end", "--archive-dir", str(archive), "--chunk-events", "2000",
+        "archive", "--exit-at-end", "--archive-dir", str(archive), "--chunk-events", "2000", "--metrics-port", "0",
         *live.connection("unused")[:10],
     )  # fmt: skip
     assert written.returncode == 0, written.stderr[-3000:]
@@ -266,6 +269,24 @@ def _archived(root: Path) -> list[tuple[str, int, int, str]]:
     return sorted(zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True))
 
 
+def _archive_metrics(port: int) -> dict[str, float]:
+    """What the archive's /metrics says: events written, bad messages skipped, messages held, lag (summed)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    totals = {"events": 0.0, "bad": 0.0, "buffered": 0.0, "lag": 0.0}
+    names = {
+        "streampulse_archive_events_total": "events",
+        "streampulse_archive_bad_events_total": "bad",
+        "streampulse_archive_buffered_messages": "buffered",
+        "streampulse_archive_lag_messages": "lag",
+    }
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in names:
+                totals[names[sample.name]] += sample.value
+    return totals
+
+
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*.parquet")}
 
@@ -280,7 +301,7 @@ def _markers(root: Path) -> Iterator[dict[str, Any]]:
 def test_archive_killed_mid_run_resumes_with_every_event_exactly_once(live: Live, tmp_path: Path) -> None:
     archive = tmp_path / "archive"
     args = [
-        "archive", "--exit-at-end", "--archive-dir", str(archive), "--chunk-events", "300",
+        "archive", "--exit-at-end", "--archive-dir", str(archive), "--chunk-events", "300", "--metrics-port", "0",
         *live.connection("unused")[:10],
     ]  # fmt: skip
     log = (tmp_path / "killed.log").open("wb")
@@ -319,9 +340,11 @@ def test_archive_keeps_up_with_a_live_topic_and_stops_cleanly(stack: Stack, uniq
     first, second = generated.messages[:250], generated.messages[250:]
     assert produce(first, kafka)["failed"] == 0
     archive = tmp_path / "archive"
+    metrics_port = free_port()
     args = [
         "archive", "--archive-dir", str(archive), "--flush-interval", "1s", "--kafka-bootstrap", stack.bootstrap,
         "--playback-topic", kafka.playback_topic, "--signup-topic", kafka.signup_topic,
+        "--metrics-port", str(metrics_port),
     ]  # fmt: skip
     log = tmp_path / "archive.log"
     process = subprocess.Popen(
@@ -339,6 +362,16 @@ def test_archive_keeps_up_with_a_live_topic_and_stops_cleanly(stack: Stack, uniq
                     break
                 time.sleep(0.2)
             assert len(_archived(archive)) == expected, log.read_text()[-3000:]
+            # /metrics says the same: every valid message archived, none held, no lag (sampled every second).
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (seen := _archive_metrics(metrics_port))["lag"] + seen["buffered"]:
+                time.sleep(0.2)
+            assert _archive_metrics(metrics_port) == {
+                "events": expected,
+                "bad": len(produced) - expected,
+                "buffered": 0,
+                "lag": 0,
+            }, log.read_text()[-3000:]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
     finally:
