@@ -8,7 +8,7 @@ The load generator makes N events in simulated time (every delivery fault on),
 split into 4 partitions by key as the producer would. Each pass runs every
 partition's messages through the contract decoder alone (the floor), then
 through the decoder, a `PartitionAggregator` with the real folders and the
-window store, in batches of 5000 like the Kafka readers. Passes alternate
+window store, in batches the size the Kafka readers consume. Passes alternate
 and the best of R counts; the figure that matters is the ratio of the two
 rates, measured in the same run (absolute rates move with machine noise).
 `--profile` runs one fold pass under cProfile and prints the top entries.
@@ -27,6 +27,7 @@ from collections.abc import Callable
 from flows.native_fold import Aggregator, make_aggregator, native_core
 from flows.partition_aggregator import Folder, PartitionAggregator
 from flows.playback_metrics import PlaybackFolder
+from flows.reader_config import ReaderConfig
 from flows.signup_metrics import SignupFolder
 from flows.window_store import WindowStore
 from flows.windows import WindowConfig
@@ -35,7 +36,7 @@ from loadgen.config import FaultConfig
 from schemas.decoder import EventDecoder, Rejection
 
 PARTITIONS = 4
-BATCH = 5000  # ReaderConfig.batch_size
+BATCH = ReaderConfig.batch_size
 START_MS = 1_714_521_600_000
 SESSION_TIMEOUT_MS = 60_000
 SIGNUP_TIMEOUT_MS = 3_600_000

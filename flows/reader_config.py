@@ -13,7 +13,9 @@ class ReaderConfig:
     """How readers consume and judge events; one per dataflow."""
 
     windows: WindowConfig
-    batch_size: int = 5000
+    # Catching up, a batch covers ~2 min of event time per partition rather than ~36 s: fewer windows cut at a
+    # batch edge, fewer summaries to merge (measured 8 % faster on all metrics); live batches stay small anyway.
+    batch_size: int = 20_000
     start_at: str = "earliest"  # or "latest": where a partition with no snapshot starts
     exit_at_end: bool = False
     idle_after_ms: int = 10_000  # at the partition's end and quiet this long: stop holding the watermark

@@ -64,7 +64,14 @@ def add_metrics_options(parser: argparse.ArgumentParser, default_port: str = "94
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     """Bytewax scale-out: workers in this process, and the other processes of a cluster."""
     cluster = parser.add_argument_group("scale-out (bytewax cluster)")
-    add_option(cluster, "--workers", type=positive_int, default="1", help="worker threads in this process")
+    add_option(
+        cluster,
+        "--workers",
+        type=positive_int,
+        default="1",
+        help="worker threads in this process; they share one Python interpreter (its GIL), so more cores need "
+        "more processes (--process-id/--addresses), not more workers",
+    )
     add_option(cluster, "--process-id", type=int, help="this process's index in the cluster (with --addresses)")
     add_option(cluster, "--addresses", help="host:port of every process of the cluster, separated by ';'")
 

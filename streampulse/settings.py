@@ -233,7 +233,7 @@ def add_flow_options(parser: argparse.ArgumentParser) -> None:
     )
     add_decoder_options(group)
     add_option(
-        group, "--batch-size", type=positive_int, default="5000", help="messages consumed per partition per batch"
+        group, "--batch-size", type=positive_int, default="20000", help="messages consumed per partition per batch"
     )
     add_option(
         group,
