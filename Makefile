@@ -17,12 +17,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[local,dev]'
 	touch $(STAMP)
 
-# The playback fold in Rust (native/): about 2x the events/s on all metrics. Without cargo the flows fold in Python.
+# The playback fold in Rust (native/): about 1.5x the events/s on all metrics. Without cargo the flows fold in Python.
 $(NATIVE): $(STAMP) native/Cargo.toml native/Cargo.lock native/pyproject.toml native/src/lib.rs
 	@if command -v cargo >/dev/null 2>&1; then \
 		echo "building the native playback fold (native/, Rust)"; \
 		$(BIN)/pip install --quiet ./native && touch $(NATIVE); \
-	else echo "no Rust toolchain (cargo, https://rustup.rs): playback events fold in Python, about half as fast"; fi
+	else echo "no Rust toolchain (cargo, https://rustup.rs): playback events fold in Python, about a third slower"; fi
 
 demo: $(NATIVE) ## run the embedded default: local broker + Redis, load generator, flows, /metrics, live view (Ctrl-C stops all)
 	$(BIN)/streampulse demo $(ARGS)

@@ -45,7 +45,7 @@ def native_core() -> Any | None:
     except ImportError:
         log.warning(
             "the native playback fold is not installed (pip install ./native): folding in Python, "
-            "about 2x slower on all metrics"
+            "about a third slower on all metrics"
         )
         return None
     if len(ROW_LAYOUT) != NATIVE_ROW_WIDTH:
