@@ -11,6 +11,7 @@ from pathlib import Path
 
 import redis
 from bytewax._bytewax import cli_main
+from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from confluent_kafka.admin import AdminClient
 
@@ -206,6 +207,15 @@ def execute(
             # Snapshots are taken at the end of each epoch.
             epoch_interval=timedelta(milliseconds=getattr(args, "snapshot_interval", 10_000)),
             recovery_config=recovery,
+        )
+    except BytewaxRuntimeError as exc:
+        # Ctrl-C (SIGINT) is bytewax's clean stop: every worker finishes its step and the process exits.
+        if "signal received" not in str(exc):
+            raise
+        log.info(
+            "streampulse %s: stopped by a signal; open windows stay partial%s",
+            job,
+            " until a restart with the same --recovery-dir resumes them" if recovery is not None else "",
         )
     finally:
         server.stop()
