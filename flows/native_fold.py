@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from collections.abc import Iterable
 from functools import cache
 from typing import Any
 
 from flows.partials import BatchSummary, PartitionState
-from flows.partition_aggregator import SNAPSHOT_VERSION, Folder, PartitionAggregator
+from flows.partition_aggregator import Folder, PartitionAggregator, pack_snapshot, unpack_snapshot
 from flows.playback_metrics import EVENT_TYPES, ROW_LAYOUT, PlaybackFolder, StreamStartsFolder
 from flows.sketch import LOG_GAMMA
 from flows.windows import WindowConfig, resolution_name
@@ -112,17 +111,11 @@ class NativePlaybackAggregator:
 
     def snapshot(self) -> bytes:
         """As `PartitionAggregator.snapshot`, in its layout."""
-        return pickle.dumps((SNAPSHOT_VERSION, *self._core.state()), protocol=pickle.HIGHEST_PROTOCOL)
+        return pack_snapshot(self._core.state())
 
     def restore(self, snapshot: bytes) -> None:
         """Continue from a snapshot of either aggregator of the same partition."""
-        version, high, closed_to, forgot_at, ids, folder = pickle.loads(snapshot)  # noqa: S301  # our own snapshot
-        if version != SNAPSHOT_VERSION:
-            raise ValueError(
-                f"recovery snapshot of {self.partition} has format {version}, this version reads {SNAPSHOT_VERSION}: "
-                "start with a fresh recovery directory"
-            )
-        self._core.restore(high, closed_to, forgot_at, ids, folder)
+        self._core.restore(*unpack_snapshot(self.partition, snapshot))
 
     @property
     def keys_held(self) -> int:

@@ -31,9 +31,7 @@ import pickle
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from xxhash import xxh3_64_intdigest
-
-from flows.event_ids import EventIds, grow, new_table
+from flows.event_ids import EventIds
 from flows.partials import BatchSummary, Partials, PartitionState, RowLayout, Rows
 from flows.windows import WindowConfig, resolution_name
 
@@ -100,7 +98,7 @@ class PartitionAggregator:
         self._closed_to = NO_EVENT_YET
         self._forgot_at = NO_EVENT_YET
         self._ids = EventIds()
-        self._no_table = new_table(1)
+        self._first_time = self._ids.first_time
         self._reset_batch()
 
     def _reset_batch(self) -> None:
@@ -123,10 +121,7 @@ class PartitionAggregator:
         """
         high = self.high_event_time_ms
         lateness, coarse_ms, fine_ms, width = self._lateness_ms, self._coarse_ms, self._fine_ms, self._width
-        by_type, count_late, table_of = self._by_type, self._count_late, self._ids.table
-        # The id table of the coarse window last seen: events come mostly in window order, so it rarely changes.
-        ids_window, table, slots, mask = NO_EVENT_YET, self._no_table, self._no_table[0], 0
-        duplicates = 0
+        by_type, count_late, first_time = self._by_type, self._count_late, self._first_time
         fine, fine_rows, coarse_only, coarse_rows = self._fine, self._fine_rows, self._coarse_only, self._coarse_rows
         fine_name, coarse_name = self._fine_name, self._coarse_name
         for event in events:
@@ -145,27 +140,9 @@ class PartitionAggregator:
                 count_late(coarse_name, coarse_start, event_type)
                 count_late(fine_name, fine_start, event_type)
                 continue
-            # EventIds.first_time, inlined: a call per event costs as much as the probe.
-            if coarse_start != ids_window:
-                ids_window, table = coarse_start, table_of(coarse_start)
-                slots, mask = table[0], table[1]
-            h = (xxh3_64_intdigest(event.event_id.encode()) >> 1) | 1
-            i = h & mask
-            held = slots[i]
-            while held:
-                if held == h:
-                    break
-                i = (i + 1) & mask
-                held = slots[i]
-            if held:
-                duplicates += 1
+            if not first_time(coarse_start, event.event_id):
+                self._duplicates += 1
                 continue
-            slots[i] = h
-            count = table[2]
-            table[2] = count + 1
-            if count * 2 >= mask:
-                grow(table)
-                slots, mask = table[0], table[1]
             if fine_start + fine_ms + lateness <= high:
                 count_late(fine_name, fine_start, event_type)
                 acc, rows, window, on_time = coarse_only, coarse_rows, coarse_start, False
@@ -182,7 +159,6 @@ class PartitionAggregator:
             if handler is not None:
                 handler(event, window, row, fine_rows, acc, on_time)
         self.high_event_time_ms = high
-        self._duplicates += duplicates
 
     def _count_late(self, resolution: str, window: int, event_type: str) -> None:
         key = (resolution, window, event_type)
@@ -225,24 +201,13 @@ class PartitionAggregator:
 
         Taken between batches (bytewax snapshots at the end of an epoch), so nothing of a batch is in it.
         """
-        state = (
-            SNAPSHOT_VERSION,
-            self.high_event_time_ms,
-            self._closed_to,
-            self._forgot_at,
-            self._ids.snapshot(),
-            self._folder.snapshot(),
+        return pack_snapshot(
+            (self.high_event_time_ms, self._closed_to, self._forgot_at, self._ids.snapshot(), self._folder.snapshot())
         )
-        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
     def restore(self, snapshot: bytes) -> None:
-        """Continue from a `snapshot` of an aggregator of the same partition."""
-        version, high, closed_to, forgot_at, ids, folder = pickle.loads(snapshot)  # noqa: S301  # our own snapshot
-        if version != SNAPSHOT_VERSION:
-            raise ValueError(
-                f"recovery snapshot of {self.partition} has format {version}, this version reads {SNAPSHOT_VERSION}: "
-                "start with a fresh recovery directory"
-            )
+        """Continue from a `snapshot` of an aggregator of the same partition (this one or flows/native_fold.py's)."""
+        high, closed_to, forgot_at, ids, folder = unpack_snapshot(self.partition, snapshot)
         self.high_event_time_ms, self._closed_to, self._forgot_at = high, closed_to, forgot_at
         self._ids.restore(ids)
         self._folder.restore(folder)
@@ -256,3 +221,25 @@ class PartitionAggregator:
     def remembered_ids(self) -> int:
         """How many event ids are held for duplicate detection."""
         return len(self._ids)
+
+
+# What an aggregator remembers: (high event time, closed-to, forgot-at, duplicate ids, folder state). Both
+# aggregators (this one and flows/native_fold.py's) write and read it, so either resumes from the other's.
+AggregatorState = tuple[int, int, int, Any, Any]
+
+
+def pack_snapshot(state: AggregatorState) -> bytes:
+    """An aggregator's state as a recovery snapshot."""
+    return pickle.dumps((SNAPSHOT_VERSION, *state), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack_snapshot(partition: str, snapshot: bytes) -> AggregatorState:
+    """The state in a recovery snapshot of `partition`, if this version reads its format."""
+    version, *state = pickle.loads(snapshot)  # noqa: S301  # our own snapshot
+    if version != SNAPSHOT_VERSION:
+        raise ValueError(
+            f"recovery snapshot of {partition} has format {version}, this version reads {SNAPSHOT_VERSION}: "
+            "start with a fresh recovery directory"
+        )
+    high, closed_to, forgot_at, ids, folder = state
+    return high, closed_to, forgot_at, ids, folder
