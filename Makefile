@@ -30,10 +30,11 @@ demo: $(NATIVE) ## run the embedded default: local broker + Redis, load generato
 kafka-jars: ## fetch Apache Kafka's jars from Maven Central for the integration tests (needs Java 17 + Maven)
 	bash tools/kafka/fetch-kafka.sh
 
-test: $(NATIVE) ## lint, then unit and integration tests on real Kafka and Redis (Apache Kafka if Java is here, else the embedded stack)
+test: $(NATIVE) ## lint, then unit and integration tests on real Kafka, Redis and Prometheus (fetched into ~/.cache/streampulse; no root)
 	$(MAKE) --no-print-directory lint
 	@if command -v java >/dev/null 2>&1; then bash tools/kafka/fetch-kafka.sh; \
 	else echo "make test: no Java on this machine: integration tests run on the embedded stack (tansu + valkey) only"; fi
+	@bash tools/prometheus/fetch-prometheus.sh
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: $(NATIVE) ## only the tests that need no services
@@ -49,5 +50,5 @@ bench: $(NATIVE) ## benchmarks: throughput vs the limit, a baseline and Quix Str
 	else echo "make bench: no Java on this machine: the Quix Streams peer (needs Apache Kafka) is skipped"; fi
 	$(BIN)/python -m bench $(ARGS)
 
-clean: ## remove the virtual environment and caches (not the Kafka jars in ~/.cache/streampulse)
+clean: ## remove the virtual environment and caches (not the Kafka jars and Prometheus in ~/.cache/streampulse)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

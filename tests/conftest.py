@@ -4,7 +4,8 @@
 `stack` runs on each):
 
 - `apache`: Apache Kafka 4.x (KRaft, from the Maven Central jars; run
-  `bash tools/kafka/fetch-kafka.sh` once) with Debian's `redis-server`;
+  `bash tools/kafka/fetch-kafka.sh` once) with `redis-server` if on PATH, else valkey
+  (tests/services/binaries.py);
 - `embedded`: tansu and valkey from the `local` extra, as `streampulse demo` uses;
 - `external`: your own, from `STREAMPULSE_TEST_KAFKA_BOOTSTRAP` and
   `STREAMPULSE_TEST_REDIS_URL`.
@@ -52,7 +53,9 @@ def _selected_stacks() -> list[str]:
 def pytest_report_header(config: pytest.Config) -> str:
     stacks = _selected_stacks()
     note = "" if os.environ.get(STACKS_ENV) or "apache" in stacks else " (no Java here: Apache Kafka tests skipped)"
-    return f"streampulse integration stacks: {', '.join(stacks)}{note}"
+    from tests.services.binaries import report
+
+    return f"streampulse integration stacks: {', '.join(stacks)}{note}\n{report()}"
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ sent to Prometheus's HTTP API.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 import urllib.error
@@ -32,6 +31,7 @@ from streampulse.processes import ManagedProcess, free_port
 from streampulse.settings import KafkaSettings
 from tests.conftest import Stack
 from tests.integration.helpers import REPO, create_topics, produce
+from tests.services.binaries import missing_prometheus_message, prometheus_tool
 from tests.unit.test_alert_rules import (
     ALERTS,
     PROMETHEUS_CONFIG,
@@ -62,12 +62,13 @@ MAY_BE_EMPTY = {
 
 
 class Prometheus:
-    """Debian's `prometheus` on a free loopback port, with the shipped config pointed at one flow."""
+    """A real `prometheus` (tests/services/binaries.py) on a free loopback port, scraping one flow."""
 
     def __init__(self, work_dir: Path, metrics_port: int) -> None:
-        executable = shutil.which("prometheus")
-        if executable is None:
-            pytest.fail("prometheus not found: apt-get install prometheus (Debian/Ubuntu), as .ci/run does")
+        found = prometheus_tool("prometheus")
+        if found is None:
+            pytest.fail(missing_prometheus_message("prometheus"))
+        executable = found.path
         config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
         config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
         config["rule_files"] = [str(PROMETHEUS_CONFIG.parent / path) for path in config["rule_files"]]

