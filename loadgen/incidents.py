@@ -12,7 +12,13 @@ An incident file (YAML or JSON) is a list of incidents, or an object with an
 Dimensions of `where`: country, device_type, cdn, title_id (playback), and
 channel, plan, payment_method (sign-up). A dimension an event family does
 not have never matches, so an incident scoped by `cdn` leaves sign-ups alone.
-An effect applies to decisions whose event time falls in [start, end).
+An effect changes only events whose event time falls in [start, end): an
+extra rebuffer or playback error happens inside it (the rate is multiplied
+over the part of a heartbeat interval it covers); a start fails, comes later
+or is dropped only when every event that changes (the attempt, the start, the
+failure) lies inside it; a payment is declined when its outcome is. Events just
+before the start and just after the end are those of a run without the
+incident (tests/unit/test_loadgen_incident_edges.py).
 
 Effects (all optional; several incidents overlapping multiply):
 
@@ -30,6 +36,7 @@ Ready scenarios live in `loadgen/scenarios/NAME.yaml` (`--scenario NAME`).
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -329,3 +336,78 @@ def code_override(incidents: tuple[ResolvedIncident, ...], t_ms: int, effect: st
             if code is not None:
                 return code
     return None
+
+
+_NEUTRAL = Effect()
+
+
+def active_throughout(
+    incidents: tuple[ResolvedIncident, ...], effect: str, *times: int
+) -> tuple[ResolvedIncident, ...]:
+    """The incidents that change `effect` and are active at every one of `times`.
+
+    A decision that moves or replaces events (a start that fails instead, a start that comes later, an attempt
+    that never happens) touches an event on each side: the incident takes it only when all of them lie inside
+    its [start, end), so no event outside that range changes.
+    """
+    neutral = getattr(_NEUTRAL, effect)
+    return tuple(
+        inc
+        for inc in incidents
+        if getattr(inc.effect, effect) != neutral and all(inc.start_ms <= t < inc.end_ms for t in times)
+    )
+
+
+def product(incidents: tuple[ResolvedIncident, ...], effect: str) -> float:
+    """Product of one multiplier effect over `incidents` (1 for none)."""
+    m = 1.0
+    for inc in incidents:
+        m *= getattr(inc.effect, effect)
+    return m
+
+
+def rate_runs(
+    incidents: tuple[ResolvedIncident, ...], effect: str, lo: int, hi: int
+) -> tuple[tuple[int, int, float], ...]:
+    """[lo, hi) cut where an incident changing `effect` starts or ends, as (from, to, multiplier) runs.
+
+    One run when nothing starts or ends inside the range: the common case, which callers treat as a constant
+    multiplier so their arithmetic (and output) is exactly that of a constant rate.
+    """
+    neutral = getattr(_NEUTRAL, effect)
+    cuts = {lo, hi}
+    for inc in incidents:
+        if getattr(inc.effect, effect) != neutral:
+            if lo < inc.start_ms < hi:
+                cuts.add(inc.start_ms)
+            if lo < inc.end_ms < hi:
+                cuts.add(inc.end_ms)
+    if len(cuts) <= 2:
+        return ((lo, hi, multiplier(incidents, lo, effect)),)
+    edges = sorted(cuts)
+    return tuple((a, b, multiplier(incidents, a, effect)) for a, b in itertools.pairwise(edges))
+
+
+def mean_multiplier(runs: tuple[tuple[int, int, float], ...]) -> float:
+    """The time-weighted mean multiplier of `rate_runs` (exactly the multiplier when there is one run)."""
+    if len(runs) == 1:
+        return runs[0][2]
+    return sum((b - a) * m for a, b, m in runs) / (runs[-1][1] - runs[0][0])
+
+
+def place(runs: tuple[tuple[int, int, float], ...], v: float) -> tuple[int, float]:
+    """The time an occurrence falls at for a uniform draw `v`, with density proportional to the multiplier.
+
+    Returns (time, multiplier there). With one run this is `lo + int(v * (hi - lo))`, a uniform time.
+    """
+    if len(runs) == 1:
+        lo, hi, m = runs[0]
+        return lo + int(v * (hi - lo)), m
+    target = v * sum((b - a) * m for a, b, m in runs)
+    for a, b, m in runs:
+        weight = (b - a) * m
+        if target < weight:
+            return min(b - 1, a + int(target / m)), m
+        target -= weight
+    a, b, m = next(r for r in reversed(runs) if r[2] > 0)  # rounding at the very top: the last slot that can have it
+    return b - 1, m

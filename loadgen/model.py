@@ -18,7 +18,8 @@ Determinism and isolation: arrivals draw a fixed number of values from their
 own `random.Random`, whatever happens to them, and each started session has
 its own small random stream seeded from (seed, session number). So an incident
 changes only the sessions in its scope: every event outside the scope is
-byte-identical to a run without the incident.
+byte-identical to a run without the incident. Inside the scope it changes only
+events whose event time lies inside the incident (see loadgen/incidents.py).
 
 The model is a discrete-event simulation over an agenda of (time, sequence,
 kind, payload) (a calendar queue); sessions are advanced one heartbeat interval at a time so
@@ -37,7 +38,17 @@ from typing import Any
 
 from loadgen.config import LoadgenConfig
 from loadgen.diurnal import MINUTE_MS, DiurnalTable
-from loadgen.incidents import IncidentSet, ResolvedIncident, code_override, multiplier
+from loadgen.incidents import (
+    IncidentSet,
+    ResolvedIncident,
+    active_throughout,
+    code_override,
+    mean_multiplier,
+    multiplier,
+    place,
+    product,
+    rate_runs,
+)
 from loadgen.world import (
     CDNS,
     CHANNEL_WEIGHTS,
@@ -184,9 +195,11 @@ class _Session:
         """Decide what happens in (t_prev, next heartbeat]: push its events and the wake-up at its end.
 
         One uniform draw picks at most one occurrence per interval (fatal error, rebuffer, bitrate switch or
-        pause), each with probability rate x interval length; incidents stretch their segment of [0, 1) when
-        the interval's midpoint is inside them. Outside an incident's time the draws and outcomes are exactly
-        those of a run without it.
+        pause), each with probability rate x interval length, and a second one places it in the interval. An
+        incident multiplies the rate of its kind over the part of the interval it covers: the probability grows
+        by the covered share and the occurrence lands in that part proportionally more often, so the events
+        outside [start, end) keep the rate of a run without it. Intervals no incident starts or ends in (all of
+        them without incidents) take exactly the draws and outcomes of the constant-rate model.
         """
         m = self.model
         t_next = t_prev + m.hb_ms
@@ -197,20 +210,31 @@ class _Session:
         u = self._u()
         p_err_base = m.err_per_ms * length
         p_err = p_err_base
-        p_rb = m.rb_per_ms * length * self.rb_factor
+        p_rb_base = m.rb_per_ms * length * self.rb_factor
+        p_rb = p_rb_base
         incidents = self.incidents
+        err_runs = rb_runs = None
         if incidents:
-            mid = t_prev + length // 2
-            p_err *= multiplier(incidents, mid, "play_error_multiplier")
-            p_rb *= multiplier(incidents, mid, "rebuffer_multiplier")
+            # Where an occurrence can fall: strictly inside the interval.
+            err_runs = rate_runs(incidents, "play_error_multiplier", t_prev + 1, t_next)
+            rb_runs = rate_runs(incidents, "rebuffer_multiplier", t_prev + 1, t_next)
+            p_err *= mean_multiplier(err_runs)
+            p_rb *= mean_multiplier(rb_runs)
         stalled = 0
         paused = 0
         kind = 2 if final else 0  # 0 heartbeat, 1 play_error, 2 play_stop (or silence)
         if u < p_err + p_rb + m.br_per_ms * length + m.pause_per_ms * length and length > 2:
             rng = self._u
-            t_x = t_prev + 1 + int(rng() * (length - 1))  # strictly inside the interval
+            v = rng()
             if u < p_err:
-                code = code_override(incidents, t_x, "play_error_code") if u >= p_err_base else None
+                if err_runs is None:
+                    t_x = t_prev + 1 + int(v * (length - 1))  # strictly inside the interval
+                    code = None
+                else:
+                    t_x, mult = place(err_runs, v)
+                    # Given an error at t_x, u / p_err is a fresh uniform: 1 - 1/mult of them are the incident's.
+                    extra = mult > 1.0 and u * mult >= p_err
+                    code = code_override(incidents, t_x, "play_error_code") if extra else None
                 self.pending_kind = 1
                 self.pending_value = code or PLAY_ERROR_CODES.pick(rng())
                 m.push_wake(t_x, self)
@@ -218,19 +242,26 @@ class _Session:
             u -= p_err
             push = m.push
             if u < p_rb:
+                if rb_runs is None:
+                    t_x, p_here = t_prev + 1 + int(v * (length - 1)), p_rb
+                else:
+                    t_x, mult = place(rb_runs, v)
+                    p_here = p_rb_base * mult
                 # A stall: rebuffer time grows with the incident's multiplier once the probability saturates.
-                stretch = p_rb if p_rb > 1.0 else 1.0
+                stretch = p_here if p_here > 1.0 else 1.0
                 stalled = int(self._lognormal(m.rb_mu, m.rb_sigma) * stretch)
                 stalled = min(stalled, length // 2)
                 push(t_x, self._event(t_x, "rebuffer", {"rebuffer_ms": stalled}))
                 if self.level > 0 and rng() < 0.5 and t_x + 1 < t_next:  # players often step down after a stall
                     self._switch(t_x + 1, -1)
-            elif u - p_rb < m.br_per_ms * length:
-                self._switch(t_x, 1 if rng() < 0.5 else -1)
-            elif t_x + 1 < t_next:
-                paused = min(int(self._lognormal(m.pause_mu, m.pause_sigma)), t_next - t_x - 1)
-                push(t_x, self._event(t_x, "pause", {}))
-                push(t_x + paused, self._event(t_x + paused, "resume", {}))
+            else:
+                t_x = t_prev + 1 + int(v * (length - 1))  # strictly inside the interval
+                if u - p_rb < m.br_per_ms * length:
+                    self._switch(t_x, 1 if rng() < 0.5 else -1)
+                elif t_x + 1 < t_next:
+                    paused = min(int(self._lognormal(m.pause_mu, m.pause_sigma)), t_next - t_x - 1)
+                    push(t_x, self._event(t_x, "pause", {}))
+                    push(t_x + paused, self._event(t_x + paused, "resume", {}))
         self.pending_kind = kind
         played = length - stalled - paused
         self.pending_value = played if played > 0 else 0
@@ -275,6 +306,23 @@ class _Session:
         if self.silent:
             return None
         return self._event(t, "play_stop", {"played_ms": self.pending_value})
+
+
+def _startup_multiplier(incidents: tuple[ResolvedIncident, ...], t: int, startup: float) -> float:
+    """The startup slowdown of an attempt at `t`: from the incidents active at both its plain and its slowed start.
+
+    A play_start moves from t + startup to t + startup x multiplier; an incident slows it only when both times
+    lie inside it, so no start outside the incident is moved, nor one inside moved out.
+    """
+    by = active_throughout(incidents, "startup_ms_multiplier", t + min(int(startup), 120_000))
+    while by:
+        mult = product(by, "startup_ms_multiplier")
+        t_slowed = t + min(int(startup * mult), 120_000)
+        still = tuple(inc for inc in by if inc.active(t_slowed))
+        if still == by:
+            return mult
+        by = still  # fewer incidents, a different slowed time: check again
+    return 1.0
 
 
 class Model:
@@ -479,20 +527,31 @@ class Model:
         title = self.catalogue.pick(u_title)
         cdn = _CDN_CHOICES[ci].pick(u_cdn)
 
+        profile = DEVICE_PROFILES[device]
+        p_fail = min(1.0, self.params.start_failure_rate * profile.failure_factor)
+        # Both possible outcomes are timed before anything is decided, so an incident can take an attempt only
+        # when every event its effect moves, replaces or removes lies inside the incident (active_throughout).
+        t_fail = t + min(60_000, int(math.exp(self.fail_mu + self.fail_sigma * z_fail)))
+        startup = math.exp(math.log(profile.startup_median_ms) + profile.startup_sigma * z_startup)
         incidents: tuple[ResolvedIncident, ...] = ()
+        fail_mult = 1.0
         if self.incidents:
             incidents = self.incidents.in_scope(
                 {"country": country.code, "device_type": device_type, "cdn": cdn, "title_id": title}
             )
             if incidents:
+                startup *= _startup_multiplier(incidents, t, startup)
+                t_start = t + min(int(startup), 120_000)
+                failing_by = active_throughout(incidents, "start_failure_multiplier", t_fail, t_start)
+                fail_mult = product(failing_by, "start_failure_multiplier")
+                t_outcome = t_fail if u_fail < p_fail * fail_mult else t_start
+                dropping_by = active_throughout(incidents, "starts_drop", t, t_outcome)
                 keep = 1.0
-                for inc in incidents:
-                    if inc.active(t):
-                        keep *= 1.0 - inc.effect.starts_drop
+                for inc in dropping_by:
+                    keep *= 1.0 - inc.effect.starts_drop
                 if u_drop >= keep:
-                    for inc in incidents:
-                        if inc.active(t) and inc.effect.starts_drop > 0:
-                            self.incidents.dropped_attempts[inc.name] += 1
+                    for inc in dropping_by:
+                        self.incidents.dropped_attempts[inc.name] += 1
                     return
 
         base = {
@@ -506,12 +565,13 @@ class Model:
         push = self.push
         push(t, {"event_id": f"{sid}.0", "event_type": "play_attempt", "event_time_ms": t, **base})
 
-        profile = DEVICE_PROFILES[device]
-        p_fail = min(1.0, self.params.start_failure_rate * profile.failure_factor)
-        fail_mult = multiplier(incidents, t, "start_failure_multiplier") if incidents else 1.0
+        startup_ms = min(int(startup), 120_000)
+        t_start = t + startup_ms
         if u_fail < p_fail * fail_mult:
-            code = code_override(incidents, t, "start_failure_error_code") if u_fail >= p_fail else None
-            t_fail = t + min(60_000, int(math.exp(self.fail_mu + self.fail_sigma * z_fail)))
+            code = None
+            if u_fail >= p_fail:  # one of the incident's extra failures
+                coding_by = active_throughout(incidents, "start_failure_error_code", t_fail, t_start)
+                code = coding_by[0].effect.start_failure_error_code if coding_by else None
             eid = f"{sid}.1"
             if self.hidden is not None and t_fail >= self.visible_from:
                 self.hidden[eid] = {"cdn": cdn}
@@ -527,10 +587,6 @@ class Model:
             )
             return
 
-        startup_mult = multiplier(incidents, t, "startup_ms_multiplier") if incidents else 1.0
-        startup = math.exp(math.log(profile.startup_median_ms) + profile.startup_sigma * z_startup) * startup_mult
-        startup_ms = min(int(startup), 120_000)
-        t_start = t + startup_ms
         push(
             t_start,
             {
@@ -627,7 +683,7 @@ class Model:
                 }
             )
             if scope:
-                p_decline = min(1.0, p_decline * multiplier(scope, t2, "payment_decline_multiplier"))
+                p_decline = min(1.0, p_decline * multiplier(scope, t3, "payment_decline_multiplier"))
         if u_outcome < p_decline:
             self._signup_failed(t3, f"{fid}.3", base, REASON_DECLINED, plan, method)
         elif u_outcome < p_decline + FRAUD_RATE:

@@ -168,3 +168,19 @@ def read_to_end(bootstrap: str, topic: str, timeout_s: float = 60) -> list[Messa
     finally:
         consumer.close()
     return sorted(messages, key=lambda m: (m.partition() or 0, m.offset() or 0))
+
+
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+
+
+def yesterday_at(hour: int) -> int:
+    """Epoch ms of `hour`:00 UTC the day before today (UTC): a fixed time of day, always in the past.
+
+    The load generator's traffic depends on the time of day only (its diurnal curve is per UTC minute, and
+    every window length divides a day), so anchoring there makes a test's traffic the same whatever hour it
+    runs at. Yesterday is in the past, as the decoder wants, and well inside Kafka's 7-day retention of the
+    record timestamps (the simulated delivery times) and Redis' TTLs.
+    """
+    now = time.time_ns() // 1_000_000
+    return (now // DAY_MS - 1) * DAY_MS + hour * HOUR_MS

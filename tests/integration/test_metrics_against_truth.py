@@ -29,7 +29,7 @@ from sinks.redis_query import query
 from streampulse.processes import free_port
 from streampulse.settings import KafkaSettings
 from tests.conftest import Stack
-from tests.integration.helpers import REPO, create_topics, read_to_end, scrape, streampulse
+from tests.integration.helpers import REPO, create_topics, read_to_end, scrape, streampulse, yesterday_at
 from tests.integration.helpers import produce as produce_messages
 
 pytestmark = pytest.mark.integration
@@ -49,8 +49,7 @@ FAULTS = FaultConfig(
 
 @pytest.fixture(scope="module")
 def generated() -> Generated:
-    hour = 3_600_000
-    start = (int(time.time() * 1000) // hour - 3) * hour  # well in the past: nothing is "from the future"
+    start = yesterday_at(20)  # the same time of day on every run: the same traffic, whatever the hour
     return generate(
         seed=2024,
         events=25_000,

@@ -40,7 +40,7 @@ from sinks.redis_query import query
 from streampulse.processes import free_port
 from streampulse.settings import KafkaSettings
 from tests.conftest import Stack
-from tests.integration.helpers import REPO, create_topics, read_to_end, streampulse
+from tests.integration.helpers import REPO, create_topics, read_to_end, streampulse, yesterday_at
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +97,7 @@ def live(stack: Stack) -> Live:
     create_topics(
         stack.bootstrap, {kafka.playback_topic: PARTITIONS["playback"], kafka.signup_topic: PARTITIONS["signup"]}
     )
-    start = (int(time.time() * 1000) // HOUR - 3) * HOUR  # well in the past: nothing is "from the future"
+    start = yesterday_at(20)  # the same time of day on every run: the same traffic, whatever the hour
     generated = generate(
         seed=31,
         events=20_000,

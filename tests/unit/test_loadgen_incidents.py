@@ -87,13 +87,12 @@ Cell = dict[str, Any]
 def totals(
     truth: dict[str, Any], select: Callable[[Cell], bool], metric: Callable[[Cell], float]
 ) -> tuple[float, float]:
-    """Sum of `metric` over the selected 1-minute cells strictly inside the incident, and strictly outside it."""
+    """Sum of `metric` over the selected 1-minute cells inside the incident, and outside it (no margin)."""
     inside = outside = 0.0
     for window in truth["windows"]["1m"]["windows"]:
         start, end = window["start_ms"], window["end_ms"]
-        # A minute's margin after each edge: effects decided just before an edge land just after it.
-        is_inside = start >= INCIDENT_START + MIN_MS and end <= INCIDENT_END
-        is_outside = end <= INCIDENT_START or start >= INCIDENT_END + MIN_MS
+        is_inside = start >= INCIDENT_START and end <= INCIDENT_END
+        is_outside = end <= INCIDENT_START or start >= INCIDENT_END
         for cell in window["cells"]:
             if select(cell):
                 value = metric(cell)
