@@ -75,6 +75,9 @@ class _Window:
     rows_changed: bool = False
     # False for a fine window opened only to hold the sessions open at its end (filled in): no data of its own.
     has_data: bool = True
+    # Written at least once: once emptied (its sessions' ends came in), it is written again, else what was written
+    # stays (partial, with sessions that were not open).
+    published: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,7 +372,7 @@ class WindowStore:
         for (resolution, start), window in list(self._open.items()):
             final = self._is_final(resolution, start)
             # A window holding nothing (only concurrency changes adding up to no session) is not written.
-            if (final or window.dirty) and (window.values or (resolution, start) in self._late):
+            if (final or window.dirty) and (window.values or window.published or (resolution, start) in self._late):
                 updates.append(self._update(resolution, start, window, final))
             if final:
                 del self._open[(resolution, start)]
@@ -393,7 +396,7 @@ class WindowStore:
         self.watermark_ms = max([self.watermark_ms, *(p.high_event_time_ms for p in self._partitions.values())])
         updates = self.publish()
         for (resolution, start), window in list(self._open.items()):
-            if window.values or (resolution, start) in self._late:
+            if window.values or window.published or (resolution, start) in self._late:
                 updates.append(self._update(resolution, start, window, True))
         self._open.clear()
         return updates
@@ -407,6 +410,7 @@ class WindowStore:
             changes = {aggregate: dict(values.get(aggregate, {})) for aggregate in window.changed}
             window.changed = set()
             window.dirty = False
+            window.published = True
         return WindowUpdate(
             resolution=resolution,
             window_start_ms=start,
