@@ -31,6 +31,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from flows.catalog import AT_WINDOW_END
 from flows.partials import CONCURRENCY_CHANGE, BatchSummary, RowLayout, expand_rows
@@ -78,6 +79,13 @@ class _Window:
     # Written at least once: once emptied (its sessions' ends came in), it is written again, else what was written
     # stays (partial, with sessions that were not open).
     published: bool = False
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        # A window snapshotted by an earlier version lacks the fields added since: the defaults that fill in and
+        # write the most, so a restart from its recovery directory misses nothing.
+        self.has_data, self.published = True, True
+        for name, value in state[1].items():
+            setattr(self, name, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,11 +136,21 @@ class WindowStore:
         self._concurrency_base: dict[tuple[str, ...], int] = {}
         self._concurrency_dirty_from = CLEAN
         self._fine_settled_to: int | None = None  # the first fine window start not yet final
-        self._session_timeout_ms = session_timeout_ms
+        # The playback fold's session timeout: how far after a window with data windows are filled in.
+        self.session_timeout_ms = session_timeout_ms
         # The start of the newest fine window with data among those already final (or changed once final).
         self._last_final_data: int | None = None
         self._layouts: dict[RowLayout, _LayoutInfo] = {}
         self._layout_list: list[RowLayout] = []
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "session_timeout_ms" not in state:
+            # Snapshotted by an earlier version, which filled in windows as far as sessions could be open: treat
+            # the newest final window as having data (the flow sets the configured timeout when it resumes).
+            self.session_timeout_ms = ReaderConfig.session_timeout_ms
+            settled = self._fine_settled_to
+            self._last_final_data = None if settled is None else settled - self._sizes[self._fine]
 
     def expect(self, partitions: Iterable[str]) -> None:
         """Add partitions that appeared since this store was snapshotted (the topic grew)."""
@@ -279,7 +297,7 @@ class WindowStore:
         after the last window with data (module docstring). The work is per open window, not per fine step.
         """
         dirty_from, self._concurrency_dirty_from = self._concurrency_dirty_from, CLEAN
-        fine, fine_ms, timeout = self._fine, self._sizes[self._fine], self._session_timeout_ms
+        fine, fine_ms, timeout = self._fine, self._sizes[self._fine], self.session_timeout_ms
         starts = sorted(start for resolution, start in self._open if resolution == fine)
         if not starts:
             return

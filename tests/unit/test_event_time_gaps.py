@@ -11,6 +11,7 @@ open at a window's end whose last event is within the session timeout).
 
 from __future__ import annotations
 
+import pickle
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -21,8 +22,9 @@ from typing import Any
 
 import pytest
 
+from flows.partition_aggregator import PartitionAggregator
 from flows.playback_metrics import PlaybackFolder
-from flows.window_store import WindowStore, WindowUpdate
+from flows.window_store import WindowStore, WindowUpdate, _Window
 from flows.windows import WindowConfig
 from tests.unit.aggregators import PLAYBACK_AGGREGATORS, MakeAggregator
 from tests.unit.gap_traffic import PHASE_MS, TIMEOUT_MS, at_coarse_ends, brute_force_concurrency, gap_traffic
@@ -146,3 +148,33 @@ def test_a_year_long_gap_costs_what_an_hour_long_one_does(make: MakeAggregator, 
 def resolutions(windows: WindowConfig) -> tuple[str, str]:
     names = list(windows.resolutions)
     return names[0], names[1]
+
+
+def test_a_store_snapshotted_by_the_previous_version_resumes_exactly() -> None:
+    """A recovery directory written before this change: the store and its windows lack the fields added since."""
+    windows = WindowConfig()
+    events = gap_traffic(YEAR, BASE, ahead=0)
+    aggregators = {p: PartitionAggregator(p, windows, PlaybackFolder(windows, TIMEOUT_MS)) for p in PARTITIONS}
+    store = WindowStore(windows, PARTITIONS, TIMEOUT_MS)
+    updates: list[WindowUpdate] = []
+    halves = [{p: evs[: len(evs) // 2] for p, evs in zip(PARTITIONS, events, strict=True)}]
+    halves.append({p: evs[len(evs) // 2 :] for p, evs in zip(PARTITIONS, events, strict=True)})
+    for half, batch in enumerate(halves):
+        if half == 1:
+            old = {k: v for k, v in store.__dict__.items() if k not in ("session_timeout_ms", "_last_final_data")}
+            for key, window in old["_open"].items():
+                fields = {f: getattr(window, f) for f in window.__slots__ if f not in ("has_data", "published")}
+                old["_open"][key] = restored = _Window.__new__(_Window)
+                restored.__setstate__((None, fields))
+            store = WindowStore.__new__(WindowStore)
+            store.__setstate__(pickle.loads(pickle.dumps(old)))
+        for partition in PARTITIONS:
+            aggregators[partition].add_all(batch[partition])
+            store.merge(aggregators[partition].summary("active"))
+            updates += store.publish()
+    for partition in PARTITIONS:
+        store.merge(aggregators[partition].summary("finished"))
+    updates += store.finish()
+    expected = brute_force_concurrency([e for evs in events for e in evs], windows.fine_ms)
+    assert final_values(updates, "10s") == expected
+    assert all(update.final for update in last_written(updates).values())
