@@ -83,7 +83,9 @@ def gap_traffic(
     return events
 
 
-def brute_force_concurrency(events: list[SimpleNamespace], step_ms: int) -> Counter[tuple[int, str, str]]:
+def brute_force_concurrency(
+    events: list[SimpleNamespace], step_ms: int, timeout_ms: int = TIMEOUT_MS
+) -> Counter[tuple[int, str, str]]:
     """Per (fine window start, country, device_type): sessions with a playing event in the timeout before the
     window's end and not stopped before it (MISSION.md's definition, counted end by end)."""
     sessions: dict[str, list[SimpleNamespace]] = {}
@@ -97,7 +99,7 @@ def brute_force_concurrency(events: list[SimpleNamespace], step_ms: int) -> Coun
             for e in session_events
             if e.event_type in PLAYING
             for end in range(
-                e.event_time_ms - e.event_time_ms % step_ms + step_ms, e.event_time_ms + TIMEOUT_MS + 1, step_ms
+                e.event_time_ms - e.event_time_ms % step_ms + step_ms, e.event_time_ms + timeout_ms + 1, step_ms
             )
             if ended is None or end <= ended
         }

@@ -73,7 +73,12 @@ def counting_calls(work: Work, budget: int | None) -> Iterator[None]:
 
 
 def run(
-    make: MakeAggregator, windows: WindowConfig, gap_ms: int, budget: int | None = None, ahead: int | None = None
+    make: MakeAggregator,
+    windows: WindowConfig,
+    gap_ms: int,
+    budget: int | None = None,
+    ahead: int | None = None,
+    timeout_ms: int = TIMEOUT_MS,
 ) -> tuple[list[WindowUpdate], Work]:
     """The flow's fold and store over `gap_traffic`: partitions take turns with batches of 40 events.
 
@@ -81,8 +86,8 @@ def run(
     sessions open before it.
     """
     per_partition = dict(zip(PARTITIONS, gap_traffic(gap_ms, BASE, ahead=ahead), strict=True))
-    aggregators = {p: make(p, windows, PlaybackFolder(windows, TIMEOUT_MS)) for p in PARTITIONS}
-    store = WindowStore(windows, PARTITIONS, TIMEOUT_MS)
+    aggregators = {p: make(p, windows, PlaybackFolder(windows, timeout_ms)) for p in PARTITIONS}
+    store = WindowStore(windows, PARTITIONS, timeout_ms)
     updates: list[WindowUpdate] = []
     work = Work()
     batches = {p: [events[i : i + 40] for i in range(0, len(events), 40)] for p, events in per_partition.items()}
@@ -133,6 +138,16 @@ def test_concurrent_streams_across_a_gap_equal_brute_force(
     assert final_values(updates, coarse) == at_coarse_ends(expected, windows.fine_ms, windows.coarse_ms)
     # Sessions go on after the gap, and count there.
     assert any(start >= BASE + PHASE_MS + gap_ms for start, _, _ in expected)
+
+
+@pytest.mark.parametrize("make", PLAYBACK_AGGREGATORS)
+@pytest.mark.parametrize("timeout_ms", [45_000, 61_000, 5_000])
+def test_a_timeout_not_a_whole_number_of_windows_fills_in_exactly_as_far(make: MakeAggregator, timeout_ms: int) -> None:
+    """Windows are filled in up to the last end a session can count at, however the timeout falls in a window."""
+    windows = WindowConfig(fine_ms=10_000, coarse_ms=60_000, allowed_lateness_ms=30_000)
+    events = [e for partition_events in gap_traffic(YEAR, BASE, ahead=0) for e in partition_events]
+    updates, _ = run(make, windows, YEAR, budget=2_000_000, ahead=0, timeout_ms=timeout_ms)
+    assert final_values(updates, "10s") == brute_force_concurrency(events, windows.fine_ms, timeout_ms)
 
 
 @pytest.mark.parametrize("make", PLAYBACK_AGGREGATORS)
