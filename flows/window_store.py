@@ -24,6 +24,9 @@ cannot tell, since a session's -1 is sent only once its last end has closed
 on its partition: filling in while it is nonzero made a gap in event time (a
 device clock a month ahead, a topic resumed after a holiday) cost a window
 per fine step of the gap. Work and memory follow the windows with data.
+A window filled in while a partition runs ahead may count sessions whose -1
+is still to come, so a window once written is written again when it changes,
+and final, even if nothing is left in it.
 """
 
 from __future__ import annotations
@@ -354,7 +357,7 @@ class WindowStore:
                 # Its concurrent streams are those open at its end so far: computed at the next publish.
                 self._concurrency_dirty_from = min(self._concurrency_dirty_from, start)
         else:
-            window.has_data = True
+            window.has_data = True  # a window filled in has data now: sessions may be open a timeout after it
         return window
 
     def _count_late(self, resolution: str, start: int, event_type: str, count: int) -> None:
@@ -389,7 +392,8 @@ class WindowStore:
         base = self._concurrency_base
         for (resolution, start), window in list(self._open.items()):
             final = self._is_final(resolution, start)
-            # A window holding nothing (only concurrency changes adding up to no session) is not written.
+            # A window holding nothing (only concurrency changes adding up to no session) is not written, unless
+            # it was before: what was written must be overwritten.
             if (final or window.dirty) and (window.values or window.published or (resolution, start) in self._late):
                 updates.append(self._update(resolution, start, window, final))
             if final:
