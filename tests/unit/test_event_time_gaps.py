@@ -17,13 +17,14 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import FrameType
+from types import FrameType, SimpleNamespace
 from typing import Any
 
 import pytest
 
 from flows.partition_aggregator import PartitionAggregator
 from flows.playback_metrics import PlaybackFolder
+from flows.signup_metrics import SignupFolder
 from flows.window_store import WindowStore, WindowUpdate, _Window
 from flows.windows import WindowConfig
 from tests.unit.aggregators import PLAYBACK_AGGREGATORS, MakeAggregator
@@ -193,3 +194,41 @@ def test_a_store_snapshotted_by_the_previous_version_resumes_exactly() -> None:
     expected = brute_force_concurrency([e for evs in events for e in evs], windows.fine_ms)
     assert final_values(updates, "10s") == expected
     assert all(update.final for update in last_written(updates).values())
+
+
+def _signup_run(gap_ms: int, budget: int | None) -> tuple[Work, int, int]:
+    """Sign-up funnels started before the gap, half of them failing after it: (work, most funnels, most ids held)."""
+    windows = WindowConfig()
+    aggregator = PartitionAggregator("s", windows, SignupFolder(signup_timeout_ms=30 * 60_000))
+    events = []
+    for n in range(400):
+        common = {"signup_id": f"u{n}", "channel": "organic", "country": "BR", "device_type": "web"}
+        t = BASE + n * 3_000
+        events.append(SimpleNamespace(event_id=f"u{n}-0", event_type="signup_started", event_time_ms=t, **common))
+        events.append(
+            SimpleNamespace(
+                event_id=f"u{n}-1", event_type="plan_selected", event_time_ms=t + 500, plan="basic", **common
+            )
+        )
+        if n % 2:
+            failed = {"failure_reason": "abandoned"}
+            events.append(
+                SimpleNamespace(
+                    event_id=f"u{n}-2", event_type="signup_failed", event_time_ms=t + gap_ms, **failed, **common
+                )
+            )
+    events.sort(key=lambda e: e.event_time_ms)
+    work, funnels, ids = Work(), 0, 0
+    with counting_calls(work, budget):
+        for i in range(0, len(events), 50):
+            aggregator.add_all(events[i : i + 50])
+            aggregator.summary("active")
+            funnels, ids = max(funnels, aggregator.keys_held), max(ids, aggregator.remembered_ids)
+        aggregator.summary("finished")
+    return work, funnels, ids
+
+
+def test_sign_up_funnels_and_event_ids_across_a_year_cost_what_they_do_across_an_hour() -> None:
+    hour, hour_funnels, hour_ids = _signup_run(HOUR, None)
+    _, year_funnels, year_ids = _signup_run(YEAR, hour.calls * 11 // 10 + 1_000)  # fails past the budget
+    assert (year_funnels, year_ids) == (hour_funnels, hour_ids)
