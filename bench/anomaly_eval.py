@@ -216,7 +216,7 @@ def simulate(spec: DaySpec, rate: float, windows: WindowConfig) -> DayData:
         model.hidden = None  # generator-side facts for the truth file: not needed here
         playback = PartitionAggregator("playback", windows, PlaybackFolder(windows, SESSION_TIMEOUT_MS))
         signup = PartitionAggregator("signup", windows, SignupFolder(SIGNUP_TIMEOUT_MS))
-        store = WindowStore(windows, ["playback", "signup"])
+        store = WindowStore(windows, ["playback", "signup"], SESSION_TIMEOUT_MS)
         out: list[tuple[int, int, Cells]] = []
         fine = windows.fine_ms
         events = 0

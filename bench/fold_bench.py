@@ -85,7 +85,7 @@ def decode_only(inputs: Inputs) -> int:
 def decode_and_fold(inputs: Inputs, make: Callable[[str, WindowConfig, Folder], Aggregator] = make_aggregator) -> int:
     """Decode, fold per partition and merge every batch summary into one window store, as the flow does."""
     windows = WindowConfig()
-    store = WindowStore(windows, list(inputs))
+    store = WindowStore(windows, list(inputs), SESSION_TIMEOUT_MS)
     now = START_MS + 7_200_000
     n = 0
     readers = []

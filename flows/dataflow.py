@@ -62,8 +62,11 @@ class WindowLogic(StatefulBatchLogic[BatchSummary, WindowUpdate, WindowStore]):
     """Merges summaries into the window store and publishes it every publish interval."""
 
     def __init__(self, reader: ReaderConfig, partitions: list[str], resume: WindowStore | None) -> None:
-        self._store = resume if resume is not None else WindowStore(reader.windows, partitions)
+        self._store = (
+            resume if resume is not None else WindowStore(reader.windows, partitions, reader.session_timeout_ms)
+        )
         self._store.expect(partitions)
+        self._store.session_timeout_ms = reader.session_timeout_ms  # a restart may change it
         self._interval = timedelta(milliseconds=reader.windows.publish_interval_ms)
         self._exit_at_end = reader.exit_at_end
         self._next_publish = datetime.now(UTC) + self._interval

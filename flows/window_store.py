@@ -15,6 +15,18 @@ Concurrent streams arrive as changes at fine window ends
 to its end. Changes of windows already final are summed in a running base,
 and the open fine windows' values are recomputed from it when a change
 arrives. A coarse window takes the value at the end of its last fine window.
+
+A fine window with no data of its own can still end with sessions open, so
+it is filled in — but only up to the session timeout after the last window
+with data: a session counts at an end only within the timeout after one of
+its events, so past that every session has timed out. The running sum alone
+cannot tell, since a session's -1 is sent only once its last end has closed
+on its partition: filling in while it is nonzero made a gap in event time (a
+device clock a month ahead, a topic resumed after a holiday) cost a window
+per fine step of the gap. Work and memory follow the windows with data.
+A window filled in while a partition runs ahead may count sessions whose -1
+is still to come, so a window once written is written again when it changes,
+and final, even if nothing is left in it.
 """
 
 from __future__ import annotations
@@ -22,9 +34,11 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from flows.catalog import AT_WINDOW_END
 from flows.partials import CONCURRENCY_CHANGE, BatchSummary, RowLayout, expand_rows
+from flows.reader_config import ReaderConfig
 from flows.windows import WindowConfig, resolution_name
 
 # aggregate -> (dims...) -> value, within one window
@@ -63,6 +77,18 @@ class _Window:
     # Row-counted aggregates, per row layout then (country, device_type); expanded into `values` on publish.
     rows: dict[int, dict[tuple[str, str], list[int]]] = field(default_factory=dict)
     rows_changed: bool = False
+    # False for a fine window opened only to hold the sessions open at its end (filled in): no data of its own.
+    has_data: bool = True
+    # Written at least once: once emptied (its sessions' ends came in), it is written again, else what was written
+    # stays (partial, with sessions that were not open).
+    published: bool = False
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        # A window snapshotted by an earlier version lacks the fields added since: the defaults that fill in and
+        # write the most, so a restart from its recovery directory misses nothing.
+        self.has_data, self.published = True, True
+        for name, value in state[1].items():
+            setattr(self, name, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +110,17 @@ LATE_MEMORY_MS = 3_600_000
 class WindowStore:
     """Merges batch summaries and decides which windows to publish, partial or final."""
 
-    def __init__(self, windows: WindowConfig, partitions: Iterable[str]) -> None:
-        """`partitions` are every partition that will report: one that has not yet holds the watermark."""
+    def __init__(
+        self,
+        windows: WindowConfig,
+        partitions: Iterable[str],
+        session_timeout_ms: int = ReaderConfig.session_timeout_ms,
+    ) -> None:
+        """`partitions` are every partition that will report: one that has not yet holds the watermark.
+
+        `session_timeout_ms` is the playback fold's: how long after the last window with data sessions may
+        still be open, so how far windows without data of their own are filled in.
+        """
         self._sizes = windows.resolutions
         self._fine = resolution_name(windows.fine_ms)
         self._coarse = resolution_name(windows.coarse_ms)
@@ -104,8 +139,21 @@ class WindowStore:
         self._concurrency_base: dict[tuple[str, ...], int] = {}
         self._concurrency_dirty_from = CLEAN
         self._fine_settled_to: int | None = None  # the first fine window start not yet final
+        # The playback fold's session timeout: how far after a window with data windows are filled in.
+        self.session_timeout_ms = session_timeout_ms
+        # The start of the newest fine window with data among those already final (or changed once final).
+        self._last_final_data: int | None = None
         self._layouts: dict[RowLayout, _LayoutInfo] = {}
         self._layout_list: list[RowLayout] = []
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "session_timeout_ms" not in state:
+            # Snapshotted by an earlier version, which filled in windows as far as sessions could be open: treat
+            # the newest final window as having data (the flow sets the configured timeout when it resumes).
+            self.session_timeout_ms = ReaderConfig.session_timeout_ms
+            settled = self._fine_settled_to
+            self._last_final_data = None if settled is None else settled - self._sizes[self._fine]
 
     def expect(self, partitions: Iterable[str]) -> None:
         """Add partitions that appeared since this store was snapshotted (the topic grew)."""
@@ -196,6 +244,8 @@ class WindowStore:
                 coarse_rows = self._rows_of(self._coarse, start - start % coarse_ms, info)
             dims = (country, device)
             if fine_rows is None:
+                # Its events may keep sessions open past windows not final yet: they are filled in from here.
+                self._last_final_data = max(start, self._last_final_data or start)
                 self._count_late_row(self._fine, start, info, row)
             else:
                 _add_row(fine_rows, dims, row)
@@ -235,6 +285,7 @@ class WindowStore:
         window = self._open_window(self._fine, start)
         if window is None:
             # Only possible after a partition was idle: the final windows keep their value, later ones change.
+            self._last_final_data = max(start, self._last_final_data or start)
             changes, start = self._concurrency_base, -1
         else:
             changes = window.concurrency_change
@@ -244,36 +295,45 @@ class WindowStore:
     def _settle_concurrency(self) -> None:
         """Recompute concurrent streams of the open fine windows changed, and open those missing.
 
-        A fine window without events of its own still has the sessions open at its end: every fine window
-        from the first not yet final up to the newest open one is filled in if it has any.
+        A fine window without data of its own still has the sessions open at its end: from the first not yet
+        final up to the newest open one, each is filled in if it has any and starts within the session timeout
+        after the last window with data (module docstring). The work is per open window, not per fine step.
         """
         dirty_from, self._concurrency_dirty_from = self._concurrency_dirty_from, CLEAN
-        fine_ms, coarse_ms = self._sizes[self._fine], self._coarse_ms
-        starts = sorted(start for resolution, start in self._open if resolution == self._fine)
+        fine, fine_ms, timeout = self._fine, self._sizes[self._fine], self.session_timeout_ms
+        starts = sorted(start for resolution, start in self._open if resolution == fine)
         if not starts:
             return
-        first = starts[0] if self._fine_settled_to is None else min(starts[0], self._fine_settled_to)
         running = dict(self._concurrency_base)
-        for start in range(first, starts[-1] + fine_ms, fine_ms):
-            window = self._open.get((self._fine, start))
-            if window is not None:
-                for dims, change in window.concurrency_change.items():
-                    running[dims] = running.get(dims, 0) + change
-                if start < dirty_from:
-                    continue
-            elif not any(running.values()):
-                continue
-            value = {dims: count for dims, count in running.items() if count}
-            if window is None:
-                window = self._window(self._fine, start)
-            _set_value(window, CONCURRENT, value)
-            end = start + fine_ms
-            if end % coarse_ms == 0:
-                coarse = self._open.get((self._coarse, end - coarse_ms))
-                if coarse is None and value and not self._is_final(self._coarse, end - coarse_ms):
-                    coarse = self._window(self._coarse, end - coarse_ms)
-                if coarse is not None:
-                    _set_value(coarse, CONCURRENT, value)
+        # Windows starting before `reach` may still end with a session open.
+        reach = -1 if self._last_final_data is None else self._last_final_data + timeout
+        cursor = starts[0] if self._fine_settled_to is None else min(starts[0], self._fine_settled_to)
+        for start in starts:
+            if cursor < start and cursor < reach and any(running.values()):
+                value = {dims: count for dims, count in running.items() if count}
+                for missing in range(cursor, min(start, reach), fine_ms):
+                    window = self._open[(fine, missing)] = _Window(has_data=False)
+                    self._set_concurrency(missing, window, dict(value))
+            window = self._open[(fine, start)]
+            for dims, change in window.concurrency_change.items():
+                running[dims] = running.get(dims, 0) + change
+            if window.has_data:
+                reach = max(reach, start + timeout)
+            cursor = start + fine_ms
+            if start >= dirty_from:
+                self._set_concurrency(start, window, {dims: count for dims, count in running.items() if count})
+
+    def _set_concurrency(self, start: int, window: _Window, value: dict[tuple[str, ...], int]) -> None:
+        """Set a fine window's concurrent streams, and its coarse window's if it is the last fine one of it."""
+        _set_value(window, CONCURRENT, value)
+        end = start + self._sizes[self._fine]
+        coarse_ms = self._coarse_ms
+        if end % coarse_ms == 0:
+            coarse = self._open.get((self._coarse, end - coarse_ms))
+            if coarse is None and value and not self._is_final(self._coarse, end - coarse_ms):
+                coarse = self._window(self._coarse, end - coarse_ms)
+            if coarse is not None:
+                _set_value(coarse, CONCURRENT, value)
 
     def _is_final(self, resolution: str, start: int) -> bool:
         return start + self._sizes[resolution] + self._lateness_ms <= self.watermark_ms
@@ -296,6 +356,8 @@ class WindowStore:
             if resolution == self._fine:
                 # Its concurrent streams are those open at its end so far: computed at the next publish.
                 self._concurrency_dirty_from = min(self._concurrency_dirty_from, start)
+        else:
+            window.has_data = True  # a window filled in has data now: sessions may be open a timeout after it
         return window
 
     def _count_late(self, resolution: str, start: int, event_type: str, count: int) -> None:
@@ -330,8 +392,9 @@ class WindowStore:
         base = self._concurrency_base
         for (resolution, start), window in list(self._open.items()):
             final = self._is_final(resolution, start)
-            # A window holding nothing (only concurrency changes adding up to no session) is not written.
-            if (final or window.dirty) and (window.values or (resolution, start) in self._late):
+            # A window holding nothing (only concurrency changes adding up to no session) is not written, unless
+            # it was before: what was written must be overwritten.
+            if (final or window.dirty) and (window.values or window.published or (resolution, start) in self._late):
                 updates.append(self._update(resolution, start, window, final))
             if final:
                 del self._open[(resolution, start)]
@@ -339,6 +402,8 @@ class WindowStore:
                     for dims, change in window.concurrency_change.items():
                         base[dims] = base.get(dims, 0) + change
                     self._fine_settled_to = max(self._fine_settled_to or 0, start + self._sizes[resolution])
+                    if window.has_data:
+                        self._last_final_data = max(start, self._last_final_data or start)
         for resolution, start in sorted(self._late_changed_after_final):
             if (resolution, start) not in self._open:
                 updates.append(self._update(resolution, start, None, True))
@@ -353,7 +418,7 @@ class WindowStore:
         self.watermark_ms = max([self.watermark_ms, *(p.high_event_time_ms for p in self._partitions.values())])
         updates = self.publish()
         for (resolution, start), window in list(self._open.items()):
-            if window.values or (resolution, start) in self._late:
+            if window.values or window.published or (resolution, start) in self._late:
                 updates.append(self._update(resolution, start, window, True))
         self._open.clear()
         return updates
@@ -367,6 +432,7 @@ class WindowStore:
             changes = {aggregate: dict(values.get(aggregate, {})) for aggregate in window.changed}
             window.changed = set()
             window.dirty = False
+            window.published = True
         return WindowUpdate(
             resolution=resolution,
             window_start_ms=start,

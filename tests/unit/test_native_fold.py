@@ -17,6 +17,7 @@ from loadgen.api import generate
 from loadgen.config import FaultConfig
 from schemas.decoder import EventDecoder, Rejection
 from tests.unit.aggregators import needs_native
+from tests.unit.gap_traffic import PHASE_MS, TIMEOUT_MS, gap_traffic
 
 pytestmark = needs_native
 
@@ -104,3 +105,23 @@ def test_sketch_buckets_are_the_pythons() -> None:
     edges = [round(1.0202 ** (i / 2)) for i in range(0, 2000)]
     for value in sorted({*values, *edges, *(e + 1 for e in edges), *(max(e - 1, 0) for e in edges)}):
         assert native._core.bucket_of(value) == bucket_of(value), value
+
+
+@pytest.mark.parametrize("gap_ms", [120_000, 30 * 86_400_000, 365 * 86_400_000], ids=["2min", "30days", "1year"])
+@pytest.mark.parametrize("windows", [WINDOWS, TINY_WINDOWS], ids=["10s", "50ms"])
+def test_native_summaries_equal_python_ones_across_a_gap_in_event_time(gap_ms: int, windows: WindowConfig) -> None:
+    """Sessions playing on across the gap (one range before it, one after) fold alike, and are freed alike."""
+    for events in gap_traffic(gap_ms, START_MS, partitions=2, sessions=200):
+        python = PartitionAggregator("p", windows, PlaybackFolder(windows, TIMEOUT_MS))
+        native = NativePlaybackAggregator("p", windows, PlaybackFolder(windows, TIMEOUT_MS))
+        batches = [events[i : i + 100] for i in range(0, len(events), 100)]
+        for i, batch in enumerate(batches):
+            python.add_all(batch)
+            native.add_all(iter(batch))
+            state: PartitionState = "finished" if i == len(batches) - 1 else "active"
+            expected, got = python.summary(state), native.summary(state)
+            for field in SUMMARY_FIELDS:
+                assert getattr(got, field) == getattr(expected, field), f"batch {i}: {field}"
+            assert (native.keys_held, native.remembered_ids) == (python.keys_held, python.remembered_ids)
+        # What is held after the gap is the sessions after it, not a trace of the gap's length.
+        assert native.keys_held <= sum(1 for e in events if e.event_time_ms > START_MS + PHASE_MS)
