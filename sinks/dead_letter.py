@@ -90,6 +90,7 @@ def dead_letter_limit(kafka: KafkaSettings) -> int:
         return kafka.dead_letter_max_bytes
     reported = topic_max_message_bytes(kafka, kafka.dead_letter_topic)
     if reported is not None:
+        log.info("dead letters up to %d bytes (max.message.bytes of %s) go whole", reported, kafka.dead_letter_topic)
         return reported
     log.info(
         "the broker does not report max.message.bytes of %s: dead letters over %d bytes go truncated "

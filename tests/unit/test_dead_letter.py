@@ -8,11 +8,12 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from confluent_kafka import KafkaError
 from hypothesis import given
 from hypothesis import strategies as st
 
 from flows.partials import DeadLetter
-from sinks.dead_letter import dead_letter_limit, producer_config
+from sinks.dead_letter import _DeadLetterPartition, dead_letter_limit, producer_config
 from sinks.dead_letter_fit import (
     MAX_TRUNCATED_KEY,
     STUB_VALUE_BYTES,
@@ -22,6 +23,7 @@ from sinks.dead_letter_fit import (
     record_size,
     stub,
 )
+from sinks.prometheus import pipeline_metrics
 from streampulse.cli import main
 from streampulse.settings import KafkaSettings
 
@@ -123,3 +125,52 @@ def test_a_bad_dead_letter_limit_stops_at_start(
     output = capsys.readouterr().err
     assert stopped.value.code == 2
     assert "--dead-letter-max-bytes" in output and value in output
+
+
+def undeliverable(error: str) -> float:
+    return (
+        pipeline_metrics().registry.get_sample_value("streampulse_dead_letters_undeliverable_total", {"error": error})
+        or 0.0
+    )
+
+
+def partition_for_decisions() -> _DeadLetterPartition:
+    """A sink partition whose producer is never used (nothing is produced by these tests)."""
+    return _DeadLetterPartition(KafkaSettings("127.0.0.1:1", "p", "s", "d"), LIMIT)
+
+
+def test_a_letter_refused_as_too_large_is_sent_again_as_a_stub_and_a_stub_refused_is_given_up() -> None:
+    sink = partition_for_decisions()
+    big = letter(b"x" * 2_000_000)
+    sink._failed(big, False, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+    assert sink._again == [(big, True)]
+    before = undeliverable("MSG_SIZE_TOO_LARGE")
+    sink._again.clear()
+    sink._failed(big, True, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+    assert sink._again == []
+    assert undeliverable("MSG_SIZE_TOO_LARGE") == before + 1
+
+
+def test_a_transient_failure_is_retried_and_a_permanent_one_counted_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = partition_for_decisions()
+    small = letter(b"{}", reason="not_an_object")
+    sink._failed(small, False, KafkaError(KafkaError._TRANSPORT, retriable=True))
+    assert sink._again == [(small, False)]
+    sink._again.clear()
+    before = undeliverable("TOPIC_AUTHORIZATION_FAILED")
+    with caplog.at_level("WARNING", logger="sinks.dead_letter"):
+        for _ in range(3):
+            sink._failed(small, False, KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    assert sink._again == []
+    assert undeliverable("TOPIC_AUTHORIZATION_FAILED") == before + 3
+    lines = [
+        r
+        for r in caplog.records
+        if "TOPIC_AUTHORIZATION_FAILED" in r.getMessage() or "could not write" in r.getMessage()
+    ]
+    assert len(lines) <= 1  # once per error in the process (another test may have logged it first)
+    assert not sink._broken
+    sink._failed(small, False, KafkaError(KafkaError._FATAL, fatal=True))
+    assert sink._broken  # replaced by a fresh producer once the old one has failed what it held
