@@ -12,6 +12,7 @@ import hashlib
 import random
 import time
 from collections import Counter
+from pathlib import Path
 
 import orjson
 import pytest
@@ -19,8 +20,16 @@ from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from sinks.dead_letter_fit import STUB_VALUE_BYTES
+from streampulse.processes import free_port
 from tests.conftest import Stack
-from tests.integration.helpers import PlaybackLog, playback_sessions, read_to_end, streampulse
+from tests.integration.helpers import (
+    PlaybackLog,
+    playback_sessions,
+    read_to_end,
+    scrape,
+    start_streampulse,
+    streampulse,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -214,3 +223,44 @@ def test_a_letter_refused_for_good_is_counted_and_logged_and_the_flow_goes_on(st
     assert len(refusals) == 1, stderr[-3000:]  # once per Kafka error, however many letters
     assert "streampulse_dead_letters_undeliverable_total" in refusals[0]
     assert len(expected) > 1
+
+
+def test_a_live_flow_stays_up_and_counts_the_truncated_letters(stack: Stack, unique_name: str, tmp_path: Path) -> None:
+    _log, _messages, expected = _setup(stack, unique_name)
+    port = free_port()
+    process = start_streampulse(
+        "run", "--metrics-port", str(port), "--kafka-bootstrap", stack.bootstrap,
+        "--playback-topic", f"playback-{unique_name}", "--signup-topic", f"signup-{unique_name}",
+        "--dead-letter-topic", f"dead-letter-{unique_name}", "--redis-url", stack.redis_url,
+        "--namespace", f"test-{unique_name}", log_path=tmp_path / "run.log",
+    )  # fmt: skip
+    reasons = Counter(expected.values())
+    try:
+        deadline = time.monotonic() + 120
+        samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        while time.monotonic() < deadline:
+            assert process.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            try:
+                samples = scrape(port)
+            except OSError:
+                samples = {}
+            if samples.get(("streampulse_dead_letters_written_total", ())) == len(expected):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"the letters were not all written; log:\n{(tmp_path / 'run.log').read_text()[-3000:]}")
+        bad = {
+            dict(labels)["reason"]: value
+            for (name, labels), value in samples.items()
+            if name == "streampulse_bad_events_total"
+        }
+        assert bad == reasons
+        truncated = samples.get(("streampulse_dead_letters_truncated_total", (("reason", "too_large"),)), 0)
+        assert truncated >= PARTITIONS  # the 10 MiB letters at least
+        time.sleep(2)
+        assert process.poll() is None, "the flow stopped after dead-lettering"
+        log_text = (tmp_path / "run.log").read_text()
+        assert log_text.count("written truncated") == 1  # logged once per reason
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
