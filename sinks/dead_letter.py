@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 # librdkafka's own default, used when neither the broker nor --dead-letter-max-bytes says.
 DEFAULT_MAX_BYTES = 1_000_000
+# librdkafka's bounds on message.max.bytes.
+LIBRDKAFKA_MIN_BYTES = 1000
+LIBRDKAFKA_MAX_BYTES = 1_000_000_000
 WAIT_REPORT_S = 30.0
 DESCRIBE_TIMEOUT_S = 10.0
 # Errors that mean "this record is too large for the topic": answered by a smaller letter, not by a retry.
@@ -90,6 +93,7 @@ def dead_letter_limit(kafka: KafkaSettings) -> int:
         return kafka.dead_letter_max_bytes
     reported = topic_max_message_bytes(kafka, kafka.dead_letter_topic)
     if reported is not None:
+        reported = min(reported, LIBRDKAFKA_MAX_BYTES)
         log.info("dead letters up to %d bytes (max.message.bytes of %s) go whole", reported, kafka.dead_letter_topic)
         return reported
     log.info(
@@ -110,8 +114,9 @@ def producer_config(kafka: KafkaSettings, limit: int) -> dict[str, Any]:
             "enable.idempotence": True,
             "linger.ms": 20,
             "compression.type": "lz4",
-            # A letter up to the topic's limit is accepted locally (librdkafka's default is 1,000,000).
-            "message.max.bytes": max(limit, 1000),
+            # A letter up to the topic's limit is accepted locally (librdkafka's default is 1,000,000), within
+            # the bounds librdkafka allows; a topic allowing more than 1e9 bytes still gets letters up to 1e9.
+            "message.max.bytes": min(max(limit, LIBRDKAFKA_MIN_BYTES), LIBRDKAFKA_MAX_BYTES),
             # No delivery timeout: while Kafka is away the letters wait, and the flow with them.
             "message.timeout.ms": 0,
         }

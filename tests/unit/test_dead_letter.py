@@ -115,6 +115,12 @@ def test_the_option_overrides_the_broker_and_sets_the_producer_limit() -> None:
     assert config["message.timeout.ms"] == 0
 
 
+def test_the_producer_limit_stays_within_librdkafkas_bounds() -> None:
+    kafka = KafkaSettings("127.0.0.1:1", "p", "s", "d")
+    assert producer_config(kafka, 2**31)["message.max.bytes"] == 1_000_000_000
+    assert producer_config(kafka, 10)["message.max.bytes"] == 1000
+
+
 @pytest.mark.parametrize("value", ["12", "lots", "2000000000"])
 def test_a_bad_dead_letter_limit_stops_at_start(
     value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
