@@ -60,6 +60,11 @@ def contract_markdown() -> str:
         "Every listed field is required; unknown extra fields are ignored. An integer may be",
         "written as an integral float (`1.0`), as JSON Schema allows. The source of truth is",
         "`schemas/*.v1.schema.json`.",
+        "",
+        'No object may give a key twice (`{"country":"ZY", …, "country":"ZZ"}`), at any depth and',
+        "whatever the spelling (`\\u0063ountry` is `country`): JSON leaves the meaning of a repeated key",
+        "open and parsers differ (first wins, last wins, error), so such a message is rejected as",
+        "`duplicate_key` rather than counted under whichever value one parser keeps.",
     ]
     # Fields every event type of every family carries: listed once.
     all_types = [event for family in specs.values() for event in family.event_types.values()]

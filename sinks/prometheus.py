@@ -169,6 +169,18 @@ class PipelineMetrics:
             "Rejected messages delivered to the dead-letter topic",
             registry=registry,
         )
+        self.dead_letters_truncated = Counter(
+            "streampulse_dead_letters_truncated",
+            "Dead letters written truncated (over the dead-letter topic's size limit), by rejection reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.dead_letters_undeliverable = Counter(
+            "streampulse_dead_letters_undeliverable",
+            "Dead letters the broker refused for good (e.g. no write permission), dropped, by Kafka error",
+            ["error"],
+            registry=registry,
+        )
 
         # Anomaly detection (flows/anomaly_detector.py, docs/anomalies.md).
         self.anomaly_score = Gauge(

@@ -89,6 +89,8 @@ def _int_in(name: str, low: int, high: int | None) -> Callable[[str], int]:
 port = _int_in("a port number", 0, 65535)
 positive_int = _int_in("a positive integer", 1, None)
 non_negative_int = _int_in("a non-negative integer", 0, None)
+# Within librdkafka's bounds on a producer's message.max.bytes (and room for a truncated dead letter's headers).
+message_bytes = _int_in("a message size in bytes", 4096, 1_000_000_000)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}

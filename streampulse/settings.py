@@ -18,7 +18,7 @@ from flows.reader_config import ReaderConfig
 from flows.replay_range import ReplayRange
 from flows.windows import WindowConfig
 from schemas.contract import families
-from streampulse.options import add_option, duration_ms, positive_duration_ms, positive_int
+from streampulse.options import add_option, duration_ms, message_bytes, positive_duration_ms, positive_int
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SECURITY_PROTOCOLS: tuple[str, ...] = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -76,6 +76,8 @@ class KafkaSettings:
     sasl_password: Secret | None = None
     ssl_ca_location: str | None = None
     anomalies_topic: str = "anomalies"
+    # None: the dead-letter topic's max.message.bytes as the broker reports it (sinks/dead_letter.py).
+    dead_letter_max_bytes: int | None = None
 
     def client_config(self) -> dict[str, Any]:
         """Librdkafka settings common to producers, consumers and the admin client."""
@@ -127,6 +129,13 @@ def add_kafka_options(parser: argparse.ArgumentParser) -> None:
     add_option(group, "--signup-topic", default=topics["signup"].default_topic, help="topic of sign-up events")
     add_option(group, "--dead-letter-topic", default="streampulse-dead-letter", help="topic for rejected events")
     add_option(group, "--anomalies-topic", default="anomalies", help="topic the anomaly detector publishes to")
+    add_option(
+        group,
+        "--dead-letter-max-bytes",
+        type=message_bytes,
+        help="largest dead letter produced whole; larger ones go truncated, with their size and SHA-256 in headers "
+        "(default: the dead-letter topic's max.message.bytes as the broker reports it, else 1000000)",
+    )
     add_option(
         group, "--kafka-security-protocol", default="PLAINTEXT", choices=SECURITY_PROTOCOLS, help="Kafka security"
     )
@@ -182,6 +191,7 @@ def kafka_settings(args: argparse.Namespace) -> KafkaSettings:
         signup_topic=args.signup_topic,
         dead_letter_topic=args.dead_letter_topic,
         anomalies_topic=args.anomalies_topic,
+        dead_letter_max_bytes=args.dead_letter_max_bytes,
         security_protocol=protocol,
         sasl_mechanism=args.kafka_sasl_mechanism,
         sasl_username=args.kafka_sasl_username,

@@ -652,3 +652,94 @@ def test_decoder_agrees_with_jsonschema(case: tuple[str, Any]) -> None:
         for name in fields_of(result.event_type):  # type: ignore[union-attr]
             if name.name != "event_type":
                 assert getattr(result, name.name) == obj[name.name]
+
+
+# ---------------------------------------------------------------- repeated keys
+
+
+def with_pairs(obj: dict[str, Any], *pairs: tuple[str, Any]) -> bytes:
+    """`obj` as JSON with `pairs` appended verbatim: the only way to spell an object with a key twice."""
+    tail = b"".join(b"," + encode(key) + b":" + encode(value) for key, value in pairs)
+    return encode(obj)[:-1] + tail + b"}"
+
+
+@pytest.mark.parametrize(("event_type", "name"), contract_fields(lambda f: True))
+def test_reason_duplicate_key(event_type: str, name: str) -> None:
+    # Same value or another one: either way two parsers could read two different events.
+    obj = minimal_event(event_type)
+    for value in (obj[name], "ZZ" if name == "country" else obj[name]):
+        result = decoder_for(event_type).decode(with_pairs(obj, (name, value)), NOW_MS)
+        assert isinstance(result, Rejection), (name, value)
+        assert result.reason == "duplicate_key"
+        assert repr(name) in result.detail
+
+
+def test_the_issue_example_is_not_counted_under_either_country() -> None:
+    obj = with_field("play_start", "country", "ZY")
+    assert getattr(decoder_for("play_start").decode(encode(obj), NOW_MS), "country", None) == "ZY"
+    result = decoder_for("play_start").decode(with_pairs(obj, ("country", "ZZ")), NOW_MS)
+    assert isinstance(result, Rejection) and result.reason == "duplicate_key"
+
+
+@pytest.mark.parametrize(
+    "spelled",
+    [
+        b',"\\u0063ountry":"ZZ"}',  # an escaped spelling of the same key
+        b' , "country" : "ZZ" }',  # whitespace around the colon
+        b',"os":"a","os":"b"}',  # a repeated unknown field
+        b',"client":{"a":1,"a":2}}',  # a repeated key in a nested object
+        b',"event_type":"play_start"}',  # the tag itself
+    ],
+)
+def test_repeated_keys_are_found_however_spelled(spelled: bytes) -> None:
+    raw = encode(minimal_event("play_start"))[:-1] + spelled
+    result = decoder_for("play_start").decode(raw, NOW_MS)
+    assert isinstance(result, Rejection) and result.reason == "duplicate_key", result
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b',"note":"a:b:c"}',  # colons inside a string value
+        b',"client":{"os":"tv","v":{"os":"tv"}}}',  # the same key in different objects
+        b',"a":[{"k":1},{"k":2}]}',  # the same key in sibling objects
+        b',"huge":' + b"9" * 5000 + b',"z":"x:y"}',  # a number Python would refuse to build, on the full path
+    ],
+)
+def test_same_key_in_different_objects_is_not_a_repeat(extra: bytes) -> None:
+    raw = encode(minimal_event("play_start"))[:-1] + extra
+    result = decoder_for("play_start").decode(raw, NOW_MS)
+    assert not isinstance(result, Rejection), result
+
+
+def reference_repeats(raw: bytes) -> bool:
+    """Whether any object in `raw` repeats a key, by the standard library (the reference, not fast)."""
+    found = False
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal found
+        found = found or len({k for k, _ in pairs}) != len(pairs)
+        return dict(pairs)
+
+    json.loads(raw, object_pairs_hook=hook)
+    return found
+
+
+@settings(max_examples=300)
+@given(
+    pair=any_event,
+    extra=st.lists(st.tuples(st.text(max_size=8), json_values), max_size=4),
+    repeat=st.booleans(),
+    data=st.data(),
+)
+def test_repeated_keys_are_rejected_exactly(
+    pair: tuple[str, dict[str, Any]], extra: list[tuple[str, Any]], repeat: bool, data: st.DataObject
+) -> None:
+    family, obj = pair
+    pairs = [(k, v) for k, v in extra if k not in obj]
+    if repeat:
+        pairs.append((data.draw(st.sampled_from(sorted(obj) + [k for k, _ in pairs])), data.draw(json_values)))
+    raw = with_pairs(obj, *pairs)
+    result = EventDecoder(family, max_message_bytes=2**30).decode(raw, LATE_NOW_MS)
+    # A repeated key is rejected; as `duplicate_key` unless the value msgspec kept is itself bad (then that reason).
+    assert isinstance(result, Rejection) == reference_repeats(raw), (raw, result)
