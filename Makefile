@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The playback fold in Rust (native/): about 1.5x the events/s on all metrics. Without cargo the flows fold in Python.
-$(NATIVE): $(STAMP) native/Cargo.toml native/Cargo.lock native/pyproject.toml native/src/lib.rs
+$(NATIVE): $(STAMP) native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildcard native/src/*.rs)
 	@if command -v cargo >/dev/null 2>&1; then \
 		echo "building the native playback fold (native/, Rust)"; \
 		$(BIN)/pip install --quiet ./native && touch $(NATIVE); \
