@@ -16,6 +16,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from flows.partials import DeadLetter
 from sinks.prometheus import pipeline_metrics
+from streampulse.kafka_log import with_logging
 from streampulse.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def dead_letter_headers(letter: DeadLetter) -> list[tuple[str, str | bytes | Non
 
 class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
     def __init__(self, settings: KafkaSettings) -> None:
-        config = settings.client_config()
+        config = with_logging(settings.client_config(), settings.bootstrap)
         # Idempotence keeps librdkafka's own retries from writing a letter twice.
         config.update({"enable.idempotence": True, "linger.ms": 20, "compression.type": "lz4"})
         self._producer = Producer(config)
