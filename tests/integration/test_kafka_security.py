@@ -7,7 +7,7 @@ through, and a SASL_SSL one with certificates made for this module, which stream
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +98,7 @@ def test_right_credentials_give_exact_aggregates(secure: SecureStack, unique_nam
 
 
 # (what is wrong, the environment that makes it wrong, words the one line must hold: the cause and the flag to fix)
-FAILURES = {
+FAILURES: dict[str, tuple[Callable[[SecureStack], dict[str, str]], tuple[str, ...]]] = {
     "wrong-password": (
         lambda s: {"STREAMPULSE_KAFKA_SASL_PASSWORD_FILE": str(s.wrong_password_file)},
         ("rejected the SASL credentials", "--kafka-sasl-password-file"),
