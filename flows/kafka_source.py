@@ -135,6 +135,7 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
         self._last_report_at = 0.0
         self._last_state_at = 0.0
         self._bootstrap = kafka.bootstrap
+        self._summary = process_summary()
         # Lag is measured on a thread of its own (flows/kafka_lag.py): this reader stands still when its worker is
         # stuck on a sink, which is when lag matters most.
         self._lag = lag_monitor(kafka)
@@ -175,6 +176,7 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
             self._next_offset = (records[-1].offset() or 0) + 1
             self._last_message_at = now
             self._consumed_counter.inc(consumed)
+            self._summary.reachable(self._bootstrap)  # ends an outage the log summary reported; a dict lookup
             # At the end only if the end-of-partition event came after the last message.
             last = messages[-1].error()
             self._at_end = last is not None and last.code() == KafkaError._PARTITION_EOF

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import time
 
 import pytest
 from confluent_kafka import KafkaError
+from prometheus_client import CollectorRegistry
 
+from sinks.prometheus import PipelineMetrics
 from streampulse.kafka_admin import refusal_message
 from streampulse.kafka_log import KafkaLogSummary, with_logging
 from streampulse.settings import ConfigError, KafkaSettings, Secret, add_kafka_options, kafka_settings
@@ -139,3 +143,26 @@ def test_a_missing_ca_file_stops_at_start_naming_the_flag(tmp_path: object) -> N
     args = parser.parse_args(["--kafka-security-protocol", "SSL", "--kafka-ssl-ca-location", "/no/such/ca.pem"])
     with pytest.raises(ConfigError, match=r"--kafka-ssl-ca-location /no/such/ca.pem: no such file"):
         kafka_settings(args)
+
+
+def test_the_watermark_delay_is_computed_when_scraped_from_the_wall_clock() -> None:
+    metrics = PipelineMetrics(CollectorRegistry())
+
+    def delay() -> float | None:
+        return metrics.registry.get_sample_value("streampulse_watermark_delay_seconds")
+
+    before = delay()
+    assert before is not None and math.isnan(before), "unknown before the first watermark, not 0"
+    metrics.observe_watermark(int((time.time() - 10) * 1000))
+    first = delay()
+    assert first is not None and 9.5 < first < 12
+    time.sleep(0.3)
+    second = delay()
+    # No publish in between (a stuck flow publishes nothing), yet the delay follows the clock.
+    assert second is not None and second - first == pytest.approx(0.3, abs=0.2)
+
+
+def test_kafka_reachability_is_unknown_until_measured() -> None:
+    metrics = PipelineMetrics(CollectorRegistry())
+    value = metrics.registry.get_sample_value("streampulse_kafka_reachable")
+    assert value is not None and math.isnan(value)
