@@ -61,6 +61,9 @@ class LagMonitor:
         config = with_logging(self._kafka.client_config(), self._kafka.bootstrap)
         consumer = Consumer({**config, "group.id": "streampulse-lag", "enable.auto.commit": False})
         while True:
+            # Serves its log lines and errors (to the summary), which wait in its queue until polled: before
+            # measuring, so none from before an answer comes after it. No assignment: never returns a message.
+            consumer.poll(0)
             self.measure(consumer)
             self._wake.wait(self._interval_s)
 

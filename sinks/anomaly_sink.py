@@ -42,7 +42,8 @@ def anomaly_message(event: AnomalyEvent) -> tuple[bytes, bytes]:
 
 class _KafkaPartition(StatelessSinkPartition[AnomalyEvent]):
     def __init__(self, settings: KafkaSettings, topic: str) -> None:
-        config = with_logging(settings.client_config(), settings.bootstrap)
+        # Polled only when it writes: its connection errors would come late, the readers tell of outages.
+        config = with_logging(settings.client_config(), settings.bootstrap, outages=False)
         # Idempotence keeps librdkafka's own retries from writing an event twice.
         config.update({"enable.idempotence": True, "linger.ms": 20})
         self._producer = Producer(config)

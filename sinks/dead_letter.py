@@ -38,7 +38,8 @@ def dead_letter_headers(letter: DeadLetter) -> list[tuple[str, str | bytes | Non
 
 class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
     def __init__(self, settings: KafkaSettings) -> None:
-        config = with_logging(settings.client_config(), settings.bootstrap)
+        # Polled only when it writes: its connection errors would come late, the readers tell of outages.
+        config = with_logging(settings.client_config(), settings.bootstrap, outages=False)
         # Idempotence keeps librdkafka's own retries from writing a letter twice.
         config.update({"enable.idempotence": True, "linger.ms": 20, "compression.type": "lz4"})
         self._producer = Producer(config)

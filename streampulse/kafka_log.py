@@ -31,6 +31,8 @@ from confluent_kafka import KafkaError
 log = logging.getLogger("streampulse.kafka")
 
 REMINDER_S = 30.0
+# Connection errors this soon after Kafka answered are lines queued during the outage and served late.
+GRACE_S = 2.0
 
 # Error codes and log facilities that mean "cannot talk to the broker at all" (the cluster is down or unreachable).
 _UNREACHABLE_CODES = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE})
@@ -67,24 +69,27 @@ class KafkaLogSummary:
         self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self._outages: dict[str, _Outage] = {}
+        self._back_at: dict[str, float] = {}
         self._held: dict[tuple[str, str], _Held] = {}
 
-    def on_error(self, bootstrap: str, error: KafkaError) -> None:
-        """An `error_cb` error of a client of `bootstrap`."""
+    def on_error(self, bootstrap: str, error: KafkaError, outages: bool = True) -> None:
+        """An `error_cb` error of a client of `bootstrap`; its connection errors count only if `outages`."""
         text = error.str()
         if error.code() in _UNREACHABLE_CODES and not _refusal_kind(text):
-            self.unreachable(bootstrap, text)
+            if outages:
+                self.unreachable(bootstrap, text)
         else:
             self.other(bootstrap, _refusal_kind(text) or error.name(), logging.WARNING, text)
 
-    def on_line(self, bootstrap: str, level: int, facility: str, text: str) -> None:
-        """One librdkafka log line (its syslog level mapped to a logging level) of a client of `bootstrap`."""
+    def on_line(self, bootstrap: str, level: int, facility: str, text: str, outages: bool = True) -> None:
+        """One librdkafka log line (as a logging level) of a client of `bootstrap`; see `on_error` for `outages`."""
         refusal = _refusal_kind(text)
         if refusal:
             # error_cb reports the same refusal: one kind for both, so it is said once.
             self.other(bootstrap, refusal, logging.WARNING, text)
         elif level >= logging.WARNING and facility in _UNREACHABLE_FACILITIES and _is_connection_error(text):
-            self.unreachable(bootstrap, text)
+            if outages:
+                self.unreachable(bootstrap, text)
         else:
             self.other(bootstrap, facility, level, text)
 
@@ -92,6 +97,8 @@ class KafkaLogSummary:
         """A failed attempt to reach the cluster at `bootstrap`: says so once, then every `reminder_s`."""
         now = self._clock()
         with self._lock:
+            if now - self._back_at.get(bootstrap, -GRACE_S) < GRACE_S:
+                return
             outage = self._outages.get(bootstrap)
             if outage is None:
                 outage = self._outages[bootstrap] = _Outage(self._wall_clock(), now, 1)
@@ -114,6 +121,7 @@ class KafkaLogSummary:
             return
         with self._lock:
             outage = self._outages.pop(bootstrap, None)
+            self._back_at[bootstrap] = self._clock()
         if outage is not None:
             self._out.warning(
                 "Kafka %s reachable again after %.0f s unreachable (%d connection errors)",
@@ -161,10 +169,11 @@ def _hms(epoch_s: float) -> str:
 class _SummaryHandler(logging.Handler):
     """Receives confluent-kafka's `logger.log(level, "%s [%s] %s", facility, client name, text)` calls."""
 
-    def __init__(self, summary: KafkaLogSummary, bootstrap: str) -> None:
+    def __init__(self, summary: KafkaLogSummary, bootstrap: str, outages: bool) -> None:
         super().__init__()
         self._summary = summary
         self._bootstrap = bootstrap
+        self._outages = outages
 
     def emit(self, record: logging.LogRecord) -> None:
         args = record.args
@@ -172,7 +181,7 @@ class _SummaryHandler(logging.Handler):
             facility, _client, text = (str(a) for a in args)
         else:
             facility, text = "LOG", record.getMessage()
-        self._summary.on_line(self._bootstrap, record.levelno, facility, text)
+        self._summary.on_line(self._bootstrap, record.levelno, facility, text, self._outages)
 
 
 @cache
@@ -182,28 +191,36 @@ def process_summary() -> KafkaLogSummary:
 
 
 @cache
-def _client_logger(bootstrap: str) -> logging.Logger:
-    logger = logging.getLogger(f"streampulse.kafka.librdkafka.{len(bootstrap)}.{abs(hash(bootstrap))}")
-    logger.propagate = False  # only the summary speaks for librdkafka
-    logger.setLevel(logging.INFO)
-    logger.addHandler(_SummaryHandler(process_summary(), bootstrap))
+def _client_logger(bootstrap: str, outages: bool) -> logging.Logger:
+    # Not registered with logging's manager: nothing but the summary hears these, and nothing configures them.
+    logger = logging.Logger(f"streampulse.kafka.librdkafka[{bootstrap}]", logging.INFO)
+    logger.propagate = False
+    logger.addHandler(_SummaryHandler(process_summary(), bootstrap, outages))
     return logger
 
 
 def with_logging(
-    config: dict[str, Any], bootstrap: str, on_error: Callable[[KafkaError], None] | None = None
+    config: dict[str, Any],
+    bootstrap: str,
+    on_error: Callable[[KafkaError], None] | None = None,
+    outages: bool = True,
 ) -> dict[str, Any]:
-    """`config` with librdkafka's lines and errors routed to the process's summary (and to `on_error` too)."""
+    """`config` with librdkafka's lines and errors routed to the process's summary (and to `on_error` too).
+
+    `outages=False` for clients polled only now and then (the dead-letter and anomaly producers poll when they
+    write): their connection errors wait in their queue and would tell of an outage long over. The clients polled
+    all the time (readers, the lag monitor) tell of outages for them.
+    """
     summary = process_summary()
 
     def error_cb(error: KafkaError) -> None:
         if on_error is not None:
             on_error(error)
-        summary.on_error(bootstrap, error)
+        summary.on_error(bootstrap, error, outages)
 
     return {
         **config,
-        "logger": _client_logger(bootstrap),
+        "logger": _client_logger(bootstrap, outages),
         "error_cb": error_cb,
         # A broker closing an idle connection is routine, not an outage worth a line.
         "log.connection.close": False,

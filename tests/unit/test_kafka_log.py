@@ -166,3 +166,22 @@ def test_kafka_reachability_is_unknown_until_measured() -> None:
     metrics = PipelineMetrics(CollectorRegistry())
     value = metrics.registry.get_sample_value("streampulse_kafka_reachable")
     assert value is not None and math.isnan(value)
+
+
+def test_connection_errors_served_late_do_not_open_a_new_outage(
+    summary: tuple[KafkaLogSummary, Clock], lines: list[str]
+) -> None:
+    kafka, clock = summary
+    kafka.unreachable(BOOTSTRAP, "Connection refused")
+    clock.now += 20
+    kafka.reachable(BOOTSTRAP)
+    clock.now += 0.5
+    kafka.on_line(BOOTSTRAP, logging.ERROR, "FAIL", REFUSED)  # queued during the outage, served just now
+    # A client polled only now and then never tells of outages, however late.
+    clock.now += 3600
+    kafka.on_line(BOOTSTRAP, logging.ERROR, "FAIL", REFUSED, outages=False)
+    kafka.on_error(BOOTSTRAP, KafkaError(KafkaError._TRANSPORT, REFUSED), outages=False)
+    assert len(lines) == 2 and "reachable again" in lines[1], lines
+    assert not kafka.is_unreachable(BOOTSTRAP)
+    kafka.on_line(BOOTSTRAP, logging.ERROR, "FAIL", REFUSED)  # a new outage, told by a client polled all the time
+    assert kafka.is_unreachable(BOOTSTRAP) and len(lines) == 3
