@@ -97,6 +97,32 @@ def test_right_credentials_give_exact_aggregates(secure: SecureStack, unique_nam
     assert all(r["final"] for r in rows)
 
 
+def test_demo_passes_the_credentials_it_was_given_to_its_flows_and_load_generator(
+    secure: SecureStack, unique_name: str, tmp_path: Path
+) -> None:
+    listener = secure.listener
+    result = streampulse(
+        "demo", "--duration", "20", "--rate", "50", "--partitions", "1", "--metrics-port", "0",
+        "--work-dir", str(tmp_path), "--playback-topic", f"playback-{unique_name}",
+        "--signup-topic", f"signup-{unique_name}", "--dead-letter-topic", f"dead-letter-{unique_name}",
+        "--anomalies-topic", f"anomalies-{unique_name}", "--namespace", unique_name,
+        "--kafka-bootstrap", listener.bootstrap, "--redis-url", secure.redis.url,
+        # Given as flags, as an operator would: the children must get them without a password on their argv.
+        "--kafka-security-protocol", "SASL_SSL", "--kafka-sasl-mechanism", listener.mechanism,
+        "--kafka-sasl-username", listener.username, "--kafka-sasl-password-file", str(secure.password_file),
+        "--kafka-ssl-ca-location", str(listener.ca_file),
+        env={}, timeout=120,
+    )  # fmt: skip
+    logs = "".join(path.read_text(errors="replace") for path in tmp_path.glob("*.log"))
+    assert result.returncode == 0, result.stdout[-2000:] + logs[-3000:]
+    assert listener.password not in result.stdout + result.stderr + logs
+    query = streampulse(
+        "query", "stream_starts", "--from", "0", "--format", "json", "--redis-url", secure.redis.url,
+        "--namespace", unique_name,
+    )  # fmt: skip
+    assert query.stdout.strip(), "the demo's flows wrote no window: " + logs[-3000:]
+
+
 # (what is wrong, the environment that makes it wrong, words the one line must hold: the cause and the flag to fix)
 FAILURES: dict[str, tuple[Callable[[SecureStack], dict[str, str]], tuple[str, ...]]] = {
     "wrong-password": (
