@@ -18,7 +18,6 @@ partial counters, so one step keeps up with many readers.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -91,9 +90,7 @@ class WindowLogic(StatefulBatchLogic[BatchSummary, WindowUpdate, WindowStore]):
 
     def _published(self, updates: list[WindowUpdate]) -> list[WindowUpdate]:
         store, metrics = self._store, self._metrics
-        if store.watermark_ms >= 0:
-            metrics.watermark.set(store.watermark_ms / 1000)
-            metrics.watermark_delay.set(max(time.time() - store.watermark_ms / 1000, 0.0))
+        metrics.observe_watermark(store.watermark_ms)
         metrics.open_windows.set(store.open_windows)
         for resolution, total in store.late_by_resolution.items():
             if total > self._late_reported.get(resolution, 0):

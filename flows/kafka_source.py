@@ -37,6 +37,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from flows.kafka_lag import lag_monitor
 from flows.kafka_seek import seek_offset
 from flows.native_fold import make_aggregator
 from flows.partials import BatchSummary, DeadLetter, PartitionState
@@ -45,18 +46,20 @@ from flows.reader_config import ReaderConfig
 from flows.replay_range import ReplayFeed, shared_progress
 from schemas.decoder import Event, EventDecoder, Rejection
 from sinks.prometheus import pipeline_metrics
+from streampulse.kafka_log import process_summary, with_logging
 from streampulse.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 IDLE_REPORT_INTERVAL_S = 5.0
 EMPTY_POLL_BACKOFF = timedelta(milliseconds=20)
-LAG_REPORT_INTERVAL_S = 5.0
+STATE_REPORT_INTERVAL_S = 5.0
 
 
 def consumer_config(kafka: KafkaSettings) -> dict[str, object]:
     """Librdkafka consumer settings for partition readers."""
-    config = kafka.client_config()
+    # librdkafka's lines go through the process's summary (streampulse/kafka_log.py): an outage is told once.
+    config = with_logging(kafka.client_config(), kafka.bootstrap)
     config.update(
         {
             # Required by the client even with assign(); nothing is ever committed under it.
@@ -130,12 +133,17 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
         self._at_end = False
         self._last_message_at = time.monotonic()
         self._last_report_at = 0.0
-        self._last_lag_at = 0.0
+        self._last_state_at = 0.0
+        self._bootstrap = kafka.bootstrap
+        self._summary = process_summary()
+        # Lag is measured on a thread of its own (flows/kafka_lag.py): this reader stands still when its worker is
+        # stuck on a sink, which is when lag matters most.
+        self._lag = lag_monitor(kafka)
+        self._lag.track(topic, partition, lambda: self._next_offset)
         metrics = pipeline_metrics()
         self._consumed_counter = metrics.events_consumed.labels(topic, str(partition))
         self._duplicates_counter = metrics.duplicate_events.labels(topic)
         self._bad_counter = metrics.bad_events
-        self._lag_gauge = metrics.consumer_lag.labels(topic, str(partition))
         self._keys_gauge = metrics.keys_held.labels(topic, str(partition))
         self._ids_gauge = metrics.remembered_event_ids.labels(topic, str(partition))
         self._empty_poll = False
@@ -168,11 +176,12 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
             self._next_offset = (records[-1].offset() or 0) + 1
             self._last_message_at = now
             self._consumed_counter.inc(consumed)
+            self._summary.reachable(self._bootstrap)  # ends an outage the log summary reported; a dict lookup
             # At the end only if the end-of-partition event came after the last message.
             last = messages[-1].error()
             self._at_end = last is not None and last.code() == KafkaError._PARTITION_EOF
-        if now - self._last_lag_at > LAG_REPORT_INTERVAL_S:
-            self._report_lag(now)
+        if now - self._last_state_at > STATE_REPORT_INTERVAL_S:
+            self._report_state(now)
         if feed is not None and not held:
             self._hold_until = feed.release(time.time())
             released += feed.released
@@ -233,24 +242,17 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
         quiet_ms = (now - self._last_message_at) * 1000
         return "idle" if quiet_ms >= self._config.idle_after_ms else "active"
 
-    def _report_lag(self, now: float) -> None:
-        self._last_lag_at = now
+    def _report_state(self, now: float) -> None:
+        self._last_state_at = now
         self._keys_gauge.set(self._aggregator.keys_held)
         self._ids_gauge.set(self._aggregator.remembered_ids)
-        try:
-            _low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(self._topic, self._partition), timeout=1, cached=True
-            )
-        except Exception:
-            return
-        if high >= 0:
-            self._lag_gauge.set(max(high - self._next_offset, 0))
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
             raise RuntimeError(f"fatal Kafka error on {self._topic}[{self._partition}]: {error.str()}")
-        # Transient errors (broker down, leader moving) are retried by librdkafka itself.
-        log.warning("Kafka error on %s[%d], retrying: %s", self._topic, self._partition, error.str())
+        # Transient errors (broker down, leader moving) are retried by librdkafka itself; the summary says so once
+        # for all readers rather than once per reader and poll.
+        process_summary().on_error(self._bootstrap, error)
 
     def _dead_letter(self, message: object, rejection: Rejection) -> DeadLetter:
         _kind, timestamp_ms = message.timestamp()  # type: ignore[attr-defined]
@@ -277,6 +279,7 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
         return self._next_offset, self._aggregator.snapshot()
 
     def close(self) -> None:
+        self._lag.untrack(self._topic, self._partition)
         self._consumer.close()
 
 
@@ -297,7 +300,7 @@ class KafkaEventSource(FixedPartitionedSource[BatchSummary, ReaderSnapshot]):
         self._config = config
 
     def list_parts(self) -> list[str]:
-        admin = AdminClient(self._kafka.client_config())
+        admin = AdminClient(with_logging(self._kafka.client_config(), self._kafka.bootstrap))
         parts: list[str] = []
         for topic in self._topics:
             metadata = admin.list_topics(topic, timeout=30).topics.get(topic)

@@ -6,7 +6,6 @@ small report from `close()`.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -175,6 +174,9 @@ class KafkaSink:
     ) -> None:
         from confluent_kafka import KafkaException, Producer
 
+        from streampulse.kafka_admin import KafkaRejected, KafkaUnavailable, wait_for_kafka
+        from streampulse.kafka_log import with_logging
+
         self.settings = settings
         self.flush_timeout_s = flush_timeout_s
         self.use_delivery_time = timestamps == "delivery"
@@ -191,14 +193,17 @@ class KafkaSink:
             "batch.size": batch_size,
             "compression.type": compression,
             "acks": "all",
-            "error_cb": self._on_error,
         }
-        # librdkafka would otherwise print every failed connection attempt; our own message says it once.
-        quiet = logging.getLogger("streampulse.loadgen.kafka")
-        quiet.addHandler(logging.NullHandler())
-        quiet.propagate = False
         try:
-            self._producer = Producer(config, logger=quiet)
+            # Refused credentials or TLS fail here within seconds, with what to fix (streampulse/kafka_admin.py).
+            wait_for_kafka(settings, timeout_s)
+        except KafkaRejected as exc:
+            raise SinkError(str(exc)) from None
+        except KafkaUnavailable as exc:
+            raise SinkError(f"cannot reach Kafka: {exc}") from None
+        # librdkafka's lines go through the summary (streampulse/kafka_log.py): an outage is told once, not per try.
+        try:
+            self._producer = Producer(with_logging(config, settings.bootstrap, self._on_error))
         except KafkaException as exc:
             raise SinkError(f"Kafka producer configuration rejected: {exc}") from None
         self._check(timeout_s)

@@ -25,6 +25,7 @@ from flows.anomaly_detector import AnomalyEvent, Detection
 from sinks.prometheus import PipelineMetrics, pipeline_metrics
 from sinks.redis_layout import anomalies_key, anomaly_key
 from sinks.redis_sink import RETRY_INITIAL_S, RETRY_MAX_S, connect
+from streampulse.kafka_log import with_logging
 from streampulse.settings import KafkaSettings, RedisSettings
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ def anomaly_message(event: AnomalyEvent) -> tuple[bytes, bytes]:
 
 class _KafkaPartition(StatelessSinkPartition[AnomalyEvent]):
     def __init__(self, settings: KafkaSettings, topic: str) -> None:
-        config = settings.client_config()
+        # Polled only when it writes: its connection errors would come late, the readers tell of outages.
+        config = with_logging(settings.client_config(), settings.bootstrap, outages=False)
         # Idempotence keeps librdkafka's own retries from writing an event twice.
         config.update({"enable.idempotence": True, "linger.ms": 20})
         self._producer = Producer(config)

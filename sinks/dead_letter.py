@@ -46,6 +46,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType  # t
 from flows.partials import DeadLetter
 from sinks.dead_letter_fit import Outgoing, fit_letter, stub
 from sinks.prometheus import pipeline_metrics
+from streampulse.kafka_log import with_logging
 from streampulse.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,8 @@ def dead_letter_limit(kafka: KafkaSettings) -> int:
 
 def producer_config(kafka: KafkaSettings, limit: int) -> dict[str, Any]:
     """Librdkafka settings of the dead-letter producer for a topic limit of `limit` bytes."""
-    config = kafka.client_config()
+    # Polled only when it writes: its connection errors would come late, the readers tell of outages.
+    config = with_logging(kafka.client_config(), kafka.bootstrap, outages=False)
     config.update(
         {
             # Idempotence keeps librdkafka's own retries from writing a letter twice (within a run).

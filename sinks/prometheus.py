@@ -16,8 +16,10 @@ each final fine window once, so `rate()` works and totals can be checked.
 from __future__ import annotations
 
 import contextlib
+import math
 import socket
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -118,10 +120,17 @@ class PipelineMetrics:
         )
         self.consumer_lag = Gauge(
             "streampulse_consumer_lag_messages",
-            "Messages between the last consumed offset and the partition's high watermark",
+            "Messages between the reader's position and the partition's end offset, asked of the broker every 5 s "
+            "on a thread of its own (true while the flow is stuck); NaN while the broker does not answer",
             ["topic", "partition"],
             registry=registry,
         )
+        self.kafka_reachable = Gauge(
+            "streampulse_kafka_reachable",
+            "1 if the broker answered the last end-offset query (every 5 s), 0 if not; NaN before the first",
+            registry=registry,
+        )
+        self.kafka_reachable.set(math.nan)
         self.watermark = Gauge(
             "streampulse_watermark_timestamp_seconds",
             "Event-time watermark: the slowest active partition's newest event time",
@@ -129,9 +138,14 @@ class PipelineMetrics:
         )
         self.watermark_delay = Gauge(
             "streampulse_watermark_delay_seconds",
-            "Wall clock minus the watermark at the last publish: how far behind real time the numbers are",
+            "Wall clock at the scrape minus the watermark: how far behind real time the numbers are (grows while "
+            "the flow is stuck); NaN before the first watermark",
             registry=registry,
         )
+        self._watermark_s = math.nan
+        # Computed when scraped, not when windows are published: a stuck flow publishes nothing, and a value set at
+        # the last publish would freeze exactly when it should grow.
+        self.watermark_delay.set_function(lambda: max(time.time() - self._watermark_s, 0.0))
         self.keys_held = Gauge(
             "streampulse_open_keys",
             "Per-key state held by a partition reader: open sessions (playback) or open funnels (sign-up)",
@@ -206,6 +220,12 @@ class PipelineMetrics:
             ["series", "country", "device_type", "severity"],
             registry=registry,
         )
+
+    def observe_watermark(self, watermark_ms: int) -> None:
+        """The window store's watermark after a publish (ignored until the first event sets one)."""
+        if watermark_ms >= 0:
+            self._watermark_s = watermark_ms / 1000
+            self.watermark.set(self._watermark_s)
 
     def observe_detection(self, detection: Detection) -> None:
         """Export one window's anomaly scores and the anomalies it opened, escalated or resolved."""

@@ -35,6 +35,7 @@ from sinks.archive_metrics import ArchiveMetrics
 from sinks.parquet_archive import ArchiveError, ArchiveWriter, ChunkBuffer, ChunkWritten
 from sinks.prometheus import serve_metrics
 from streampulse.kafka_admin import wait_for_kafka
+from streampulse.kafka_log import process_summary
 from streampulse.options import add_flag, add_option, positive_duration_ms, positive_int
 from streampulse.run import add_metrics_options, check_input_topics
 from streampulse.settings import ConfigError, KafkaSettings, add_decoder_options, add_kafka_options, kafka_settings
@@ -199,6 +200,9 @@ class Archiver:
         messages_at_last_line = 0
         while not self._stop.is_set():
             messages = consumer.consume(CONSUME_BATCH, CONSUME_TIMEOUT_S)
+            if messages:
+                # Kafka answers: ends an outage the log summary reported (streampulse/kafka_log.py).
+                process_summary().reachable(self._kafka.bootstrap)
             now = time.monotonic()
             now_ms = time.time_ns() // 1_000_000
             for message in messages:
@@ -231,8 +235,9 @@ class Archiver:
             elif error.fatal():
                 raise RuntimeError(f"fatal Kafka error on {message.topic()}[{message.partition()}]: {error.str()}")
             else:
-                # Transient errors (broker down, leader moving) are retried by librdkafka itself.
-                log.warning("Kafka error on %s[%s], retrying: %s", message.topic(), message.partition(), error.str())
+                # Transient errors (broker down, leader moving) are retried by librdkafka itself; the summary says
+                # so once for all partitions.
+                process_summary().on_error(self._kafka.bootstrap, error)
             return
         if state.done:
             return  # past the end present at start: the next run archives it

@@ -92,6 +92,25 @@ def _connection_argv(kafka: KafkaSettings, redis_url: str, namespace: str) -> li
     ]
 
 
+def _kafka_security_env(kafka: KafkaSettings) -> dict[str, str]:
+    """The children's environment: ours, with Kafka's security settings as the demo was given them.
+
+    As environment variables, not flags: a password on a command line shows in `ps`.
+    """
+    env = {**os.environ, "STREAMPULSE_KAFKA_SECURITY_PROTOCOL": kafka.security_protocol}
+    for name, value in (
+        ("STREAMPULSE_KAFKA_SASL_MECHANISM", kafka.sasl_mechanism),
+        ("STREAMPULSE_KAFKA_SASL_USERNAME", kafka.sasl_username),
+        ("STREAMPULSE_KAFKA_SSL_CA_LOCATION", kafka.ssl_ca_location),
+    ):
+        if value:
+            env[name] = value
+    if kafka.sasl_password is not None:
+        env.pop("STREAMPULSE_KAFKA_SASL_PASSWORD_FILE", None)  # the password itself replaces its file
+        env["STREAMPULSE_KAFKA_SASL_PASSWORD"] = kafka.sasl_password.reveal()
+    return env
+
+
 class _Stop(Exception):
     pass
 
@@ -143,9 +162,21 @@ def _run_children(
     python = [sys.executable, "-m", "streampulse.cli"]
     metrics = ["--metrics-host", args.metrics_host, "--metrics-port", str(args.metrics_port)]
     anomalies = ["--anomalies-topic", kafka.anomalies_topic]
-    children.append(ManagedProcess("flows", [*python, "run", *common, *metrics, *anomalies], work_dir / "flows.log"))
-    loadgen = ["--mode", "realtime", "--rate", str(args.rate), "--seed", str(args.seed)]
-    children.append(ManagedProcess("loadgen", [*python, "loadgen", *loadgen, *common[:6]], work_dir / "loadgen.log"))
+    env = _kafka_security_env(kafka)
+    flows = [*python, "run", *common, *metrics, *anomalies]
+    children.append(ManagedProcess("flows", flows, work_dir / "flows.log", env=env))
+    loadgen = [
+        *python,
+        "loadgen",
+        "--mode",
+        "realtime",
+        "--rate",
+        str(args.rate),
+        "--seed",
+        str(args.seed),
+        *common[:6],
+    ]
+    children.append(ManagedProcess("loadgen", loadgen, work_dir / "loadgen.log", env=env))
     print(
         f"streampulse demo: Kafka {bootstrap}, Redis {redis_settings.display_url}, "
         f"/metrics on http://{args.metrics_host}:{args.metrics_port}/metrics, logs in {work_dir}\n"

@@ -185,6 +185,13 @@ def kafka_settings(args: argparse.Namespace) -> KafkaSettings:
             f"--kafka-security-protocol {protocol} needs --kafka-sasl-mechanism, --kafka-sasl-username "
             "and a password (--kafka-sasl-password-file or STREAMPULSE_KAFKA_SASL_PASSWORD)"
         )
+    ca_location = args.kafka_ssl_ca_location
+    if ca_location and not Path(ca_location).is_file():
+        # Checked here rather than by librdkafka at connect time: its message names neither the flag nor the file.
+        raise ConfigError(
+            f"--kafka-ssl-ca-location {ca_location}: no such file. Give the PEM file of the CA that signed the "
+            "broker's certificate (or STREAMPULSE_KAFKA_SSL_CA_LOCATION)."
+        )
     return KafkaSettings(
         bootstrap=bootstrap,
         playback_topic=args.playback_topic,
@@ -196,7 +203,7 @@ def kafka_settings(args: argparse.Namespace) -> KafkaSettings:
         sasl_mechanism=args.kafka_sasl_mechanism,
         sasl_username=args.kafka_sasl_username,
         sasl_password=password,
-        ssl_ca_location=args.kafka_ssl_ca_location,
+        ssl_ca_location=ca_location,
     )
 
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import secrets
 import shutil
+import subprocess
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -133,13 +136,63 @@ def _random_cluster_id() -> str:
             return cluster_id
 
 
+@dataclass(frozen=True)
+class SecureListener:
+    """A SASL_SSL listener (SCRAM-SHA-512 over TLS) beside the plaintext one: where it is and how to log in."""
+
+    bootstrap: str
+    ca_file: Path  # the CA that signed the broker's certificate
+    other_ca_file: Path  # a CA that did not: an "untrusted CA" for the tests
+    username: str
+    password: str = field(repr=False)
+    mechanism: str = "SCRAM-SHA-512"
+
+
+def _make_certificates(tls_dir: Path) -> tuple[Path, Path, Path]:
+    """A test CA, a broker certificate it signs for 127.0.0.1/localhost, and an unrelated CA; (ca, broker pem, other ca).
+
+    The broker's PEM file holds its unencrypted PKCS#8 key and its certificate, as Kafka's PEM keystore reads it.
+    """
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError(
+            "Cannot make the test broker's TLS certificates: `openssl` is not on PATH (apt-get install openssl)"
+        )
+    tls_dir.mkdir(parents=True, exist_ok=True)
+    key_options = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+
+    def run(*argv: str) -> None:
+        subprocess.run([openssl, *argv], check=True, capture_output=True, cwd=tls_dir)
+
+    for name in ("ca", "other-ca"):
+        run("req", "-x509", *key_options, "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
+            "-subj", f"/CN=streampulse test {name}")  # fmt: skip
+    run("req", *key_options, "-keyout", "broker.key", "-out", "broker.csr", "-subj", "/CN=127.0.0.1")
+    (tls_dir / "broker.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n", encoding="utf-8")
+    run("x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "broker.crt", "-days", "2", "-extfile", "broker.ext")  # fmt: skip
+    broker_pem = tls_dir / "broker.pem"
+    broker_pem.write_text(
+        (tls_dir / "broker.key").read_text(encoding="utf-8") + (tls_dir / "broker.crt").read_text(encoding="utf-8"),
+        encoding="utf-8",
+    )
+    return tls_dir / "ca.pem", broker_pem, tls_dir / "other-ca.pem"
+
+
 def _server_properties(
     *,
     broker_port: int,
     controller_port: int,
     data_dir: Path,
     partitions_default: int,
+    secure_port: int | None = None,
+    broker_pem: Path | None = None,
 ) -> str:
+    listeners = f"PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}"
+    protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+    if secure_port is not None:
+        listeners += f",SASL_SSL://127.0.0.1:{secure_port}"
+        protocols += ",SASL_SSL:SASL_SSL"
     settings: dict[str, str | int] = {
         # One JVM is both the broker and the (only) KRaft controller.
         "process.roles": "broker,controller",
@@ -147,11 +200,11 @@ def _server_properties(
         # A dynamic quorum bootstrapped by `format --standalone` (KIP-853), as Kafka 4's own
         # quickstart does; the static controller.quorum.voters would also work.
         "controller.quorum.bootstrap.servers": f"127.0.0.1:{controller_port}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}",
+        "listeners": listeners,
+        "advertised.listeners": listeners,
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "listener.security.protocol.map": protocols,
         "log.dirs": str(data_dir),
         "num.partitions": partitions_default,
         "auto.create.topics.enable": "false",
@@ -179,12 +232,32 @@ def _server_properties(
         "num.recovery.threads.per.data.dir": 1,
         "background.threads": 4,
     }
+    if secure_port is not None and broker_pem is not None:
+        # Clients log in with SCRAM-SHA-512 over TLS; the user is created at format time (--add-scram).
+        settings.update(
+            {
+                "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+                "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                ),
+                "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
+                "listener.name.sasl_ssl.ssl.keystore.location": str(broker_pem),
+            }
+        )
     lines = ["# Written by tests/services/apache_kafka.py for one test session."]
     lines += [f"{key}={value}" for key, value in settings.items()]
     return "\n".join(lines) + "\n"
 
 
-def _format_storage(java: str, libs: Path, config: Path, cluster_id: str, work_dir: Path, env: dict[str, str]) -> None:
+def _format_storage(
+    java: str,
+    libs: Path,
+    config: Path,
+    cluster_id: str,
+    work_dir: Path,
+    env: dict[str, str],
+    extra_args: tuple[str, ...] = (),
+) -> None:
     """Run `kafka.tools.StorageTool format --standalone` and fail with its output if it fails."""
     proc = ManagedProcess(
         "kafka-storage format",
@@ -200,6 +273,7 @@ def _format_storage(java: str, libs: Path, config: Path, cluster_id: str, work_d
             cluster_id,
             "--config",
             str(config),
+            *extra_args,
         ],
         log_path=work_dir / "logs" / "kafka-format.log",
         env=env,
@@ -226,10 +300,33 @@ class ApacheKafka(StartedService):
 
     stop_grace_s = 15.0
 
-    def __init__(self, process: ManagedProcess, bootstrap: str, work_dir: Path, cluster_id: str) -> None:
+    def __init__(
+        self,
+        process: ManagedProcess,
+        bootstrap: str,
+        work_dir: Path,
+        cluster_id: str,
+        argv: list[str],
+        env: dict[str, str],
+        secure: SecureListener | None = None,
+    ) -> None:
         super().__init__(process, work_dir)
         self.bootstrap = bootstrap
         self.cluster_id = cluster_id
+        self.secure = secure
+        self._argv = argv
+        self._env = env
+
+    def restart(self) -> None:
+        """Start the broker again after `stop()`, on the same ports with the same data; return once it serves metadata."""
+        self.process = ManagedProcess(
+            "kafka", self._argv, log_path=self.work_dir / "logs" / "kafka.log", env=self._env, cwd=self.work_dir
+        )
+        try:
+            _wait_ready(self.process, int(self.bootstrap.rsplit(":", 1)[1]), _READY_TIMEOUT_S)
+        except BaseException:
+            self.process.stop()
+            raise
 
     def __repr__(self) -> str:
         return f"ApacheKafka(bootstrap={self.bootstrap!r}, work_dir={str(self.work_dir)!r})"
@@ -244,7 +341,23 @@ def _admin_lists_topics(admin: AdminClient) -> bool:
     return bool(metadata.brokers)
 
 
-def start_apache_kafka(work_dir: Path, partitions_default: int = 1) -> ApacheKafka:
+def _wait_ready(process: ManagedProcess, broker_port: int, timeout_s: float) -> None:
+    started = time.monotonic()
+    # The port opens before the broker can serve metadata; waiting for it first keeps
+    # librdkafka from logging a stream of "connection refused" errors.
+    process.wait_until(lambda: port_open("127.0.0.1", broker_port), timeout_s, "its broker port opened")
+    admin = AdminClient(
+        {
+            "bootstrap.servers": f"127.0.0.1:{broker_port}",
+            "socket.connection.setup.timeout.ms": 2000,
+            "log_level": 3,  # errors only: the first attempts may race the broker's start
+        }
+    )
+    remaining = max(1.0, timeout_s - (time.monotonic() - started))
+    process.wait_until(lambda: _admin_lists_topics(admin), remaining, "an AdminClient could list topics")
+
+
+def start_apache_kafka(work_dir: Path, partitions_default: int = 1, secure: bool = False) -> ApacheKafka:
     """Format and start a single-node Apache Kafka under `work_dir`; return once an AdminClient can list topics.
 
     The broker listens on a free loopback port (`.bootstrap`, "127.0.0.1:PORT") with a
@@ -252,7 +365,8 @@ def start_apache_kafka(work_dir: Path, partitions_default: int = 1) -> ApacheKaf
     is `partitions_default`. Data and logs stay under `work_dir` (logs/kafka.log is the
     broker's output). Raises RuntimeError, saying what to run, if java or the jars
     (tools/kafka/fetch-kafka.sh) are missing, and with the log tail if the broker fails
-    to start within 90 s.
+    to start within 90 s. `secure` adds a SASL_SSL listener (SCRAM-SHA-512 over TLS, certificates made
+    here with openssl): `.secure` says where it is and how to log in.
     """
     java = _require_prerequisites()
     libs = kafka_jars_dir()
@@ -267,6 +381,16 @@ def start_apache_kafka(work_dir: Path, partitions_default: int = 1) -> ApacheKaf
     while controller_port == broker_port:
         controller_port = free_port()
 
+    listener: SecureListener | None = None
+    broker_pem: Path | None = None
+    format_args: tuple[str, ...] = ()
+    if secure:
+        secure_port = free_port()
+        while secure_port in (broker_port, controller_port):
+            secure_port = free_port()
+        ca_file, broker_pem, other_ca = _make_certificates(work_dir / "tls")
+        listener = SecureListener(f"127.0.0.1:{secure_port}", ca_file, other_ca, "streampulse", secrets.token_hex(12))
+        format_args = ("--add-scram", f"SCRAM-SHA-512=[name={listener.username},password={listener.password}]")
     config = work_dir / "server.properties"
     config.write_text(
         _server_properties(
@@ -274,6 +398,8 @@ def start_apache_kafka(work_dir: Path, partitions_default: int = 1) -> ApacheKaf
             controller_port=controller_port,
             data_dir=data_dir,
             partitions_default=partitions_default,
+            secure_port=int(listener.bootstrap.rsplit(":", 1)[1]) if listener else None,
+            broker_pem=broker_pem,
         ),
         encoding="utf-8",
     )
@@ -287,37 +413,14 @@ def start_apache_kafka(work_dir: Path, partitions_default: int = 1) -> ApacheKaf
 
     started = time.monotonic()
     cluster_id = _random_cluster_id()
-    _format_storage(java, libs, config, cluster_id, work_dir, env)
+    _format_storage(java, libs, config, cluster_id, work_dir, env, format_args)
     formatted = time.monotonic()
 
-    process = ManagedProcess(
-        "kafka",
-        [
-            java,
-            *_BROKER_JVM_OPTS,
-            f"-Dlog4j2.configurationFile={log4j_config}",
-            "-cp",
-            f"{libs}/*",
-            "kafka.Kafka",
-            str(config),
-        ],
-        log_path=work_dir / "logs" / "kafka.log",
-        env=env,
-        cwd=work_dir,
-    )
+    argv = [java, *_BROKER_JVM_OPTS, f"-Dlog4j2.configurationFile={log4j_config}", "-cp", f"{libs}/*", "kafka.Kafka"]
+    argv.append(str(config))
+    process = ManagedProcess("kafka", argv, log_path=work_dir / "logs" / "kafka.log", env=env, cwd=work_dir)
     try:
-        # The port opens before the broker can serve metadata; waiting for it first keeps
-        # librdkafka from logging a stream of "connection refused" errors.
-        process.wait_until(lambda: port_open("127.0.0.1", broker_port), _READY_TIMEOUT_S, "its broker port opened")
-        admin = AdminClient(
-            {
-                "bootstrap.servers": f"127.0.0.1:{broker_port}",
-                "socket.connection.setup.timeout.ms": 2000,
-                "log_level": 3,  # errors only: the first attempts may race the broker's start
-            }
-        )
-        remaining = max(1.0, _READY_TIMEOUT_S - (time.monotonic() - formatted))
-        process.wait_until(lambda: _admin_lists_topics(admin), remaining, "an AdminClient could list topics")
+        _wait_ready(process, broker_port, _READY_TIMEOUT_S)
     except BaseException:
         process.stop()
         raise
@@ -328,4 +431,4 @@ def start_apache_kafka(work_dir: Path, partitions_default: int = 1) -> ApacheKaf
         time.monotonic() - started,
         formatted - started,
     )
-    return ApacheKafka(process, f"127.0.0.1:{broker_port}", work_dir, cluster_id)
+    return ApacheKafka(process, f"127.0.0.1:{broker_port}", work_dir, cluster_id, argv, env, listener)
