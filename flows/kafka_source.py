@@ -99,7 +99,11 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
         self._topic = topic
         self._partition = partition
         self._config = config
-        self._consumer = Consumer(consumer_config(kafka))
+        # The last client error (broker down, ...) since a message last came: the health document's "Kafka reachable".
+        self._kafka_error = ""
+        self._reported_error = ""
+        self._lag = -1
+        self._consumer = Consumer({**consumer_config(kafka), "error_cb": self._on_client_error})
         if resume is not None:
             start = resume[0]
         else:
@@ -153,6 +157,8 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
         messages = [] if held else self._consumer.consume(self._config.batch_size, 0)
         now = time.monotonic()
         self._empty_poll = not messages
+        if messages:
+            self._kafka_error = ""  # the broker answered (a partition error in them sets it again below)
         rejects: list[DeadLetter] = []
         records = self._records(messages)
         valid = self._decoded(records, time.time_ns() // 1_000_000, rejects)
@@ -182,13 +188,21 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
         state = self._state(now)
         if feed is not None:
             feed.report(consumed, state == "finished")
-        if not consumed and not released and state == "active":
+        error_changed = self._kafka_error != self._reported_error
+        if not consumed and not released and state == "active" and not error_changed:
             return []
-        if state == "idle" and not consumed and now - self._last_report_at < IDLE_REPORT_INTERVAL_S:
+        if (
+            state == "idle"
+            and not consumed
+            and not error_changed
+            and now - self._last_report_at < IDLE_REPORT_INTERVAL_S
+        ):
             return []
         self._last_report_at = now
         summary = self._aggregator.summary(state)
         summary.rejects = rejects
+        summary.consumed, summary.lag, summary.kafka_error = consumed, self._lag, self._kafka_error
+        self._reported_error = self._kafka_error
         if summary.duplicates:
             self._duplicates_counter.inc(summary.duplicates)
         for letter in rejects:
@@ -244,12 +258,18 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
         except Exception:
             return
         if high >= 0:
-            self._lag_gauge.set(max(high - self._next_offset, 0))
+            self._lag = max(high - self._next_offset, 0)
+            self._lag_gauge.set(self._lag)
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        # Served from consume(): broker-level errors (all brokers down, connection refused) that no message carries.
+        self._kafka_error = error.str()
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
             raise RuntimeError(f"fatal Kafka error on {self._topic}[{self._partition}]: {error.str()}")
         # Transient errors (broker down, leader moving) are retried by librdkafka itself.
+        self._kafka_error = error.str()
         log.warning("Kafka error on %s[%d], retrying: %s", self._topic, self._partition, error.str())
 
     def _dead_letter(self, message: object, rejection: Rejection) -> DeadLetter:
