@@ -93,7 +93,9 @@ class HealthTracker:
         self._bad += len(summary.rejects)
         for letter in summary.rejects:
             self._bad_by_reason[letter.reason] = self._bad_by_reason.get(letter.reason, 0) + 1
-        if summary.lag >= 0:
+        if summary.state == "finished":
+            self._lag[partition] = 0  # read to its end: what the last measurement (seconds ago) said is past
+        elif summary.lag >= 0:
             self._lag[partition] = summary.lag
         self._states[partition] = summary.state
         if summary.kafka_error:
