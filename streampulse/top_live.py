@@ -20,6 +20,7 @@ import redis
 from rich.console import Console
 from rich.live import Live
 
+from schemas.contract import enum_values
 from streampulse.options import duration_ms
 from streampulse.top_frame import FILTER_DIMS, Frame, read_frame
 from streampulse.top_view import SORT_KEYS, ViewState, screen
@@ -59,10 +60,12 @@ def parse_filter(text: str) -> dict[str, str] | None:
             if dim not in FILTER_DIMS or not value:
                 return None
             where[dim] = value
+        elif word.lower() in enum_values("device_type"):
+            where["device_type"] = word.lower()
         elif len(word) == 2 and word.isalpha():
             where["country"] = word.upper()
         else:
-            where["device_type"] = word.lower()
+            return None
     return where
 
 

@@ -139,7 +139,7 @@ def header(frame: Frame) -> Text:
         text.append(f"unreachable ({next(iter(errors.values()), '?')})", style="bold red")
     age = frame.read_ms - int(health.get("updated_ms", 0))
     if age > STALE_HEALTH_MS:
-        text.append(f"   flow last published {_ago(age)} ago", style="bold red")
+        text.append(f"\nflow last published {_ago(age)} ago: is it running?", style="bold red")
     return text
 
 
