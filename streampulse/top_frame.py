@@ -209,7 +209,8 @@ def _read(client: redis.Redis, frame: Frame) -> Frame:
     rows = [
         CountryRow(
             country,
-            {m: values.get(m) for m in COUNTRY_METRICS},
+            # A country with traffic but no playback error has no error row: that is a count of 0, not unknown.
+            {m: values.get(m, 0 if m == "playback_errors" else None) for m in COUNTRY_METRICS},
             tuple(sps_history.get(country, {}).get(s) for s in history),
         )
         for country, values in sorted(countries.items())
