@@ -27,8 +27,10 @@ from typing import Any
 
 import orjson
 import pytest
+import redis
 
 from loadgen.api import generate, produce
+from sinks.redis_layout import health_key
 from streampulse.settings import KafkaSettings
 from tests.conftest import Stack
 from tests.integration.helpers import REPO, create_topics, streampulse
@@ -148,6 +150,8 @@ def test_the_json_frame_holds_querys_values_and_the_open_anomaly(filled: Filled)
     assert health["events_consumed_total"] > 50_000 and health["kafka_reachable"] is True
     assert health["newest_windows"][FINE]["final"] is True
     assert health["partitions"] == {"finished": 3}
+    # The document lives under the namespace, with the retention TTL, like every key the flow writes.
+    assert redis.Redis.from_url(filled.redis_url).ttl(health_key(filled.namespace)) > 0
 
 
 def test_once_prints_the_same_figures_as_query(filled: Filled) -> None:
