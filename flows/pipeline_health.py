@@ -25,7 +25,7 @@ MINUTE_MS = 60_000
 
 @dataclass(frozen=True, slots=True)
 class NewestWindow:
-    """The newest window published at one resolution."""
+    """The newest window published at one resolution that the watermark has reached."""
 
     start_ms: int
     end_ms: int
@@ -108,6 +108,8 @@ class HealthTracker:
     ) -> PipelineHealth:
         """The health at `now_ms`, after publishing `updates`."""
         for update in updates:
+            if update.window_start_ms > watermark_ms:
+                continue  # ahead of the watermark: only sessions timing out there (concurrency changes) so far
             newest = self._newest.get(update.resolution)
             if newest is None or update.window_start_ms >= newest.start_ms:
                 self._newest[update.resolution] = NewestWindow(

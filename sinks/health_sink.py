@@ -8,7 +8,7 @@ retention TTL, so a retry or a replay writes an absolute value again:
 | `updated_ms` | wall-clock time of the publish that wrote it (a stale one means the flow is not publishing) |
 | `started_ms` | when this flow process started; the `_total` figures count from then |
 | `watermark_ms` | the watermark: the slowest active partition's highest event time (-1 before any) |
-| `newest_windows` | per resolution, the newest window published: `start_ms`, `end_ms`, `final` |
+| `newest_windows` | per resolution, the newest window published that the watermark has reached: `start_ms`, `end_ms`, `final` |
 | `events_consumed_total`, `events_per_second` | Kafka messages consumed (valid or not); the rate over the last minute |
 | `bad_events_total`, `bad_events_last_minute`, `bad_events_by_reason` | messages sent to the dead-letter topic |
 | `late_events_total`, `late_events_last_minute` | events that arrived after their window was final |

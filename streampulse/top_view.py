@@ -120,6 +120,10 @@ def header(frame: Frame) -> Text:
     if health is None:
         text.append("   Redis: ok   flow health: no document (is a flow writing this namespace?)", style="yellow")
         return text
+    newest = (health.get("newest_windows") or {}).get(frame.resolution)
+    if newest and newest.get("start_ms") != frame.window_start_ms:
+        # The window being filled now: shown in the tables once the watermark has passed its end.
+        text.append(f"  (filling {utc(newest['start_ms'])}{'' if newest.get('final') else ' partial'})")
     watermark = int(health.get("watermark_ms", -1))
     delay = "-" if watermark < 0 else _ago(frame.read_ms - watermark)
     text.append(f"   watermark {delay} behind\n")

@@ -61,13 +61,14 @@ def test_a_kafka_error_is_reported_until_the_partition_reports_without_one() -> 
 
 def test_the_newest_window_per_resolution_and_whether_it_is_final() -> None:
     tracker = HealthTracker(started_ms=T0)
-    health = tracker.document(T0, -1, 0, 0, [update(T0, True), update(T0 + 10_000, False), update(T0, False, "1m")])
+    updates = [update(T0, True), update(T0 + 10_000, False), update(T0, False, "1m"), update(T0 + 60_000, False)]
+    health = tracker.document(T0, T0 + 15_000, 0, 0, updates)  # the last is ahead of the watermark
     assert health.newest_windows == {
         "10s": NewestWindow(T0 + 10_000, T0 + 20_000, False),
         "1m": NewestWindow(T0, T0 + 10_000, False),
     }
     # An older window finalised later does not replace the newest.
-    health = tracker.document(T0 + 1000, -1, 0, 0, [update(T0, True)])
+    health = tracker.document(T0 + 1000, T0 + 15_000, 0, 0, [update(T0, True)])
     assert health.newest_windows["10s"].start_ms == T0 + 10_000
 
 
@@ -78,7 +79,7 @@ def test_a_restored_stores_late_events_are_not_last_minutes() -> None:
 
 
 def test_the_document_is_plain_json() -> None:
-    health = HealthTracker(started_ms=T0).document(T0, -1, 0, 0, [update(T0, False)])
+    health = HealthTracker(started_ms=T0).document(T0, T0, 0, 0, [update(T0, False)])
     document = orjson.loads(orjson.dumps(health.to_dict()))
     assert document["newest_windows"]["10s"] == {"start_ms": T0, "end_ms": T0 + 10_000, "final": False}
     assert document["kafka_reachable"] is True and document["consumer_lag"] is None

@@ -113,7 +113,7 @@ def frame() -> Frame:
             "late_events_last_minute": 0,
             "kafka_reachable": False,
             "kafka_errors": {"playback-events#0": "all brokers down"},
-            "newest_windows": {"1m": {}, "10s": {}},
+            "newest_windows": {"1m": {}, "10s": {"start_ms": T0 + 20_000, "end_ms": T0 + 30_000, "final": False}},
         },
     )
 
@@ -127,7 +127,7 @@ def render(state: ViewState, height: int | None = None) -> str:
 
 def test_the_plain_frame_shows_every_pane() -> None:
     text = render(ViewState())
-    assert "window 22:13:20–22:13:30 partial" in text and "watermark 10 s behind" in text
+    assert "window 22:13:20–22:13:30 partial  (filling 22:13:40 partial)" in text and "watermark 10 s behind" in text
     assert "consumed 301 ev/s" in text and "lag 12" in text and "bad 3/min" in text
     assert "Kafka unreachable (all brokers down)" in text
     assert "BR" in text and "10.00%" in text and "▄█" in text
