@@ -126,7 +126,7 @@ def run_live(
             frame = read_frame(client, namespace, state.resolution, state.where, time.time_ns() // 1_000_000)
             read_where, read_resolution = dict(state.where), state.resolution
             next_read = time.monotonic() + REFRESH_S
-            live.update(screen(frame, state, console.height), refresh=True)
+            live.update(screen(frame, state, console.height, console.width), refresh=True)
             # Keys redraw at once; a change of filter or resolution also reads a new frame.
             while (left := next_read - time.monotonic()) > 0:
                 typed = read_keys(fd, left)
@@ -136,5 +136,5 @@ def run_live(
                 if typed:
                     if state.where != read_where or state.resolution != read_resolution:
                         break
-                    live.update(screen(frame, state, console.height), refresh=True)
+                    live.update(screen(frame, state, console.height, console.width), refresh=True)
     return 0

@@ -28,14 +28,16 @@ COUNTRY_COLUMNS: dict[str, str] = {
     "country": "country",
     "sps": "SPS",
     "vsf_rate": "VSF",
-    "rebuffer_ratio": "rebuffer",
-    "startup_ms_p50": "startup p50",
-    "startup_ms_p90": "p90",
+    "rebuffer_ratio": "rebuf",
+    "startup_ms_p50": "p50 ms",
+    "startup_ms_p90": "p90 ms",
     "playback_errors": "errors",
-    "concurrent_streams": "concurrent",
+    "concurrent_streams": "streams",
 }
 SORT_KEYS: tuple[str, ...] = tuple(COUNTRY_COLUMNS)
 SPARK = "▁▂▃▄▅▆▇█"
+# Narrower than this, the country table drops the sparkline rather than cut the figures short.
+SPARKLINE_MIN_WIDTH = 100
 STALE_HEALTH_MS = 10_000  # a health document older than this means the flow is not publishing
 KEYS_LINE = "q quit  s sort  / filter  r resolution  ? help"
 HELP = """\
@@ -67,7 +69,7 @@ def fmt_value(metric: str, value: Value) -> str:
     if metric == "sps":
         return f"{value:.1f}"
     if metric.startswith("startup_ms"):
-        return f"{value:.0f} ms"
+        return f"{value:.0f}"  # the column says ms
     return str(int(value))
 
 
@@ -123,7 +125,7 @@ def header(frame: Frame) -> Text:
     newest = (health.get("newest_windows") or {}).get(frame.resolution)
     if newest and newest.get("start_ms") != frame.window_start_ms:
         # The window being filled now: shown in the tables once the watermark has passed its end.
-        text.append(f"  (filling {utc(newest['start_ms'])}{'' if newest.get('final') else ' partial'})")
+        text.append(f"  (filling {utc(newest['start_ms'])})")
     watermark = int(health.get("watermark_ms", -1))
     delay = "-" if watermark < 0 else _ago(frame.read_ms - watermark)
     text.append(f"   watermark {delay} behind\n")
@@ -140,40 +142,41 @@ def header(frame: Frame) -> Text:
         text.append("ok", style="green")
     else:
         errors = health.get("kafka_errors") or {}
-        text.append(f"unreachable ({next(iter(errors.values()), '?')})", style="bold red")
+        text.append("unreachable", style="bold red")
+        text.append(f"\n  {next(iter(errors.items()), ('', '?'))[1]}"[:200], style="red")
     age = frame.read_ms - int(health.get("updated_ms", 0))
     if age > STALE_HEALTH_MS:
         text.append(f"\nflow last published {_ago(age)} ago: is it running?", style="bold red")
     return text
 
 
-def country_table(frame: Frame, sort_key: str, max_rows: int | None = None) -> Table:
-    """The figures per country in the shown window, with an all-countries row first."""
+def country_table(frame: Frame, sort_key: str, max_rows: int | None = None, spark: bool = True) -> Table:
+    """The figures per country in the shown window, with an all-countries row first (and SPS sparklines)."""
     state = "final" if frame.final else "partial"
     title = (
         "by country" if frame.window_start_ms is None else f"by country, window {utc(frame.window_start_ms)} ({state})"
     )
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for key, name in COUNTRY_COLUMNS.items():
         marker = " ▼" if key == sort_key else ""
         table.add_column(name + marker, justify="left" if key == "country" else "right", no_wrap=True)
-        if key == "sps":
+        if key == "sps" and spark:
             table.add_column(f"last {len(frame.countries[0].sps_history) if frame.countries else 0}", no_wrap=True)
     if frame.window_start_ms is not None:
-        table.add_row("all", *_cells(frame.total, None), style="bold")
+        table.add_row("all", *_cells(frame.total, None, spark), style="bold")
     rows = sorted_rows(frame.countries, sort_key)
     for row in rows[:max_rows] if max_rows is not None else rows:
-        table.add_row(row.country, *_cells(row.values, row.sps_history))
+        table.add_row(row.country, *_cells(row.values, row.sps_history, spark))
     if max_rows is not None and len(rows) > max_rows:
         table.caption = f"{len(rows) - max_rows} more countries below (a taller terminal, or / to filter)"
     return table
 
 
-def _cells(values: dict[str, Value], history: tuple[Value, ...] | None) -> list[str]:
+def _cells(values: dict[str, Value], history: tuple[Value, ...] | None, spark: bool) -> list[str]:
     cells = []
     for metric in COUNTRY_METRICS:
         cells.append(fmt_value(metric, values.get(metric)))
-        if metric == "sps":
+        if metric == "sps" and spark:
             cells.append(sparkline(history) if history is not None else "")
     return cells
 
@@ -188,7 +191,9 @@ def _observed(anomaly: AnomalyRow, value: float | None) -> str:
 
 def anomalies_table(frame: Frame, max_rows: int | None = None) -> Table:
     """The open anomalies, worst first."""
-    table = Table(title=f"open anomalies ({len(frame.anomalies)})", title_justify="left", box=box.SIMPLE_HEAD)
+    table = Table(
+        title=f"open anomalies ({len(frame.anomalies)})", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False
+    )
     for name in ("severity", "series", "scope", "score", "observed", "expected", "open since"):
         table.add_column(name, no_wrap=True, justify="right" if name in ("score", "observed", "expected") else "left")
     for anomaly in frame.anomalies[:max_rows]:
@@ -209,8 +214,8 @@ def anomalies_table(frame: Frame, max_rows: int | None = None) -> Table:
 
 def funnel_table(frame: Frame) -> Table:
     """The sign-up funnel of the newest windows."""
-    table = Table(title="sign-up funnel", title_justify="left", box=box.SIMPLE_HEAD)
-    for name in ("window", "started", "plan", "payment", "completed", "completion", "payment failures"):
+    table = Table(title="sign-up funnel", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
+    for name in ("window", "started", "plan", "payment", "done", "completion", "pay fail"):
         table.add_column(name, no_wrap=True, justify="left" if name == "window" else "right")
     for row in frame.funnel:
         v = row.values
@@ -224,19 +229,21 @@ def funnel_table(frame: Frame) -> Table:
     return table
 
 
-def screen(frame: Frame, state: ViewState, height: int | None = None) -> RenderableType:
+def screen(frame: Frame, state: ViewState, height: int | None = None, width: int | None = None) -> RenderableType:
     """The whole frame; with `height` (live), the tables are cut to fit the terminal and the keys shown."""
     if state.help:
         return Group(header(frame), Text("\nkeys\n", style="bold"), Text(HELP))
     if frame.redis_error:
         return header(frame)
     anomalies = min(len(frame.anomalies), 5)
-    # Lines the other parts take: header 3, table frames ~4 each, the funnel, the key line.
-    fixed = 3 + 5 + 4 + max(anomalies, 1) + 4 + len(frame.funnel) + 2
+    # Lines the other parts take: the header's, each table's title, column names and rule (3), the all-countries
+    # row and the "more below" caption (2), the anomaly and funnel rows, the key line (1).
+    top = header(frame)
+    fixed = len(top.plain.splitlines()) + 3 + 2 + 3 + max(anomalies, 1) + 3 + len(frame.funnel) + 1
     max_rows = None if height is None else max(height - fixed, 3)
     parts: list[RenderableType] = [
-        header(frame),
-        country_table(frame, state.sort_key, max_rows),
+        top,
+        country_table(frame, state.sort_key, max_rows, spark=width is None or width >= SPARKLINE_MIN_WIDTH),
         anomalies_table(frame, 5 if height is not None else None),
         funnel_table(frame),
     ]
