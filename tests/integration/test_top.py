@@ -219,6 +219,12 @@ def test_top_in_a_real_terminal_shows_querys_figures_and_quits_on_q(
     _wait_for_screen(tmux, "this help")
     subprocess.run([*tmux, "send-keys", "-t", "top", "x"], check=True)
     _wait_for_screen(tmux, "q quit")
+    # `/` filters (here to one country), `r` switches to the coarse resolution the flow also writes.
+    subprocess.run([*tmux, "send-keys", "-t", "top", "/", "U", "S", "Enter"], check=True)
+    text = _wait_for_screen(tmux, "filter country=US")
+    assert set(_screen_rows(text)) == {"US"}
+    subprocess.run([*tmux, "send-keys", "-t", "top", "r"], check=True)
+    _wait_for_screen(tmux, "resolution 10s")
 
     subprocess.run([*tmux, "send-keys", "-t", "top", "q"], check=True)
     deadline = time.monotonic() + 15
