@@ -27,6 +27,7 @@ range cannot need, stops the partition past the range, and paces.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -34,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from flows.kafka_seek import seek_offset
@@ -251,6 +252,11 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
         self._last_lag_at = now
         self._keys_gauge.set(self._aggregator.keys_held)
         self._ids_gauge.set(self._aggregator.remembered_ids)
+        if self._kafka_error:
+            # A quiet partition gets no message to clear an error with: ask the broker itself (only while one stands).
+            with contextlib.suppress(KafkaException):  # still unreachable: the error stands on the health document
+                self._consumer.get_watermark_offsets(TopicPartition(self._topic, self._partition), timeout=1)
+                self._kafka_error = ""
         try:
             _low, high = self._consumer.get_watermark_offsets(
                 TopicPartition(self._topic, self._partition), timeout=1, cached=True

@@ -100,7 +100,8 @@ def test_the_demo_opens_top_and_stops_everything_on_q_or_ctrl_c(tmux: list[str],
     )  # fmt: skip
     # Within the first minute: the full view, with figures in the country table.
     text = _wait_for_screen(tmux, "by country, window", timeout_s=60)
-    assert "q quit" in text and "sign-up funnel" in text and "Kafka ok" in text
+    assert "q quit" in text and "sign-up funnel" in text
+    _wait_for_screen(tmux, "Kafka ok", timeout_s=30)
     shell_pid = int(
         subprocess.run([*tmux, "display", "-p", "-t", "demo", "#{pane_pid}"], capture_output=True, text=True).stdout
     )
