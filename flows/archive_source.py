@@ -196,6 +196,7 @@ class ArchivePartitionReader(StatefulSourcePartition[BatchSummary, int]):
         if not (read or released or finished):
             return []
         summary = self._aggregator.summary("finished" if finished else "active")
+        summary.consumed = read  # archived events read, for the health document's events/s
         self._finished = finished
         return [summary]
 

@@ -4,7 +4,7 @@
                                    │ BatchSummary per batch          └─ rejects ──► DeadLetterSink
                                    ▼
                             WindowLogic (one store: merge, watermark, partial/final)
-                                   │ WindowUpdate
+                                   │ WindowUpdate                      └─ PipelineHealth ──► HealthRedisSink
                                    ├──► RedisWindowSink
                                    ├──► PrometheusWindowSink
                                    └──► final fine windows ──► AnomalyLogic (flows/anomaly_flow.py)
@@ -18,10 +18,11 @@ partial counters, so one step keeps up with many readers.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -33,6 +34,7 @@ from flows.anomaly_flow import anomaly_events, detect_anomalies
 from flows.kafka_source import KafkaEventSource
 from flows.partials import BatchSummary, DeadLetter
 from flows.partition_aggregator import Folder
+from flows.pipeline_health import HealthTracker, PipelineHealth
 from flows.playback_metrics import PlaybackFolder, StreamStartsFolder
 from flows.reader_config import ReaderConfig
 from flows.signup_metrics import IgnoreFolder, SignupFolder
@@ -40,6 +42,7 @@ from flows.window_store import WindowStore, WindowUpdate
 from flows.windows import resolution_name
 from sinks.anomaly_sink import AnomalyKafkaSink, AnomalyPrometheusSink, AnomalyRedisSink
 from sinks.dead_letter import DeadLetterSink
+from sinks.health_sink import HealthRedisSink
 from sinks.prometheus import pipeline_metrics
 from sinks.redis_sink import RedisWindowSink
 from streampulse.settings import KafkaSettings, RedisSettings
@@ -57,8 +60,12 @@ class FlowSettings:
     redis_ttl_s: int = 7 * 24 * 3600
 
 
-class WindowLogic(StatefulBatchLogic[BatchSummary, WindowUpdate, WindowStore]):
-    """Merges summaries into the window store and publishes it every publish interval."""
+# What the window step emits: window updates, and after each publish the pipeline-health document.
+WindowOutput = WindowUpdate | PipelineHealth
+
+
+class WindowLogic(StatefulBatchLogic[BatchSummary, WindowOutput, WindowStore]):
+    """Merges summaries into the window store and publishes it (and the health) every publish interval."""
 
     def __init__(self, reader: ReaderConfig, partitions: list[str], resume: WindowStore | None) -> None:
         self._store = (
@@ -72,23 +79,25 @@ class WindowLogic(StatefulBatchLogic[BatchSummary, WindowUpdate, WindowStore]):
         self._metrics = pipeline_metrics()
         # Late events already on the counter (a restored store's are not counted again by this process).
         self._late_reported = dict(self._store.late_by_resolution)
+        self._health = HealthTracker(time.time_ns() // 1_000_000, self._store.late_events)
 
-    def on_batch(self, values: list[BatchSummary]) -> tuple[list[WindowUpdate], bool]:
+    def on_batch(self, values: list[BatchSummary]) -> tuple[list[WindowOutput], bool]:
         for summary in values:
             self._store.merge(summary)
+            self._health.observe(summary)
         return [], StatefulBatchLogic.RETAIN
 
-    def on_notify(self) -> tuple[list[WindowUpdate], bool]:
+    def on_notify(self) -> tuple[list[WindowOutput], bool]:
         self._next_publish = datetime.now(UTC) + self._interval
         return self._published(self._store.publish()), StatefulBatchLogic.RETAIN
 
-    def on_eof(self) -> tuple[list[WindowUpdate], bool]:
+    def on_eof(self) -> tuple[list[WindowOutput], bool]:
         if self._exit_at_end:
             return self._published(self._store.finish()), StatefulBatchLogic.RETAIN
         # Stopped while live: windows stay partial; a restart resumes them.
         return self._published(self._store.publish()), StatefulBatchLogic.RETAIN
 
-    def _published(self, updates: list[WindowUpdate]) -> list[WindowUpdate]:
+    def _published(self, updates: list[WindowUpdate]) -> list[WindowOutput]:
         store, metrics = self._store, self._metrics
         metrics.observe_watermark(store.watermark_ms)
         metrics.open_windows.set(store.open_windows)
@@ -96,7 +105,10 @@ class WindowLogic(StatefulBatchLogic[BatchSummary, WindowUpdate, WindowStore]):
             if total > self._late_reported.get(resolution, 0):
                 metrics.late_events.labels(resolution).inc(total - self._late_reported.get(resolution, 0))
                 self._late_reported[resolution] = total
-        return updates
+        health = self._health.document(
+            time.time_ns() // 1_000_000, store.watermark_ms, store.late_events, store.duplicates, updates
+        )
+        return [*updates, health]
 
     def notify_at(self) -> datetime | None:
         return self._next_publish
@@ -138,6 +150,15 @@ def _rejects(summary: BatchSummary) -> list[DeadLetter]:
     return summary.rejects
 
 
+def _is_update(item: WindowOutput) -> TypeGuard[WindowUpdate]:
+    return isinstance(item, WindowUpdate)
+
+
+def _as_health(item: WindowOutput) -> PipelineHealth:
+    assert isinstance(item, PipelineHealth)  # the branch's other side holds every WindowUpdate
+    return item
+
+
 # Makes the dataflow's input from (topic -> family, family -> folder factory, reader settings).
 SourceFactory = Callable[
     [Mapping[str, str], Mapping[str, Callable[[], Folder]], ReaderConfig], FixedPartitionedSource[BatchSummary, Any]
@@ -163,7 +184,10 @@ def build_dataflow(settings: FlowSettings, source_factory: SourceFactory | None 
         op.output("dead_letter_out", op.flat_map("rejects", summaries, _rejects), DeadLetterSink(kafka))
     keyed = op.key_on("one_store", summaries, lambda _summary: STORE_KEY)
     updates = op.stateful_batch("windows", keyed, lambda resume: WindowLogic(reader, partitions, resume))
-    plain = op.map("drop_key", updates, lambda key_update: key_update[1])
+    outputs = op.branch("health_apart", op.map("drop_key", updates, lambda key_update: key_update[1]), _is_update)
+    plain = outputs.trues
+    health = op.map("health_only", outputs.falses, _as_health)
+    op.output("health_out", health, HealthRedisSink(settings.redis, settings.redis_ttl_s))
     replay = reader.replay
     if replay is not None:
         # Only windows wholly inside the range hold all their events (flows/replay_range.py).

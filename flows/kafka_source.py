@@ -27,6 +27,7 @@ range cannot need, stops the partition past the range, and paces.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -34,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from flows.kafka_lag import lag_monitor
@@ -56,10 +57,10 @@ EMPTY_POLL_BACKOFF = timedelta(milliseconds=20)
 STATE_REPORT_INTERVAL_S = 5.0
 
 
-def consumer_config(kafka: KafkaSettings) -> dict[str, object]:
-    """Librdkafka consumer settings for partition readers."""
+def consumer_config(kafka: KafkaSettings, on_error: Callable[[KafkaError], None] | None = None) -> dict[str, object]:
+    """Librdkafka consumer settings for partition readers; `on_error` also hears the client's errors."""
     # librdkafka's lines go through the process's summary (streampulse/kafka_log.py): an outage is told once.
-    config = with_logging(kafka.client_config(), kafka.bootstrap)
+    config = with_logging(kafka.client_config(), kafka.bootstrap, on_error=on_error)
     config.update(
         {
             # Required by the client even with assign(); nothing is ever committed under it.
@@ -102,7 +103,11 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
         self._topic = topic
         self._partition = partition
         self._config = config
-        self._consumer = Consumer(consumer_config(kafka))
+        # The last client error (broker down, ...) since a message last came: the health document's "Kafka reachable".
+        self._kafka_error = ""
+        self._reported_error = ""
+        self._lag_messages = -1  # as of the last state report, for the health document (the gauge: flows/kafka_lag.py)
+        self._consumer = Consumer(consumer_config(kafka, on_error=self._on_client_error))
         if resume is not None:
             start = resume[0]
         else:
@@ -161,6 +166,8 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
         messages = [] if held else self._consumer.consume(self._config.batch_size, 0)
         now = time.monotonic()
         self._empty_poll = not messages
+        if messages:
+            self._kafka_error = ""  # the broker answered (a partition error in them sets it again below)
         rejects: list[DeadLetter] = []
         records = self._records(messages)
         valid = self._decoded(records, time.time_ns() // 1_000_000, rejects)
@@ -191,13 +198,21 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
         state = self._state(now)
         if feed is not None:
             feed.report(consumed, state == "finished")
-        if not consumed and not released and state == "active":
+        error_changed = self._kafka_error != self._reported_error
+        if not consumed and not released and state == "active" and not error_changed:
             return []
-        if state == "idle" and not consumed and now - self._last_report_at < IDLE_REPORT_INTERVAL_S:
+        if (
+            state == "idle"
+            and not consumed
+            and not error_changed
+            and now - self._last_report_at < IDLE_REPORT_INTERVAL_S
+        ):
             return []
         self._last_report_at = now
         summary = self._aggregator.summary(state)
         summary.rejects = rejects
+        summary.consumed, summary.lag, summary.kafka_error = consumed, self._lag_messages, self._kafka_error
+        self._reported_error = self._kafka_error
         if summary.duplicates:
             self._duplicates_counter.inc(summary.duplicates)
         for letter in rejects:
@@ -246,6 +261,23 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
         self._last_state_at = now
         self._keys_gauge.set(self._aggregator.keys_held)
         self._ids_gauge.set(self._aggregator.remembered_ids)
+        if self._kafka_error:
+            # A quiet partition gets no message to clear an error with: ask the broker itself (only while one stands).
+            with contextlib.suppress(KafkaException):  # still unreachable: the error stands on the health document
+                self._consumer.get_watermark_offsets(TopicPartition(self._topic, self._partition), timeout=1)
+                self._kafka_error = ""
+        try:
+            _low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self._topic, self._partition), timeout=1, cached=True
+            )
+        except Exception:
+            return
+        if high >= 0:
+            self._lag_messages = max(high - self._next_offset, 0)
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        # Served from consume(): broker-level errors (all brokers down, connection refused) that no message carries.
+        self._kafka_error = error.str()
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -253,6 +285,7 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
         # Transient errors (broker down, leader moving) are retried by librdkafka itself; the summary says so once
         # for all readers rather than once per reader and poll.
         process_summary().on_error(self._bootstrap, error)
+        self._kafka_error = error.str()
 
     def _dead_letter(self, message: object, rejection: Rejection) -> DeadLetter:
         _kind, timestamp_ms = message.timestamp()  # type: ignore[attr-defined]

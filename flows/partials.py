@@ -81,3 +81,7 @@ class BatchSummary:
     layout: RowLayout = ()
     duplicates: int = 0
     rejects: list[DeadLetter] = field(default_factory=list)
+    # The reader's view of its partition, for the pipeline-health document (flows/pipeline_health.py):
+    consumed: int = 0  # messages in this batch, valid or not
+    lag: int = -1  # messages between the next offset and the partition's end when last measured; -1: not yet
+    kafka_error: str = ""  # the last Kafka error since the reader last got a message from its partition

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from flows.catalog import AGGREGATES, METRICS, dims_of
 from schemas.docs import write_or_print
-from sinks import redis_layout
+from sinks import health_sink, redis_layout
 from sinks.archive_metrics import ArchiveMetrics
 from sinks.prometheus import PipelineMetrics
 
@@ -54,7 +54,15 @@ def metrics_markdown() -> str:
         lines.append(
             f"| `{aggregate.name}` | {aggregate.family} | {', '.join(aggregate.dims)} | {aggregate.description}{note} |"
         )
-    lines += ["", "## Redis key layout", "", (redis_layout.__doc__ or "").strip(), "", "## Prometheus (`/metrics`)", ""]
+    lines += ["", "## Redis key layout", "", (redis_layout.__doc__ or "").strip(), ""]
+    lines += [
+        "### The pipeline-health document",
+        "",
+        (health_sink.__doc__ or "").strip(),
+        "",
+        "## Prometheus (`/metrics`)",
+        "",
+    ]
     lines += [(sys.modules[PipelineMetrics.__module__].__doc__ or "").strip(), ""]
     registry = CollectorRegistry()
     PipelineMetrics(registry)

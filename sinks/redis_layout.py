@@ -10,6 +10,7 @@ touches live keys:
 | `sp:{ns}:windows:{res}` | sorted set | member and score = window_start_ms of every window written |
 | `sp:{ns}:anomalies` | sorted set | recent anomalies: member = anomaly id (`series:country:device_type:direction:onset_ms`), score = end of the window it opened in (ms); the newest 1000 are kept |
 | `sp:{ns}:anomaly:{anomaly_id}` | string | JSON of the anomaly's latest event (`state` open, escalated or resolved; fields in docs/anomalies.md) |
+| `sp:{ns}:health` | string | JSON of the pipeline-health document the flow rewrites at each publish (fields below), what `streampulse top` shows in its header |
 
 Values are absolute per window: each publish rewrites, whole, every
 aggregate of a window that changed since its last publish, inside MULTI/EXEC,
@@ -50,3 +51,8 @@ def anomalies_key(namespace: str) -> str:
 def anomaly_key(namespace: str, anomaly_id: str) -> str:
     """JSON document of one anomaly's latest state."""
     return f"{PREFIX}:{namespace}:anomaly:{anomaly_id}"
+
+
+def health_key(namespace: str) -> str:
+    """JSON document of the pipeline's health, rewritten at each publish (sinks/health_sink.py)."""
+    return f"{PREFIX}:{namespace}:health"

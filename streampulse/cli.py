@@ -1,4 +1,4 @@
-"""`streampulse`: one command, a subcommand per job (demo, run, loadgen, query, archive, replay)."""
+"""`streampulse`: one command, a subcommand per job (demo, run, loadgen, query, archive, replay, top)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ COMMANDS = {
     "query": "streampulse.query",
     "archive": "streampulse.archive",
     "replay": "streampulse.replay",
+    "top": "streampulse.top",
 }
 
 

@@ -2,7 +2,9 @@
 
 Starts the tansu broker and valkey from the `local` extra's wheels (unless a
 Kafka and a Redis are given), creates the topics, runs the load generator and
-the flows as child processes, serves /metrics and prints a live line. On
+the flows as child processes and serves /metrics. In a terminal it opens
+`streampulse top` on the demo's namespace; otherwise (or with --plain) it
+prints one line per final fine window, each window once and in order. On `q`,
 Ctrl-C, after --duration, or if any child dies, it stops everything it
 started; the children also die with it if it is killed outright.
 """
@@ -16,20 +18,23 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
-from sinks.redis_query import query
+import redis
+
+from sinks.redis_query import Row, query
 from sinks.redis_sink import connect
 from streampulse.kafka_admin import ensure_topics, wait_for_kafka
-from streampulse.options import add_option, non_negative_int, positive_float, positive_int
+from streampulse.options import add_flag, add_option, non_negative_int, positive_float, positive_int
 from streampulse.processes import ManagedProcess
 from streampulse.run import add_metrics_options
 from streampulse.settings import KafkaSettings, RedisSettings, add_kafka_options, add_redis_options, kafka_settings
 from streampulse.settings import redis_settings as parse_redis_settings
 
 STATUS_INTERVAL_S = 1.0
+FINE_RESOLUTION = "10s"  # the flows' default fine window, which the demo runs with
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_option(parser, "--partitions", type=positive_int, default="4", help="partitions of each input topic")
     add_option(parser, "--seed", type=int, default="42", help="load generator seed")
     add_option(parser, "--work-dir", help="where logs of the started processes go (default: a temporary folder)")
+    add_flag(parser, "--plain", help="print a line per final window instead of opening streampulse top")
     add_metrics_options(parser)
     add_kafka_options(parser)
     add_redis_options(parser)
@@ -186,38 +192,75 @@ def _run_children(
     return _watch(args, children, redis_settings)
 
 
+def _dead_child(children: list[ManagedProcess]) -> ManagedProcess | None:
+    return next((child for child in children if not child.alive()), None)
+
+
 def _watch(args: argparse.Namespace, children: list[ManagedProcess], redis_settings: RedisSettings) -> int:
     client = connect(redis_settings)
     deadline = time.monotonic() + args.duration if args.duration else None
-    tty = sys.stdout.isatty()
-    last_line = 0.0
-    while deadline is None or time.monotonic() < deadline:
-        for child in children:
-            if not child.alive():
-                print(
-                    f"\n{child.name} exited with code {child.popen.returncode}; its log ends with:\n{child.log_tail()}"
-                )
-                return 1
-        now = time.monotonic()
-        if tty or now - last_line >= 5:
-            line = _status_line(client, redis_settings.namespace)
-            print(("\r" + line.ljust(110)) if tty else line, end="" if tty else "\n", flush=True)
-            last_line = now
-        time.sleep(STATUS_INTERVAL_S)
+
+    def should_stop() -> bool:
+        return _dead_child(children) is not None or (deadline is not None and time.monotonic() >= deadline)
+
+    if not args.plain and sys.stdout.isatty() and sys.stdin.isatty():
+        from streampulse.top_live import run_live
+        from streampulse.top_view import ViewState
+
+        run_live(client, redis_settings.namespace, ViewState(resolution=FINE_RESOLUTION), should_stop)
+    else:
+        _print_windows(client, redis_settings.namespace, should_stop)
+    dead = _dead_child(children)
+    if dead is not None:
+        print(f"\n{dead.name} exited with code {dead.popen.returncode}; its log ends with:\n{dead.log_tail()}")
+        return 1
     return 0
 
 
-def _status_line(client: object, namespace: str) -> str:
-    try:
-        rows = query(client, namespace, "stream_starts", "10s", by=["country"])  # type: ignore[arg-type]
-    except Exception as exc:
-        return f"waiting for windows… ({type(exc).__name__})"
-    final = [r for r in rows if r.final]
-    if not final:
-        return "waiting for the first final 10 s window (window + 30 s allowed lateness)…"
-    newest = max(r.window_start_ms for r in final)
-    by_country = sorted(((r.value or 0, r.dims["country"]) for r in final if r.window_start_ms == newest), reverse=True)
-    total = sum(v for v, _ in by_country)
-    top = "  ".join(f"{c} {v}" for v, c in by_country[:8])
-    stamp = time.strftime("%H:%M:%S", time.gmtime(newest / 1000))
-    return f"[{stamp}Z 10 s] stream starts {total} (SPS {total / 10:.1f})  by country: {top}"
+def _print_windows(client: redis.Redis, namespace: str, should_stop: Callable[[], bool]) -> None:
+    """Print each final fine window once, in order, until `should_stop()`."""
+    printed: int | None = None
+    waiting_said = False
+    while not should_stop():
+        try:
+            after = None if printed is None else printed + 1
+            totals = query(client, namespace, "stream_starts", FINE_RESOLUTION, from_ms=after)
+            by_country = query(client, namespace, "stream_starts", FINE_RESOLUTION, from_ms=after, by=["country"])
+        except redis.RedisError as exc:
+            print(f"waiting for Redis… ({type(exc).__name__})", flush=True)
+            time.sleep(STATUS_INTERVAL_S)
+            continue
+        lines, newest = window_lines(totals, by_country, first=printed is None)
+        if lines:
+            print("\n".join(lines), flush=True)
+            printed = newest
+        elif printed is None and not waiting_said:
+            print("waiting for the first final 10 s window (window + 30 s allowed lateness)…", flush=True)
+            waiting_said = True
+        time.sleep(STATUS_INTERVAL_S)
+
+
+def window_lines(totals: list[Row], by_country: list[Row], first: bool) -> tuple[list[str], int | None]:
+    """A line per final window of `totals`, oldest first, up to the first one not final; and the newest printed.
+
+    With `first`, only the newest final window: the lines start where the demo's watching starts.
+    """
+    final: list[Row] = []
+    for row in sorted(totals, key=lambda r: r.window_start_ms):
+        if not row.final:
+            break  # windows close in order: a later one cannot be final before this one
+        final.append(row)
+    if first:
+        final = final[-1:]
+    countries: dict[int, list[tuple[int, str]]] = {}
+    for row in by_country:
+        countries.setdefault(row.window_start_ms, []).append((int(row.value or 0), row.dims["country"]))
+    lines = []
+    for row in final:
+        total = int(row.value or 0)
+        seconds = (row.window_end_ms - row.window_start_ms) / 1000
+        ranked = sorted(countries.get(row.window_start_ms, []), key=lambda vc: (-vc[0], vc[1]))
+        top = "  ".join(f"{c} {v}" for v, c in ranked[:8])
+        stamp = time.strftime("%H:%M:%S", time.gmtime(row.window_start_ms / 1000))
+        lines.append(f"[{stamp}Z {seconds:g} s] stream starts {total} (SPS {total / seconds:.1f})  by country: {top}")
+    return lines, (final[-1].window_start_ms if final else None)

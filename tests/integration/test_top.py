@@ -1,0 +1,233 @@
+"""`streampulse top` against a real Redis filled by a real flow: the screen shows what `query` answers.
+
+Five minutes of load-generator traffic, anchored two hours back (nothing is
+"from the future", nothing depends on the hour the test runs at), with one
+scripted incident (US TVs rebuffer ten times as often from minute 3 to the
+end, so its anomaly is still open), go through real Kafka and `streampulse
+run --exit-at-end` into a fresh namespace. Then `top` runs three ways: in a
+real terminal (tmux, read back with `capture-pane`, quit with `q`), with
+`--once` (plain table), and with `--format json`. Each country's SPS and VSF
+on screen must be `streampulse query`'s for the window shown, and the
+incident's anomaly must be in the anomalies pane.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from loadgen.api import generate, produce
+from sinks.redis_layout import health_key
+from streampulse.settings import KafkaSettings
+from tests.conftest import Stack
+from tests.integration.helpers import REPO, create_topics, streampulse
+
+pytestmark = pytest.mark.integration
+
+MINUTE_MS = 60_000
+FINE = "2s"
+INCIDENT = {
+    "name": "us-tv-rebuffer-storm",
+    "start": "+180s",
+    "duration": "2m",
+    "where": {"country": "US", "device_type": "tv"},
+    "effect": {"rebuffer_multiplier": 10},
+}
+# A country row of the table: code, SPS, sparkline, VSF, ... (see streampulse/top_view.py COUNTRY_COLUMNS).
+ROW = re.compile(r"^\s*([A-Z]{2})\s+(\d+\.\d)\s.*?\s(\d+\.\d\d)%\s")
+
+
+@dataclass(frozen=True)
+class Filled:
+    redis_url: str
+    namespace: str
+
+
+@pytest.fixture(scope="module")
+def filled(stack: Stack) -> Filled:
+    name = uuid.uuid4().hex[:10]
+    hour = 3_600_000
+    start = (int(time.time() * 1000) // hour - 2) * hour
+    generated = generate(seed=31, start_ms=start, span_ms=5 * MINUTE_MS, rate=300, incidents=[INCIDENT])
+    kafka = KafkaSettings(
+        bootstrap=stack.bootstrap,
+        playback_topic=f"playback-{name}",
+        signup_topic=f"signup-{name}",
+        dead_letter_topic=f"dead-letter-{name}",
+        anomalies_topic=f"anomalies-{name}",
+    )
+    create_topics(stack.bootstrap, {kafka.playback_topic: 2, kafka.signup_topic: 1})
+    # Sessions go on past the span; cut inside the traffic so the newest window (the one top shows) is a full one.
+    messages = [m for m in generated.messages if m.delivery_ms < start + 5 * MINUTE_MS - 5_000]
+    assert produce(messages, kafka)["failed"] == 0
+    namespace = f"test-top-{name}"
+    result = streampulse(
+        "run", "--exit-at-end", "--metrics-port", "0",
+        "--kafka-bootstrap", stack.bootstrap, "--playback-topic", kafka.playback_topic,
+        "--signup-topic", kafka.signup_topic, "--dead-letter-topic", kafka.dead_letter_topic,
+        "--anomalies-topic", kafka.anomalies_topic,
+        "--redis-url", stack.redis_url, "--namespace", namespace,
+        "--fine-window", FINE, "--coarse-window", "10s", "--allowed-lateness", "2s",
+        timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return Filled(stack.redis_url, namespace)
+
+
+def _connection(filled: Filled) -> list[str]:
+    return ["--redis-url", filled.redis_url, "--namespace", filled.namespace, "--resolution", FINE]
+
+
+def _query(filled: Filled, metric: str, window_start_ms: int) -> dict[str, Any]:
+    result = streampulse(
+        "query", metric, "--by", "country", "--from", str(window_start_ms), "--to", str(window_start_ms + 1),
+        "--format", "json", *_connection(filled),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert rows and all(r["window_start_ms"] == window_start_ms for r in rows)
+    return {r["dims"]["country"]: r["value"] for r in rows}
+
+
+def _json_frame(filled: Filled) -> dict[str, Any]:
+    result = streampulse("top", "--format", "json", *_connection(filled))
+    assert result.returncode == 0, result.stderr
+    frame: dict[str, Any] = orjson.loads(result.stdout)
+    assert frame["window_start_ms"] is not None
+    return frame
+
+
+def _screen_rows(text: str) -> dict[str, tuple[float, float]]:
+    """Country -> (SPS, VSF as a fraction) as the table prints them."""
+    rows = {}
+    for line in text.splitlines():
+        match = ROW.match(line)
+        if match:
+            rows[match.group(1)] = (float(match.group(2)), float(match.group(3)) / 100)
+    return rows
+
+
+def _assert_rows_equal_query(rows: dict[str, tuple[float, float]], filled: Filled, window_start_ms: int) -> None:
+    sps, vsf = _query(filled, "sps", window_start_ms), _query(filled, "vsf_rate", window_start_ms)
+    assert set(rows) == set(sps) and len(rows) >= 5, (rows, sps)
+    for country, (shown_sps, shown_vsf) in rows.items():
+        # As printed: SPS to 0.1, VSF to 0.01 percentage point.
+        assert shown_sps == pytest.approx(sps[country], abs=0.051), country
+        assert shown_vsf == pytest.approx(vsf[country] or 0.0, abs=0.000051), country
+
+
+def _assert_incident_shown(text: str) -> None:
+    lines = [line for line in text.splitlines() if "rebuffer_ratio" in line and "US/tv" in line]
+    assert lines, text
+    assert "critical" in lines[0]
+
+
+def test_the_json_frame_holds_querys_values_and_the_open_anomaly(filled: Filled) -> None:
+    frame = _json_frame(filled)
+    start = frame["window_start_ms"]
+    assert frame["final"] is True  # the run finished: every window is final
+    sps, vsf = _query(filled, "sps", start), _query(filled, "vsf_rate", start)
+    shown = {row["country"]: row["values"] for row in frame["countries"]}
+    # A country with no start in the window has no SPS row in `query` (and "-" on screen).
+    assert {c: v["sps"] for c, v in shown.items() if v["sps"] is not None} == sps
+    assert {c: v["vsf_rate"] for c, v in shown.items() if v["vsf_rate"] is not None} == vsf
+    anomalies = [(a["series"], a["country"], a["device_type"]) for a in frame["anomalies"]]
+    assert ("rebuffer_ratio", "US", "tv") in anomalies
+    health = frame["health"]
+    assert health["events_consumed_total"] > 50_000 and health["kafka_reachable"] is True
+    assert health["newest_windows"][FINE]["final"] is True
+    assert health["partitions"] == {"finished": 3}
+    # The document lives under the namespace, with the retention TTL, like every key the flow writes.
+    assert redis.Redis.from_url(filled.redis_url).ttl(health_key(filled.namespace)) > 0
+
+
+def test_once_prints_the_same_figures_as_query(filled: Filled) -> None:
+    result = streampulse("top", "--once", *_connection(filled))
+    assert result.returncode == 0, result.stderr
+    start = _json_frame(filled)["window_start_ms"]
+    _assert_rows_equal_query(_screen_rows(result.stdout), filled, start)
+    _assert_incident_shown(result.stdout)
+    assert "sign-up funnel" in result.stdout
+
+
+def test_filtered_by_country_shows_that_country_alone(filled: Filled) -> None:
+    result = streampulse("top", "--once", "--where", "country=US", *_connection(filled))
+    assert result.returncode == 0, result.stderr
+    assert set(_screen_rows(result.stdout)) == {"US"}
+
+
+@pytest.fixture
+def tmux(tmp_path: Path) -> Iterator[list[str]]:
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed (apt-get install tmux): it is the real terminal this test runs top in")
+    command = ["tmux", "-S", str(tmp_path / "tmux.sock")]
+    yield command
+    subprocess.run([*command, "kill-server"], capture_output=True, check=False)
+
+
+def _capture(tmux: list[str]) -> str:
+    return subprocess.run([*tmux, "capture-pane", "-p", "-t", "top"], capture_output=True, text=True, check=True).stdout
+
+
+def _wait_for_screen(tmux: list[str], needle: str, timeout_s: float = 30) -> str:
+    deadline = time.monotonic() + timeout_s
+    text = ""
+    while time.monotonic() < deadline:
+        text = _capture(tmux)
+        if needle in text:
+            return text
+        time.sleep(0.3)
+    raise AssertionError(f"{needle!r} never appeared on the screen:\n{text}")
+
+
+def test_top_in_a_real_terminal_shows_querys_figures_and_quits_on_q(
+    filled: Filled, tmux: list[str], tmp_path: Path
+) -> None:
+    exit_file = tmp_path / "exit-code"
+    top = [sys.executable, "-m", "streampulse.cli", "top", *_connection(filled)]
+    # Without the COLUMNS/LINES pytest's environment has, which rich would take over the terminal's own size.
+    shell = f"cd {REPO} && env -u COLUMNS -u LINES {' '.join(top)}; echo $? > {exit_file}"
+    pythonpath = os.environ.get("PYTHONPATH", str(REPO))
+    # A fixed size: by default tmux may resize the window to its latest client's, and `send-keys` is a client too.
+    subprocess.run(
+        [*tmux, "new-session", "-d", "-s", "top", "-x", "150", "-y", "60", "-e", f"PYTHONPATH={pythonpath}", shell,
+         ";", "set-option", "-t", "top", "window-size", "manual"],
+        check=True,
+    )  # fmt: skip
+    text = _wait_for_screen(tmux, "q quit")  # the live view's key line, drawn last
+    start = _json_frame(filled)["window_start_ms"]
+    _assert_rows_equal_query(_screen_rows(text), filled, start)
+    _assert_incident_shown(text)
+
+    # `s` sorts by the next column (VSF); `?` shows the help, any key closes it.
+    subprocess.run([*tmux, "send-keys", "-t", "top", "s"], check=True)
+    _wait_for_screen(tmux, "VSF ▼")
+    subprocess.run([*tmux, "send-keys", "-t", "top", "?"], check=True)
+    _wait_for_screen(tmux, "this help")
+    subprocess.run([*tmux, "send-keys", "-t", "top", "x"], check=True)
+    _wait_for_screen(tmux, "q quit")
+    # `/` filters (here to one country), `r` switches to the coarse resolution the flow also writes.
+    subprocess.run([*tmux, "send-keys", "-t", "top", "/", "U", "S", "Enter"], check=True)
+    text = _wait_for_screen(tmux, "filter country=US")
+    assert set(_screen_rows(text)) == {"US"}
+    subprocess.run([*tmux, "send-keys", "-t", "top", "r"], check=True)
+    _wait_for_screen(tmux, "resolution 10s")
+
+    subprocess.run([*tmux, "send-keys", "-t", "top", "q"], check=True)
+    deadline = time.monotonic() + 15
+    while not exit_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert exit_file.read_text().strip() == "0"
