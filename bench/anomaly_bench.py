@@ -21,7 +21,7 @@ series held; the best of `--repeat` runs counts. The outputs — every `Detectio
 `snapshot()` every 200 windows and at the end — are kept as `repr` (floats repr exactly, ints stay ints),
 so `--save` / `--check` compare them byte for byte. ~5 s a run with the defaults (per module).
 
-`--baseline FILE` also loads another copy of flows/anomaly_detector.py (e.g. the original, kept before an
+`--baseline FILE` also loads another copy of flows/anomaly/detector.py (e.g. the original, kept before an
 optimisation) and runs it in lockstep with the current one, window by window, alternating which goes first,
 so the ratio is measured under the same noise (this machine is shared: absolute times move by +-30 %);
 its outputs are checked against the current module's as well.
@@ -42,8 +42,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from flows import anomaly_detector
-from flows.sketch import bucket_of
+from flows.anomaly import detector as anomaly_detector
+from flows.windows.sketch import bucket_of
 from loadgen.diurnal import local_curve
 
 T0 = 1_714_521_600_000  # 2024-05-01T00:00:00Z

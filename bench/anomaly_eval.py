@@ -14,8 +14,8 @@ load generator's model (`loadgen.model.Model`, what `streampulse loadgen
 - `clean-day`: no incident at all, for false alarms.
 
 Each day's events are folded by the flows' own pure code
-(flows/partition_aggregator.py with the playback and sign-up folders, then
-flows/window_store.py), exactly as a reader and the window store do, but in
+(flows/fold/partition_aggregator.py with the playback and sign-up folders, then
+flows/windows/store.py), exactly as a reader and the window store do, but in
 process, without Kafka; every final fine window goes to the detector as in
 the dataflow. The per-window inputs are cached (~/.cache/streampulse/
 anomaly-eval), so tuning the detector re-runs in about a minute.
@@ -56,8 +56,8 @@ from typing import Any
 
 import orjson
 
-from flows import anomaly_detector
-from flows.anomaly_detector import (
+from flows.anomaly import detector as anomaly_detector
+from flows.anomaly.detector import (
     CELL_FIELDS,
     SERIES,
     STARTUP_B2,
@@ -68,17 +68,17 @@ from flows.anomaly_detector import (
     _observation,
     cell_inputs,
 )
-from flows.anomaly_stats import binomial_score, normal_score, poisson_score
-from flows.partition_aggregator import PartitionAggregator
-from flows.playback_metrics import PlaybackFolder
-from flows.signup_metrics import SignupFolder
-from flows.window_store import WindowStore
-from flows.windows import WindowConfig
+from flows.anomaly.stats import binomial_score, normal_score, poisson_score
+from flows.fold.partition_aggregator import PartitionAggregator
+from flows.fold.playback import PlaybackFolder
+from flows.fold.signup import SignupFolder
+from flows.windows.store import WindowStore
 from loadgen.config import LoadgenConfig, ModelParams
 from loadgen.diurnal import DAY_MS
 from loadgen.incidents import Incident, IncidentSet, load_scenario
 from loadgen.model import Model
 from schemas.contract import families
+from settings.windows import WindowConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"

@@ -24,16 +24,16 @@ import time
 import zlib
 from collections.abc import Callable
 
-from flows.native_fold import Aggregator, make_aggregator, native_core
-from flows.partition_aggregator import Folder, PartitionAggregator
-from flows.playback_metrics import PlaybackFolder
-from flows.reader_config import ReaderConfig
-from flows.signup_metrics import SignupFolder
-from flows.window_store import WindowStore
-from flows.windows import WindowConfig
+from flows.fold.native import Aggregator, make_aggregator, native_core
+from flows.fold.partition_aggregator import Folder, PartitionAggregator
+from flows.fold.playback import PlaybackFolder
+from flows.fold.signup import SignupFolder
+from flows.sources.reader_config import ReaderConfig
+from flows.windows.store import WindowStore
 from loadgen.api import generate
 from loadgen.config import FaultConfig
 from schemas.decoder import EventDecoder, Rejection
+from settings.windows import WindowConfig
 
 PARTITIONS = 4
 BATCH = ReaderConfig.batch_size
@@ -100,7 +100,7 @@ def decode_and_fold(inputs: Inputs, make: Callable[[str, WindowConfig, Folder], 
         for _name, batches, decode, aggregator in readers:
             if i >= len(batches):
                 continue
-            # Folded as decoded, as the Kafka reader does (flows/kafka_source.py).
+            # Folded as decoded, as the Kafka reader does (flows/sources/kafka.py).
             aggregator.add_all(e for e in (decode(raw, now) for raw in batches[i]) if type(e) is not Rejection)
             n += len(batches[i])
             store.merge(aggregator.summary("active"))

@@ -27,7 +27,7 @@ from loadgen.config import FaultConfig, LoadgenConfig, ModelParams
 from loadgen.faults import DUPLICATE, VALID, Out
 from loadgen.runner import Progress, run
 from loadgen.sinks import KafkaSink
-from streampulse.settings import KafkaSettings
+from settings.kafka import KafkaSettings
 
 HOUR_MS = 3_600_000
 FINE_MS = 10_000

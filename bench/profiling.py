@@ -39,25 +39,28 @@ CATEGORIES: tuple[tuple[str, Sequence[str]], ...] = (
     ("decode (schemas/decoder.py, msgspec)", ("schemas/decoder.py", "msgspec/")),
     ("Kafka client (confluent-kafka, librdkafka)", ("confluent_kafka/", "librdkafka", "rd_kafka")),
     (
-        "per-partition folding (flows/partition_aggregator.py, *_metrics.py, native/)",
+        "per-partition folding (flows/fold/partition_aggregator.py, *_metrics.py, native/)",
         (
-            "flows/partition_aggregator.py",
-            "flows/playback_metrics.py",
-            "flows/signup_metrics.py",
-            "flows/sketch.py",
-            "flows/native_fold.py",
+            "flows/fold/partition_aggregator.py",
+            "flows/fold/playback.py",
+            "flows/fold/signup.py",
+            "flows/windows/sketch.py",
+            "flows/fold/native.py",
             "streampulse_native",
         ),
     ),
     ("anomaly detection (flows/anomaly_*.py)", ("flows/anomaly_",)),
-    ("window store merge/publish (flows/window_store.py, WindowLogic)", ("flows/window_store.py", "flows/dataflow.py")),
+    (
+        "window store merge/publish (flows/windows/store.py, WindowLogic)",
+        ("flows/windows/store.py", "streampulse/dataflow.py"),
+    ),
     ("Redis writes (sinks/redis_sink.py, redis-py)", ("sinks/redis_sink.py", "redis/")),
     (
-        "Prometheus export (sinks/prometheus.py, flows/metric_values.py, prometheus_client)",
-        ("sinks/prometheus.py", "flows/metric_values.py", "prometheus_client/"),
+        "Prometheus export (sinks/prometheus.py, flows/windows/metric_values.py, prometheus_client)",
+        ("sinks/prometheus.py", "flows/windows/metric_values.py", "prometheus_client/"),
     ),
     ("dead letters (sinks/dead_letter.py)", ("sinks/dead_letter.py",)),
-    ("Kafka reader loop (flows/kafka_source.py)", ("flows/kafka_source.py",)),
+    ("Kafka reader loop (flows/sources/kafka.py)", ("flows/sources/kafka.py",)),
     ("bytewax (Rust runtime and its Python)", ("_bytewax", "bytewax/")),
 )
 PROJECT_DIRS = ("flows/", "sinks/", "schemas/", "streampulse/")

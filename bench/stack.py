@@ -18,8 +18,8 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from bench.common import say
+from settings.kafka import KafkaSettings
 from streampulse.kafka_admin import ensure_topics
-from streampulse.settings import KafkaSettings
 
 
 class _Stoppable(Protocol):

@@ -25,7 +25,7 @@ Rows = dict[RowKey, list[int]]
 RowLayout = tuple[tuple[tuple[str, tuple[str, ...]], ...], ...]
 
 # The change in open sessions at a fine window's end, per (country, device_type): concurrent streams are
-# sent as changes, which the window store adds up in window order (flows/playback_metrics.py says why).
+# sent as changes, which the window store adds up in window order (flows/fold/playback.py says why).
 CONCURRENCY_CHANGE = "concurrent_streams_change"
 
 

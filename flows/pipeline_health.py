@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from flows.partials import BatchSummary
-from flows.window_store import WindowUpdate
+from flows.windows.store import WindowUpdate
 
 MINUTE_MS = 60_000
 

@@ -20,7 +20,7 @@ from loadgen.faults import KIND_NAMES, MALFORMED, Out
 from loadgen.incidents import Incident, parse_incidents
 from loadgen.runner import RunResult, run
 from loadgen.sinks import KafkaSink, MemorySink
-from streampulse.settings import KafkaSettings
+from settings.kafka import KafkaSettings
 
 
 class Message(NamedTuple):

@@ -11,7 +11,7 @@ from typing import IO, Any, Protocol
 
 from loadgen.faults import DUPLICATE, LATE, MALFORMED, VALID, Out
 from schemas.contract import FAMILIES
-from streampulse.settings import KafkaSettings
+from settings.kafka import KafkaSettings
 
 FAMILY_PLACEHOLDER = "{family}"
 

@@ -1,7 +1,7 @@
 """Where anomalies go: the Kafka anomalies topic, Redis (recent anomalies), and /metrics.
 
 Every event of an anomaly's life (`open`, `escalated`, `resolved`; see
-flows/anomaly_detector.py `AnomalyEvent`) is one JSON message on the
+flows/anomaly/detector.py `AnomalyEvent`) is one JSON message on the
 anomalies topic, keyed by `series:country:device_type` so one series' events
 stay in order on one partition. Redis keeps each anomaly's latest state under
 the namespace (layout in sinks/redis_layout.py): absolute writes, so a retry,
@@ -21,12 +21,13 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, Message, Producer
 
-from flows.anomaly_detector import AnomalyEvent, Detection
-from sinks.prometheus import PipelineMetrics, pipeline_metrics
+from flows.anomaly.detector import AnomalyEvent, Detection
+from flows.health import PipelineMetrics, pipeline_metrics
+from settings.kafka import KafkaSettings
+from settings.redis import RedisSettings
 from sinks.redis_layout import anomalies_key, anomaly_key
 from sinks.redis_sink import RETRY_INITIAL_S, RETRY_MAX_S, connect
 from streampulse.kafka_log import with_logging
-from streampulse.settings import KafkaSettings, RedisSettings
 
 log = logging.getLogger(__name__)
 

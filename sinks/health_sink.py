@@ -30,11 +30,11 @@ import orjson
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from flows.health import pipeline_metrics
 from flows.pipeline_health import PipelineHealth
-from sinks.prometheus import pipeline_metrics
+from settings.redis import RedisSettings
 from sinks.redis_layout import health_key
 from sinks.redis_sink import connect
-from streampulse.settings import RedisSettings
 
 log = logging.getLogger(__name__)
 

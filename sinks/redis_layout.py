@@ -5,7 +5,7 @@ touches live keys:
 
 | key | type | content |
 |---|---|---|
-| `sp:{ns}:agg:{res}:{aggregate}:{window_start_ms}` | string | JSON array of rows `[dim1, dim2, …, value]`: dimension values in the aggregate's order (flows/catalog.py), then the integer value |
+| `sp:{ns}:agg:{res}:{aggregate}:{window_start_ms}` | string | JSON array of rows `[dim1, dim2, …, value]`: dimension values in the aggregate's order (flows/windows/catalog.py), then the integer value |
 | `sp:{ns}:win:{res}:{window_start_ms}` | hash | `final` (0/1), `end_ms`, `watermark_ms`, `updated_ms`, `late:{event_type}` counts |
 | `sp:{ns}:windows:{res}` | sorted set | member and score = window_start_ms of every window written |
 | `sp:{ns}:anomalies` | sorted set | recent anomalies: member = anomaly id (`series:country:device_type:direction:onset_ms`), score = end of the window it opened in (ms); the newest 1000 are kept |

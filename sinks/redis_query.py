@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import orjson
 import redis
 
-from flows.catalog import METRICS, dims_of
-from flows.metric_values import Group, detail_dim, parts_of, roll_up, top, value_of
+from flows.windows.catalog import METRICS, dims_of
+from flows.windows.metric_values import Group, detail_dim, parts_of, roll_up, top, value_of
 from sinks.redis_layout import aggregate_key, index_key, window_key
 
 DEFAULT_LAST_WINDOWS = 30

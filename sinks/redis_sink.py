@@ -15,10 +15,10 @@ import orjson
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from flows.window_store import WindowUpdate
-from sinks.prometheus import PipelineMetrics, pipeline_metrics
+from flows.health import PipelineMetrics, pipeline_metrics
+from flows.windows.store import WindowUpdate
+from settings.redis import RedisSettings
 from sinks.redis_layout import aggregate_key, index_key, window_key
-from streampulse.settings import RedisSettings
 
 log = logging.getLogger(__name__)
 

@@ -29,16 +29,19 @@ from typing import TextIO
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from flows.kafka_source import consumer_config
+from flows.sources.kafka import consumer_config
+from schemas.archive_layout import ArchiveError
 from schemas.decoder import EventDecoder, Rejection
+from settings.errors import ConfigError
+from settings.kafka import KafkaSettings
 from sinks.archive_metrics import ArchiveMetrics
-from sinks.parquet_archive import ArchiveError, ArchiveWriter, ChunkBuffer, ChunkWritten
+from sinks.parquet_archive import ArchiveWriter, ChunkBuffer, ChunkWritten
 from sinks.prometheus import serve_metrics
+from streampulse.configure import add_decoder_options, add_kafka_options, kafka_settings
 from streampulse.kafka_admin import wait_for_kafka
 from streampulse.kafka_log import process_summary
 from streampulse.options import add_flag, add_option, positive_duration_ms, positive_int
 from streampulse.run import add_metrics_options, check_input_topics
-from streampulse.settings import ConfigError, KafkaSettings, add_decoder_options, add_kafka_options, kafka_settings
 
 log = logging.getLogger(__name__)
 

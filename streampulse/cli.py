@@ -7,14 +7,14 @@ import importlib
 import logging
 import sys
 
+from settings.errors import ConfigError
 from streampulse.options import add_option
-from streampulse.settings import ConfigError
 
 # Subcommand -> the module that registers it, in `--help` order.
 COMMANDS = {
     "demo": "streampulse.demo",
     "run": "streampulse.run",
-    "loadgen": "loadgen.cli",
+    "loadgen": "streampulse.loadgen_cli",
     "query": "streampulse.query",
     "archive": "streampulse.archive",
     "replay": "streampulse.replay",

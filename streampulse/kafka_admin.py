@@ -10,8 +10,9 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from settings.errors import ConfigError
+from settings.kafka import KafkaSettings
 from streampulse.kafka_log import with_logging
-from streampulse.settings import ConfigError, KafkaSettings
 
 log = logging.getLogger(__name__)
 

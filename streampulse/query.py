@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 
 import redis
 
-from flows.catalog import METRICS
+from flows.windows.catalog import METRICS
+from settings.errors import ConfigError
 from sinks.redis_query import QueryError, Row, query
 from sinks.redis_sink import connect
+from streampulse.configure import add_redis_options, redis_settings
 from streampulse.options import add_option, non_negative_int, positive_int
-from streampulse.settings import ConfigError, add_redis_options, redis_settings
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,10 +1,10 @@
 """`streampulse replay`: the live analytics again over a past event-time range, into a namespace of its own.
 
-The replay runs the live dataflow (flows/dataflow.py) with the same folding
+The replay runs the live dataflow (streampulse/dataflow.py) with the same folding
 code, reading either Kafka from a timestamp or the Parquet archive, and
 writes only the windows that lie wholly inside `[--from, --to)`. What it
 reads around the range, and why the result equals the live run's, is in
-flows/replay_range.py; docs/replay-and-archive.md says it for users.
+flows/sources/replay_range.py; docs/replay-and-archive.md says it for users.
 
 The namespace is checked before anything is written: never the live one
 (`--live-namespace`), and never one holding windows that no replay wrote (a
@@ -24,16 +24,18 @@ from pathlib import Path
 
 import redis
 
-from flows.archive_source import ArchiveEventSource
-from flows.dataflow import FlowSettings, SourceFactory
-from flows.partition_aggregator import Folder
-from flows.reader_config import ReaderConfig
-from flows.replay_range import ReplayRange, replay_range, shared_progress
-from flows.windows import resolution_name
-from sinks.parquet_archive import committed_chunks
+from flows.fold.partition_aggregator import Folder
+from flows.sources.archive import ArchiveEventSource
+from flows.sources.reader_config import ReaderConfig
+from flows.sources.replay_range import ReplayRange, replay_range, shared_progress
+from schemas.archive_layout import committed_chunks
+from settings.errors import ConfigError
+from settings.windows import resolution_name
 from sinks.redis_layout import PREFIX, index_key
 from sinks.redis_sink import connect
 from streampulse.archive import add_archive_dir_option
+from streampulse.configure import add_flow_options, add_kafka_options, add_redis_options, reader_config, redis_settings
+from streampulse.dataflow import FlowSettings, SourceFactory
 from streampulse.kafka_admin import wait_for_kafka
 from streampulse.options import add_option, duration_ms
 from streampulse.run import (
@@ -43,14 +45,6 @@ from streampulse.run import (
     check_redis,
     execute,
     flow_settings,
-)
-from streampulse.settings import (
-    ConfigError,
-    add_flow_options,
-    add_kafka_options,
-    add_redis_options,
-    reader_config,
-    redis_settings,
 )
 
 log = logging.getLogger(__name__)

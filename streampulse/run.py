@@ -15,15 +15,12 @@ from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from confluent_kafka.admin import AdminClient
 
-from flows.dataflow import FlowSettings, SourceFactory, build_dataflow
-from flows.replay_range import ReplayRange
+from flows.sources.replay_range import ReplayRange
+from settings.errors import ConfigError
+from settings.kafka import KafkaSettings
 from sinks.prometheus import serve_metrics
 from sinks.redis_sink import connect
-from streampulse.kafka_admin import ensure_topics, topic_partitions, wait_for_kafka
-from streampulse.options import add_flag, add_option, port, positive_duration_ms, positive_int
-from streampulse.settings import (
-    ConfigError,
-    KafkaSettings,
+from streampulse.configure import (
     add_flow_options,
     add_kafka_options,
     add_redis_options,
@@ -31,6 +28,9 @@ from streampulse.settings import (
     reader_config,
     redis_settings,
 )
+from streampulse.dataflow import FlowSettings, SourceFactory, build_dataflow
+from streampulse.kafka_admin import ensure_topics, topic_partitions, wait_for_kafka
+from streampulse.options import add_flag, add_option, port, positive_duration_ms, positive_int
 
 log = logging.getLogger(__name__)
 

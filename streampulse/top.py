@@ -15,9 +15,10 @@ import time
 import orjson
 import redis
 
+from settings.errors import ConfigError
 from sinks.redis_sink import connect
+from streampulse.configure import add_redis_options, redis_settings
 from streampulse.options import add_flag, add_option
-from streampulse.settings import ConfigError, add_redis_options, redis_settings
 from streampulse.top_frame import FILTER_DIMS, read_frame
 from streampulse.top_view import ViewState
 

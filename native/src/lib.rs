@@ -1,7 +1,7 @@
 //! The per-partition fold of playback events, in Rust: the flow's hot path.
 //!
-//! `PlaybackCore` does what `PartitionAggregator` (flows/partition_aggregator.py) does with a
-//! `PlaybackFolder` or a `StreamStartsFolder` (flows/playback_metrics.py): per-partition lateness,
+//! `PlaybackCore` does what `PartitionAggregator` (flows/fold/partition_aggregator.py) does with a
+//! `PlaybackFolder` or a `StreamStartsFolder` (flows/fold/playback.py): per-partition lateness,
 //! duplicate ids, one row of integers per (window, country, device_type), the partials with a further
 //! dimension, and the open sessions counted at window ends. The Python modules are the reference: their
 //! docstrings explain the rules, the tests hold this port equal to them batch by batch, and the two
@@ -23,7 +23,7 @@ const NO_EVENT_YET: i64 = -1;
 const ZERO_BUCKET: i64 = -(1 << 31);
 const MIN_SLOTS: usize = 1024;
 
-// The packed form of a session playing on (flows/playback_metrics.py): bit 0 open, then the
+// The packed form of a session playing on (flows/fold/playback.py): bit 0 open, then the
 // (country, device_type) index, the range's length and its last end, in windows.
 const DIMS_SHIFT: u32 = 1;
 const DIMS_MASK: i64 = (1 << 12) - 1;
@@ -35,7 +35,7 @@ const LOW_BITS: i64 = (1 << SPAN_SHIFT) - 1;
 // 2026 at 100 ms ones): a session past it stays in the listed form, which counts the same.
 const MAX_HI: i64 = 1 << (63 - HI_SHIFT);
 
-// Event types, in flows/playback_metrics.py EVENT_TYPES order (checked at construction), and the row slots.
+// Event types, in flows/fold/playback.py EVENT_TYPES order (checked at construction), and the row slots.
 const PLAY_ATTEMPT: u8 = 0;
 const PLAY_START: u8 = 1;
 const START_FAILURE: u8 = 2;
@@ -64,7 +64,7 @@ const DOWNSHIFTS: usize = 14;
 const CONCURRENCY: usize = 15;
 const WIDTH: usize = 16;
 
-// Aggregates with a further dimension, as named in flows/catalog.py.
+// Aggregates with a further dimension, as named in flows/windows/catalog.py.
 const STREAM_STARTS: u8 = 0;
 const STARTUP_SKETCH: u8 = 1;
 const TITLE_STARTS: u8 = 2;
@@ -92,7 +92,7 @@ enum Held {
     Listed(Session),
 }
 
-/// One coarse window's ids: the open-addressing table of flows/event_ids.py, slot for slot.
+/// One coarse window's ids: the open-addressing table of flows/fold/event_ids.py, slot for slot.
 struct IdTable {
     slots: Vec<u64>,
     mask: u64,
@@ -513,7 +513,7 @@ impl PlaybackCore {
         let kind = self.kind_of(event)?;
         let (slotted, handled) = self.counts(kind);
         if !slotted && !handled {
-            // A type no enabled metric counts only moves the watermark (flows/partition_aggregator.py).
+            // A type no enabled metric counts only moves the watermark (flows/fold/partition_aggregator.py).
             return Ok(());
         }
         let (fine_ms, coarse_ms, lateness) = (self.fine_ms, self.coarse_ms, self.lateness_ms);
@@ -677,7 +677,7 @@ impl PlaybackCore {
 
 #[pymethods]
 impl PlaybackCore {
-    /// One partition's playback fold. `event_types` must be flows.playback_metrics.EVENT_TYPES (checked).
+    /// One partition's playback fold. `event_types` must be flows.fold.playback.EVENT_TYPES (checked).
     #[new]
     #[pyo3(signature = (fine_ms, coarse_ms, lateness_ms, session_timeout_ms, starts_only, log_gamma, fine_name, coarse_name, event_types))]
     #[allow(clippy::too_many_arguments)]
@@ -783,7 +783,7 @@ impl PlaybackCore {
         Ok(parts)
     }
 
-    /// What the aggregator remembers between batches, in flows/partition_aggregator.py's snapshot layout:
+    /// What the aggregator remembers between batches, in flows/fold/partition_aggregator.py's snapshot layout:
     /// (high, closed_to, forgot_at, ({window: [array('Q'), mask, count]}, last_count), (sessions, dims)).
     fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let array = py.import_bound("array")?.getattr("array")?;
@@ -885,7 +885,7 @@ impl PlaybackCore {
         Ok(())
     }
 
-    /// The startup sketch's bucket of `value` (flows/sketch.py bucket_of): exposed so tests compare the two.
+    /// The startup sketch's bucket of `value` (flows/windows/sketch.py bucket_of): exposed so tests compare the two.
     #[pyo3(name = "bucket_of")]
     fn py_bucket_of(&self, value: i64) -> i64 {
         self.bucket_of(value)

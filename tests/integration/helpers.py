@@ -18,8 +18,8 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from settings.kafka import KafkaSettings
 from streampulse.kafka_admin import ensure_topics
-from streampulse.settings import KafkaSettings
 
 COUNTRIES = ("BR", "US", "DE", "IN")
 DEVICES = ("tv", "mobile", "web")

@@ -20,8 +20,8 @@ import pytest
 import redis
 
 from loadgen.api import produce
+from settings.kafka import KafkaSettings
 from sinks.anomaly_sink import recent_anomalies
-from streampulse.settings import KafkaSettings
 from tests.conftest import Stack
 from tests.integration.helpers import create_topics, read_to_end, streampulse, yesterday_at
 from tests.rebuffer_storm import COARSE_MS, FINE_MS, LATENESS_MS, check_anomalies, storm

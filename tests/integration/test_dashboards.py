@@ -27,8 +27,8 @@ import yaml
 from loadgen.api import generate
 from loadgen.api import produce as produce_generated
 from loadgen.config import FaultConfig, ModelParams
+from settings.kafka import KafkaSettings
 from streampulse.processes import ManagedProcess, free_port
-from streampulse.settings import KafkaSettings
 from tests.conftest import Stack
 from tests.integration.helpers import REPO, create_topics, produce
 from tests.services.binaries import missing_prometheus_message, prometheus_tool

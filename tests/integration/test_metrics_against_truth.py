@@ -24,10 +24,10 @@ import redis
 
 from loadgen.api import Generated, generate, produce
 from loadgen.config import FaultConfig, ModelParams
+from settings.kafka import KafkaSettings
 from sinks.redis_layout import window_key
 from sinks.redis_query import query
 from streampulse.processes import free_port
-from streampulse.settings import KafkaSettings
 from tests.conftest import Stack
 from tests.integration.helpers import REPO, create_topics, read_to_end, scrape, streampulse, yesterday_at
 from tests.integration.helpers import produce as produce_messages

@@ -29,16 +29,16 @@ import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from flows.catalog import AGGREGATES, BASE_DIMS, METRICS, dims_of
-from flows.kafka_seek import seek_offset
+from flows.sources.kafka_seek import seek_offset
+from flows.windows.catalog import AGGREGATES, BASE_DIMS, METRICS, dims_of
 from loadgen.api import generate, produce
 from loadgen.config import FaultConfig, ModelParams
+from schemas.archive_layout import CHUNKS_DIR
 from schemas.decoder import EventDecoder, Rejection
-from sinks.parquet_archive import CHUNKS_DIR
+from settings.kafka import KafkaSettings
 from sinks.redis_layout import aggregate_key, index_key, window_key
 from sinks.redis_query import query
 from streampulse.processes import free_port
-from streampulse.settings import KafkaSettings
 from tests.conftest import Stack
 from tests.integration.helpers import REPO, create_topics, read_to_end, streampulse, yesterday_at
 

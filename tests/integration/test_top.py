@@ -30,8 +30,8 @@ import pytest
 import redis
 
 from loadgen.api import generate, produce
+from settings.kafka import KafkaSettings
 from sinks.redis_layout import health_key
-from streampulse.settings import KafkaSettings
 from tests.conftest import Stack
 from tests.integration.helpers import REPO, create_topics, streampulse
 

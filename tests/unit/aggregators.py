@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from flows.native_fold import NativePlaybackAggregator, native_core
-from flows.partition_aggregator import PartitionAggregator
-from flows.playback_metrics import PlaybackFolder, StreamStartsFolder
-from flows.windows import WindowConfig
+from flows.fold.native import NativePlaybackAggregator, native_core
+from flows.fold.partition_aggregator import PartitionAggregator
+from flows.fold.playback import PlaybackFolder, StreamStartsFolder
+from settings.windows import WindowConfig
 
 REQUIRE_ENV = "STREAMPULSE_REQUIRE_NATIVE"
 

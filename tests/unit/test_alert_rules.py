@@ -17,7 +17,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from sinks.prometheus import PipelineMetrics
+from flows.health import PipelineMetrics
 from tests.services.binaries import missing_prometheus_message, prometheus_tool
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from flows.anomaly_detector import (
+from flows.anomaly.detector import (
     ALL,
     CELL_FIELDS,
     FAILURES,
@@ -28,9 +28,9 @@ from flows.anomaly_detector import (
     DetectorConfig,
     cell_inputs,
 )
-from flows.sketch import bucket_of
+from flows.health import PipelineMetrics
+from flows.windows.sketch import bucket_of
 from loadgen.diurnal import local_curve
-from sinks.prometheus import PipelineMetrics
 
 # A window's aggregates as the window store hands them over (sketch buckets are ints).
 Values = dict[str, dict[tuple[Any, ...], int]]

@@ -6,10 +6,10 @@ from collections import Counter
 from typing import Any
 
 from bench.anomaly_eval import START_MS, DaySpec, absolute, detect, judge, simulate
-from flows.anomaly_detector import CELL_FIELDS, DetectorConfig
-from flows.windows import WindowConfig
+from flows.anomaly.detector import CELL_FIELDS, DetectorConfig
 from loadgen.api import generate
 from loadgen.incidents import load_scenario
+from settings.windows import WindowConfig
 
 MINUTE_MS = 60_000
 

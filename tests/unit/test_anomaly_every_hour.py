@@ -13,9 +13,9 @@ from __future__ import annotations
 import pytest
 
 from bench.anomaly_eval import DaySpec, absolute, detect, simulate
-from flows.anomaly_detector import DetectorConfig
-from flows.windows import WindowConfig
+from flows.anomaly.detector import DetectorConfig
 from loadgen.incidents import parse_incidents
+from settings.windows import WindowConfig
 from tests.rebuffer_storm import (
     COARSE_MS,
     FINE_MS,

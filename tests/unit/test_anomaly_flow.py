@@ -8,9 +8,9 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from flows.anomaly_detector import AnomalyEvent, Detection
-from flows.anomaly_flow import AnomalyLogic, anomaly_events, detect_anomalies
-from flows.window_store import WindowUpdate, WindowValues
+from flows.anomaly.detector import AnomalyEvent, Detection
+from flows.anomaly.steps import AnomalyLogic, anomaly_events, detect_anomalies
+from flows.windows.store import WindowUpdate, WindowValues
 
 T0 = 1_714_521_600_000
 FINE, COARSE = 10_000, 60_000

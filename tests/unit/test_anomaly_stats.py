@@ -7,7 +7,7 @@ from statistics import NormalDist
 
 import pytest
 
-from flows.anomaly_stats import MAX_SCORE, binomial_score, poisson_score, z_from_log_tail, z_from_tail
+from flows.anomaly.stats import MAX_SCORE, binomial_score, poisson_score, z_from_log_tail, z_from_tail
 
 NORMAL = NormalDist()
 

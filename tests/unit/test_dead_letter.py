@@ -12,7 +12,9 @@ from confluent_kafka import KafkaError
 from hypothesis import given
 from hypothesis import strategies as st
 
+from flows.health import pipeline_metrics
 from flows.partials import DeadLetter
+from settings.kafka import KafkaSettings
 from sinks.dead_letter import _DeadLetterPartition, dead_letter_limit, producer_config
 from sinks.dead_letter_fit import (
     MAX_TRUNCATED_KEY,
@@ -23,9 +25,7 @@ from sinks.dead_letter_fit import (
     record_size,
     stub,
 )
-from sinks.prometheus import pipeline_metrics
 from streampulse.cli import main
-from streampulse.settings import KafkaSettings
 
 LIMIT = 1_048_588  # Apache Kafka's default max.message.bytes
 

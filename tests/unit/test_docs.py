@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flows.catalog import AGGREGATES, METRICS
+from flows.windows.catalog import AGGREGATES, METRICS
 from sinks.docs import metrics_markdown
 
 REPO = Path(__file__).resolve().parents[2]

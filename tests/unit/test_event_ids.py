@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.event_ids import EventIds, id_hash
+from flows.fold.event_ids import EventIds, id_hash
 
 
 @settings(max_examples=60, deadline=None)

@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
-from flows.partition_aggregator import PartitionAggregator
-from flows.playback_metrics import PlaybackFolder
-from flows.signup_metrics import SignupFolder
-from flows.window_store import WindowStore, WindowUpdate, _Window
-from flows.windows import WindowConfig
+from flows.fold.partition_aggregator import PartitionAggregator
+from flows.fold.playback import PlaybackFolder
+from flows.fold.signup import SignupFolder
+from flows.windows.store import WindowStore, WindowUpdate, _Window
+from settings.windows import WindowConfig
 from tests.unit.aggregators import PLAYBACK_AGGREGATORS, MakeAggregator
 from tests.unit.gap_traffic import PHASE_MS, TIMEOUT_MS, at_coarse_ends, brute_force_concurrency, gap_traffic
 

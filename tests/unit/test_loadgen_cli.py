@@ -13,9 +13,9 @@ import orjson
 import pytest
 
 from loadgen.api import generate
-from loadgen.cli import add_arguments, build_config, default_start_ms, register, run
 from loadgen.config import FaultConfig
 from loadgen.runner import Progress
+from streampulse.loadgen_cli import add_arguments, build_config, default_start_ms, register, run
 
 START_MS = 1_714_521_600_000
 HOUR_MS = 3_600_000
@@ -183,6 +183,6 @@ def test_same_bytes_in_another_process_with_another_hash_seed(tmp_path: Path) ->
     here = produce_files(tmp_path, "here", argv)
     out, truth = tmp_path / "there.jsonl", tmp_path / "there.json"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    cmd = [sys.executable, "-m", "loadgen.cli", *argv, "--out", str(out), "--truth", str(truth)]
+    cmd = [sys.executable, "-m", "streampulse.loadgen_cli", *argv, "--out", str(out), "--truth", str(truth)]
     subprocess.run(cmd, check=True, env=env, cwd=Path(__file__).resolve().parents[2])
     assert (out.read_bytes(), truth.read_bytes()) == here

@@ -15,9 +15,9 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
 from loadgen.api import Generated, generate
-from loadgen.cli import add_arguments, run
 from loadgen.config import ModelParams
 from schemas.contract import families, family_of
+from streampulse.loadgen_cli import add_arguments, run
 
 START_MS = 1_714_521_600_000  # 2024-05-01T00:00:00Z
 HOUR_MS = 3_600_000

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from loadgen.cli import add_arguments, run
 from schemas.contract import families
+from streampulse.loadgen_cli import add_arguments, run
 
 START_MS = 1_714_521_600_000
 N = 30_000

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from loadgen.cli import add_arguments, run
 from loadgen.truth import iter_rows
+from streampulse.loadgen_cli import add_arguments, run
 from tests.unit.test_loadgen_faults import classify
 
 START_MS = 1_714_521_600_000

@@ -7,15 +7,15 @@ from collections.abc import Callable
 
 import pytest
 
-from flows.native_fold import NativePlaybackAggregator
+from flows.fold.native import NativePlaybackAggregator
+from flows.fold.partition_aggregator import PartitionAggregator
+from flows.fold.playback import PlaybackFolder, StreamStartsFolder
 from flows.partials import PartitionState
-from flows.partition_aggregator import PartitionAggregator
-from flows.playback_metrics import PlaybackFolder, StreamStartsFolder
-from flows.sketch import bucket_of
-from flows.windows import WindowConfig
+from flows.windows.sketch import bucket_of
 from loadgen.api import generate
 from loadgen.config import FaultConfig
 from schemas.decoder import EventDecoder, Rejection
+from settings.windows import WindowConfig
 from tests.unit.aggregators import needs_native
 from tests.unit.gap_traffic import PHASE_MS, TIMEOUT_MS, gap_traffic
 

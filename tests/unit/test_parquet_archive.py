@@ -13,15 +13,12 @@ import orjson
 import pyarrow.dataset as ds
 import pytest
 
-from flows.archive_source import _RowsToEvents, plan_topic
-from flows.replay_range import ReplayRange
+from flows.sources.archive import _RowsToEvents, plan_topic
+from flows.sources.replay_range import ReplayRange
 from loadgen.api import generate
 from loadgen.config import ModelParams
-from schemas.decoder import EventDecoder, EventStruct, Rejection
-from sinks.parquet_archive import (
+from schemas.archive_layout import (
     ArchiveError,
-    ArchiveWriter,
-    ChunkBuffer,
     ChunkId,
     chunk_marker,
     committed_chunks,
@@ -29,6 +26,8 @@ from sinks.parquet_archive import (
     parse_file_name,
     read_rows,
 )
+from schemas.decoder import EventDecoder, EventStruct, Rejection
+from sinks.parquet_archive import ArchiveWriter, ChunkBuffer
 
 HOUR = 3_600_000
 # 2026-11-23T22:30:00Z: the generated events cross an hour and a day boundary.

@@ -6,7 +6,7 @@ import orjson
 
 from flows.partials import BatchSummary, DeadLetter
 from flows.pipeline_health import HealthTracker, NewestWindow
-from flows.window_store import WindowUpdate
+from flows.windows.store import WindowUpdate
 
 T0 = 1_700_000_000_000
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.playback_metrics import PlaybackFolder
-from flows.window_store import WindowStore, WindowUpdate
-from flows.windows import WindowConfig
+from flows.fold.playback import PlaybackFolder
+from flows.windows.store import WindowStore, WindowUpdate
+from settings.windows import WindowConfig
 from tests.unit.aggregators import PLAYBACK_AGGREGATORS, MakeAggregator
 
 WINDOWS = WindowConfig(fine_ms=10_000, coarse_ms=60_000, allowed_lateness_ms=30_000)

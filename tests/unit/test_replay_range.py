@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from flows.reader_config import ReaderConfig
-from flows.replay_range import ReplayFeed, ReplayProgress, ReplayRange, replay_range
-from flows.windows import WindowConfig
+from flows.sources.reader_config import ReaderConfig
+from flows.sources.replay_range import ReplayFeed, ReplayProgress, ReplayRange, replay_range
+from settings.errors import ConfigError
+from settings.windows import WindowConfig
 from streampulse.cli import main
 from streampulse.processes import free_port
 from streampulse.replay import pace, replay_of, time_ms
-from streampulse.settings import ConfigError
 
 T0 = 1_795_420_800_000  # 2026-11-23T08:00:00Z
 MINUTE = 60_000

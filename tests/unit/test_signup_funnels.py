@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from flows.fold.signup import UNKNOWN, SignupFolder
 from flows.partials import Partials
-from flows.signup_metrics import UNKNOWN, SignupFolder
 
 W = 1_700_000_000_000
 

@@ -6,7 +6,7 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flows.sketch import RELATIVE_ACCURACY, bucket_of, quantile
+from flows.windows.sketch import RELATIVE_ACCURACY, bucket_of, quantile
 
 
 def exact_quantile(values: list[int], q: float) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
-from streampulse.settings import ConfigError
+from settings.errors import ConfigError
 from streampulse.top import parse_where
 from streampulse.top_frame import AnomalyRow, CountryRow, Frame, FunnelRow, _shown_window, open_anomalies
 from streampulse.top_live import apply_key, parse_filter, resolutions_of

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.partition_aggregator import PartitionAggregator
-from flows.playback_metrics import PlaybackFolder, StreamStartsFolder
-from flows.window_store import WindowStore, WindowUpdate
-from flows.windows import WindowConfig, resolution_name, window_start
+from flows.fold.partition_aggregator import PartitionAggregator
+from flows.fold.playback import PlaybackFolder, StreamStartsFolder
+from flows.windows.store import WindowStore, WindowUpdate
+from settings.windows import WindowConfig, resolution_name, window_start
 
 WINDOWS = WindowConfig(fine_ms=10_000, coarse_ms=60_000, allowed_lateness_ms=30_000)
 BASE = 1_700_000_000_000 - 1_700_000_000_000 % 60_000

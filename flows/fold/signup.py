@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from flows.fold.partition_aggregator import Handler
 from flows.partials import Partials, RowLayout, Rows
-from flows.partition_aggregator import Handler
 
 UNKNOWN = "unknown"
 

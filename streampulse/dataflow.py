@@ -7,7 +7,7 @@
                                    │ WindowUpdate                      └─ PipelineHealth ──► HealthRedisSink
                                    ├──► RedisWindowSink
                                    ├──► PrometheusWindowSink
-                                   └──► final fine windows ──► AnomalyLogic (flows/anomaly_flow.py)
+                                   └──► final fine windows ──► AnomalyLogic (flows/anomaly/steps.py)
                                            └──► anomalies topic, Redis, /metrics (sinks/anomaly_sink.py)
 
 All summaries meet in one stateful step (one key) because the watermark is a
@@ -30,22 +30,23 @@ from bytewax.inputs import FixedPartitionedSource
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from flows.anomaly_flow import anomaly_events, detect_anomalies
-from flows.kafka_source import KafkaEventSource
+from flows.anomaly.steps import anomaly_events, detect_anomalies
+from flows.fold.partition_aggregator import Folder
+from flows.fold.playback import PlaybackFolder, StreamStartsFolder
+from flows.fold.signup import IgnoreFolder, SignupFolder
+from flows.health import pipeline_metrics
 from flows.partials import BatchSummary, DeadLetter
-from flows.partition_aggregator import Folder
 from flows.pipeline_health import HealthTracker, PipelineHealth
-from flows.playback_metrics import PlaybackFolder, StreamStartsFolder
-from flows.reader_config import ReaderConfig
-from flows.signup_metrics import IgnoreFolder, SignupFolder
-from flows.window_store import WindowStore, WindowUpdate
-from flows.windows import resolution_name
+from flows.sources.kafka import KafkaEventSource
+from flows.sources.reader_config import ReaderConfig
+from flows.windows.store import WindowStore, WindowUpdate
+from settings.kafka import KafkaSettings
+from settings.redis import RedisSettings
+from settings.windows import resolution_name
 from sinks.anomaly_sink import AnomalyKafkaSink, AnomalyPrometheusSink, AnomalyRedisSink
 from sinks.dead_letter import DeadLetterSink
 from sinks.health_sink import HealthRedisSink
-from sinks.prometheus import pipeline_metrics
 from sinks.redis_sink import RedisWindowSink
-from streampulse.settings import KafkaSettings, RedisSettings
 
 STORE_KEY = "windows"
 
@@ -190,7 +191,7 @@ def build_dataflow(settings: FlowSettings, source_factory: SourceFactory | None 
     op.output("health_out", health, HealthRedisSink(settings.redis, settings.redis_ttl_s))
     replay = reader.replay
     if replay is not None:
-        # Only windows wholly inside the range hold all their events (flows/replay_range.py).
+        # Only windows wholly inside the range hold all their events (flows/sources/replay_range.py).
         plain = op.filter("replay_range", plain, lambda u: replay.inside(u.window_start_ms, u.window_end_ms))
     op.output("redis_out", plain, RedisWindowSink(settings.redis, settings.redis_ttl_s))
     op.output("prometheus_out", plain, PrometheusWindowSink(reader.windows.fine_ms))

@@ -3,7 +3,7 @@
 Most additions go to the batch row of the event's (window, country,
 device_type) (flows/partials.py); those with a further dimension (CDN,
 error code, title, sketch bucket) to `(window, aggregate, *dims)` partials;
-names and dims are those of flows/catalog.py. Pure Python, no Kafka: unit
+names and dims are those of flows/windows/catalog.py. Pure Python, no Kafka: unit
 tests call these directly.
 
 Concurrent streams are counted at each fine window's end: a session counts
@@ -31,11 +31,11 @@ from typing import Any
 
 from xxhash import xxh3_64_intdigest
 
-from flows.event_ids import id_hash
+from flows.fold.event_ids import id_hash
+from flows.fold.partition_aggregator import Handler
 from flows.partials import CONCURRENCY_CHANGE, Partials, RowLayout, Rows
-from flows.partition_aggregator import Handler
-from flows.sketch import bucket_of
-from flows.windows import WindowConfig
+from flows.windows.sketch import bucket_of
+from settings.windows import WindowConfig
 
 NEVER = 2**62
 

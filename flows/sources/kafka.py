@@ -3,7 +3,7 @@
 Each reader is assigned its partition directly (no consumer group: no
 rebalance, and bytewax distributes partitions over workers itself), decodes
 every message with the contract's decoder, folds valid events into window
-partials (flows/partition_aggregator.py) and emits one `BatchSummary` per
+partials (flows/fold/partition_aggregator.py) and emits one `BatchSummary` per
 consumed batch. Its snapshot is the next offset to read with what the
 aggregator remembers (duplicate ids, open sessions, the partition's newest
 event time), so recovery (bytewax snapshots sources and state together)
@@ -20,8 +20,8 @@ end and quiet for `idle_after_ms` is reported idle, so it stops holding the
 watermark back; a partition merely caught up for a moment still holds it.
 
 In a replay (`ReaderConfig.replay`) a reader starts at the first record
-that can hold an event of the range's lead (flows/kafka_seek.py) and hands
-its events to a `ReplayFeed` (flows/replay_range.py), which drops what the
+that can hold an event of the range's lead (flows/sources/kafka_seek.py) and hands
+its events to a `ReplayFeed` (flows/sources/replay_range.py), which drops what the
 range cannot need, stops the partition past the range, and paces.
 """
 
@@ -38,17 +38,17 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from flows.fold.native import make_aggregator
+from flows.fold.partition_aggregator import Folder
+from flows.health import pipeline_metrics
 from flows.kafka_lag import lag_monitor
-from flows.kafka_seek import seek_offset
-from flows.native_fold import make_aggregator
 from flows.partials import BatchSummary, DeadLetter, PartitionState
-from flows.partition_aggregator import Folder
-from flows.reader_config import ReaderConfig
-from flows.replay_range import ReplayFeed, shared_progress
+from flows.sources.kafka_seek import seek_offset
+from flows.sources.reader_config import ReaderConfig
+from flows.sources.replay_range import ReplayFeed, shared_progress
 from schemas.decoder import Event, EventDecoder, Rejection
-from sinks.prometheus import pipeline_metrics
+from settings.kafka import KafkaSettings
 from streampulse.kafka_log import process_summary, with_logging
-from streampulse.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
             low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
             start = high if config.start_at == "latest" else low
             if config.replay is not None:
-                # A replay starts at the first record that can hold an event of its lead (flows/replay_range.py).
+                # A replay starts at the first record that can hold an event of its lead (flows/sources/replay_range.py).
                 start = seek_offset(self._consumer, topic, partition, config.replay.seek_ms(family), low, high)
         self._next_offset = start
         self._consumer.assign([TopicPartition(topic, partition, start)])

@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows.catalog import AGGREGATES, METRICS, Metric
-from flows.sketch import quantile
+from flows.windows.catalog import AGGREGATES, METRICS, Metric
+from flows.windows.sketch import quantile
 
 # aggregate -> (dimension values...) -> value, for one window
 WindowValues = Mapping[str, Mapping[tuple[Any, ...], int]]

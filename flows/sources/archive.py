@@ -3,9 +3,9 @@
 The live flow judged lateness and duplicates per partition, in partition
 order, so the archive keeps each event's partition and offset and this
 source replays them that way, one reader per archived partition, through
-the same aggregator as the Kafka source (flows/partition_aggregator.py).
+the same aggregator as the Kafka source (flows/fold/partition_aggregator.py).
 
-Which rows a replay needs (see flows/replay_range.py): every event of the
+Which rows a replay needs (see flows/sources/replay_range.py): every event of the
 family's lead and of the range, up to the partition's first event at or
 past `stop_ms`. Events of an hour directory lie in that hour, so the *core*
 hours, from the lead's start to `stop_ms`, hold all of them; a later hour's
@@ -30,13 +30,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from flows.native_fold import make_aggregator
+from flows.fold.native import make_aggregator
+from flows.fold.partition_aggregator import Folder
 from flows.partials import BatchSummary
-from flows.partition_aggregator import Folder
-from flows.reader_config import ReaderConfig
-from flows.replay_range import ReplayFeed, ReplayRange, shared_progress
-from schemas.decoder import EVENT_CLASSES, EventStruct
-from sinks.parquet_archive import (
+from flows.sources.reader_config import ReaderConfig
+from flows.sources.replay_range import ReplayFeed, ReplayRange, shared_progress
+from schemas.archive_layout import (
     HOUR_MS,
     ArchiveError,
     ChunkId,
@@ -46,6 +45,7 @@ from sinks.parquet_archive import (
     parse_file_name,
     read_rows,
 )
+from schemas.decoder import EVENT_CLASSES, EventStruct
 
 
 @dataclass

@@ -4,7 +4,7 @@
 
 One detector for all series, under one key like the window store: its input
 is one update per fine window (every 10 s by default), so one worker has
-plenty of time, and its state (flows/anomaly_detector.py) is plain data that
+plenty of time, and its state (flows/anomaly/detector.py) is plain data that
 bytewax snapshots with the store's, so a restart resumes both at the same
 window. The outputs — anomaly events and current scores — go to Kafka, Redis
 and /metrics (sinks/anomaly_sink.py, sinks/prometheus.py).
@@ -19,9 +19,9 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
-from flows.anomaly_detector import AnomalyDetector, AnomalyEvent, Detection, DetectorConfig
-from flows.window_store import WindowUpdate
-from flows.windows import resolution_name
+from flows.anomaly.detector import AnomalyDetector, AnomalyEvent, Detection, DetectorConfig
+from flows.windows.store import WindowUpdate
+from settings.windows import resolution_name
 
 DETECTOR_KEY = "anomalies"
 

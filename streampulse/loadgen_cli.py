@@ -25,6 +25,8 @@ from loadgen.incidents import Incident, IncidentError, load_incidents, load_scen
 from loadgen.runner import Progress, now_ms
 from loadgen.runner import run as run_generator
 from loadgen.sinks import JsonlSink, KafkaSink, ParquetSink, Sink, SinkError
+from settings.errors import ConfigError
+from streampulse.configure import add_kafka_options, kafka_settings
 from streampulse.options import (
     add_flag,
     add_option,
@@ -33,7 +35,6 @@ from streampulse.options import (
     positive_float,
     positive_int,
 )
-from streampulse.settings import ConfigError, add_kafka_options, kafka_settings
 
 PROG = "streampulse loadgen"
 
@@ -323,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the load generator on its own (`python -m loadgen.cli`), without the `streampulse` command."""
+    """Run the load generator on its own (`python -m streampulse.loadgen_cli`), without the `streampulse` command."""
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -35,7 +35,7 @@ Series (`SERIES`) and the statistics that score them:
   mean (≈ the median).
 
 Volume awareness: each score is the exact tail probability (Poisson,
-binomial; flows/anomaly_stats.py) turned into a z-like number, and the
+binomial; flows/anomaly/stats.py) turned into a z-like number, and the
 baseline's own uncertainty widens it (negative binomial for counts, whose
 shape is the number of events the baseline rests on: the fewer, the more a
 count must deviate; variance inflation for shares and means). Sparse series gather evidence over several
@@ -65,8 +65,8 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from flows.anomaly_stats import MAX_SCORE, binomial_score, log_beta_i, z_from_log_tail
-from flows.sketch import GAMMA, ZERO_BUCKET
+from flows.anomaly.stats import MAX_SCORE, binomial_score, log_beta_i, z_from_log_tail
+from flows.windows.sketch import GAMMA, ZERO_BUCKET
 
 ALL = "all"
 """The roll-up label: `country="all"` sums every country, `device_type="all"` every device type."""

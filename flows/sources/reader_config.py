@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flows.replay_range import ReplayRange
-from flows.windows import WindowConfig
+from flows.sources.replay_range import ReplayRange
+from settings.windows import WindowConfig
 
 
 @dataclass(frozen=True)
@@ -25,5 +25,5 @@ class ReaderConfig:
     signup_timeout_ms: int = 3_600_000
     # "all", or "stream_starts" alone: the like-for-like configuration of the benchmarks.
     metric_set: str = "all"
-    # Set for `streampulse replay`: the event-time range re-run, its margins and pace (flows/replay_range.py).
+    # Set for `streampulse replay`: the event-time range re-run, its margins and pace (flows/sources/replay_range.py).
     replay: ReplayRange | None = None

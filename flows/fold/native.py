@@ -22,11 +22,11 @@ from collections.abc import Iterable
 from functools import cache
 from typing import Any
 
+from flows.fold.partition_aggregator import Folder, PartitionAggregator, pack_snapshot, unpack_snapshot
+from flows.fold.playback import EVENT_TYPES, ROW_LAYOUT, PlaybackFolder, StreamStartsFolder
 from flows.partials import BatchSummary, PartitionState
-from flows.partition_aggregator import Folder, PartitionAggregator, pack_snapshot, unpack_snapshot
-from flows.playback_metrics import EVENT_TYPES, ROW_LAYOUT, PlaybackFolder, StreamStartsFolder
-from flows.sketch import LOG_GAMMA
-from flows.windows import WindowConfig, resolution_name
+from flows.windows.sketch import LOG_GAMMA
+from settings.windows import WindowConfig, resolution_name
 
 log = logging.getLogger(__name__)
 

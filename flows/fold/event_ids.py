@@ -1,7 +1,7 @@
 """The event ids a partition remembers to drop re-deliveries, per coarse window.
 
 A re-delivered event keeps its `event_id` and key, so duplicates are caught on
-their partition (flows/partition_aggregator.py). Ids are remembered per
+their partition (flows/fold/partition_aggregator.py). Ids are remembered per
 coarse window start and dropped together once that window has closed on the
 partition: after that, a copy is late, not a duplicate.
 

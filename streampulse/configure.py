@@ -9,44 +9,21 @@ from __future__ import annotations
 
 import argparse
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from flows.reader_config import ReaderConfig
-from flows.replay_range import ReplayRange
-from flows.windows import WindowConfig
+from flows.sources.reader_config import ReaderConfig
+from flows.sources.replay_range import ReplayRange
 from schemas.contract import families
+from settings.errors import ConfigError
+from settings.kafka import SASL_MECHANISMS, SECURITY_PROTOCOLS, KafkaSettings
+from settings.redis import RedisSettings
+from settings.secret import Secret
+from settings.windows import WindowConfig
 from streampulse.options import add_option, duration_ms, message_bytes, positive_duration_ms, positive_int
-
-SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
-SECURITY_PROTOCOLS: tuple[str, ...] = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-SASL_MECHANISMS: tuple[str, ...] = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 _NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-
-
-class ConfigError(ValueError):
-    """Invalid configuration; the message says what to fix."""
-
-
-@dataclass(frozen=True)
-class Secret:
-    """A value that never shows itself in str(), repr() or logs."""
-
-    _value: str = field(repr=False)
-
-    def reveal(self) -> str:
-        """The secret itself: pass it straight to the client that needs it."""
-        return self._value
-
-    def __str__(self) -> str:
-        return "********"
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
 
 
 def _read_secret(args: argparse.Namespace, name: str) -> Secret | None:
@@ -60,64 +37,6 @@ def _read_secret(args: argparse.Namespace, name: str) -> Secret | None:
         except OSError as exc:
             raise ConfigError(f"cannot read --{name.replace('_', '-')}-file {path}: {exc.strerror}") from None
     return Secret(direct) if direct else None
-
-
-@dataclass(frozen=True)
-class KafkaSettings:
-    """How to reach Kafka, and the topics streampulse reads and writes."""
-
-    bootstrap: str
-    playback_topic: str
-    signup_topic: str
-    dead_letter_topic: str
-    security_protocol: SecurityProtocol = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: Secret | None = None
-    ssl_ca_location: str | None = None
-    anomalies_topic: str = "anomalies"
-    # None: the dead-letter topic's max.message.bytes as the broker reports it (sinks/dead_letter.py).
-    dead_letter_max_bytes: int | None = None
-
-    def client_config(self) -> dict[str, Any]:
-        """Librdkafka settings common to producers, consumers and the admin client."""
-        config: dict[str, Any] = {
-            "bootstrap.servers": self.bootstrap,
-            "security.protocol": self.security_protocol,
-        }
-        if self.sasl_mechanism:
-            config["sasl.mechanism"] = self.sasl_mechanism
-        if self.sasl_username:
-            config["sasl.username"] = self.sasl_username
-        if self.sasl_password:
-            config["sasl.password"] = self.sasl_password.reveal()
-        if self.ssl_ca_location:
-            config["ssl.ca.location"] = self.ssl_ca_location
-        return config
-
-    def topic_for(self, family: str) -> str:
-        """The input topic of an event family (`playback` or `signup`)."""
-        return {"playback": self.playback_topic, "signup": self.signup_topic}[family]
-
-
-@dataclass(frozen=True)
-class RedisSettings:
-    """How to reach Redis, and the key namespace that separates live from replay."""
-
-    url: str
-    namespace: str
-    password: Secret | None = None
-
-    @property
-    def display_url(self) -> str:
-        """The URL with any password in it masked, for logs and messages."""
-        parts = urlsplit(self.url)
-        if parts.password is None:
-            return self.url
-        netloc = f"{parts.username or ''}:********@{parts.hostname}"
-        if parts.port:
-            netloc += f":{parts.port}"
-        return urlunsplit(parts._replace(netloc=netloc))
 
 
 def add_kafka_options(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ same partition: duplicates are caught here, remembering each id until its
 coarse window is closed on this partition. After that a copy is late, never a
 second count. The memory this costs is one id per event of the last
 (coarse window + allowed lateness) of event time on the partition
-(flows/event_ids.py keeps them as 8-byte hashes).
+(flows/fold/event_ids.py keeps them as 8-byte hashes).
 
 Most aggregates have no dimension beyond `country` and `device_type`, so
 within a batch they are counted in one row of integers per
@@ -31,9 +31,9 @@ import pickle
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from flows.event_ids import EventIds
+from flows.fold.event_ids import EventIds
 from flows.partials import BatchSummary, Partials, PartitionState, RowLayout, Rows
-from flows.windows import WindowConfig, resolution_name
+from settings.windows import WindowConfig, resolution_name
 
 NO_EVENT_YET = -1
 SNAPSHOT_VERSION = 1
@@ -45,7 +45,7 @@ Handler = Callable[[Any, int, list[int], Rows, Partials, bool], None]
 
 
 class Folder(Protocol):
-    """An event family's folding logic (flows/playback_metrics.py, flows/signup_metrics.py)."""
+    """An event family's folding logic (flows/fold/playback.py, flows/fold/signup.py)."""
 
     @property
     def row_layout(self) -> RowLayout:
@@ -206,7 +206,7 @@ class PartitionAggregator:
         )
 
     def restore(self, snapshot: bytes) -> None:
-        """Continue from a `snapshot` of an aggregator of the same partition (this one or flows/native_fold.py's)."""
+        """Continue from a `snapshot` of an aggregator of the same partition (this one or flows/fold/native.py's)."""
         high, closed_to, forgot_at, ids, folder = unpack_snapshot(self.partition, snapshot)
         self.high_event_time_ms, self._closed_to, self._forgot_at = high, closed_to, forgot_at
         self._ids.restore(ids)
@@ -224,7 +224,7 @@ class PartitionAggregator:
 
 
 # What an aggregator remembers: (high event time, closed-to, forgot-at, duplicate ids, folder state). Both
-# aggregators (this one and flows/native_fold.py's) write and read it, so either resumes from the other's.
+# aggregators (this one and flows/fold/native.py's) write and read it, so either resumes from the other's.
 AggregatorState = tuple[int, int, int, Any, Any]
 
 

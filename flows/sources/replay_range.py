@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from flows.windows import WindowConfig
+from settings.windows import WindowConfig
 
 PROGRESS_INTERVAL_S = 1.0
 UNBOUNDED = 2**62

@@ -11,7 +11,7 @@ window that is already final (only possible after a partition was idle) is
 counted as late, never added.
 
 Concurrent streams arrive as changes at fine window ends
-(flows/playback_metrics.py); a window's value is the sum of every change up
+(flows/fold/playback.py); a window's value is the sum of every change up
 to its end. Changes of windows already final are summed in a running base,
 and the open fine windows' values are recomputed from it when a change
 arrives. A coarse window takes the value at the end of its last fine window.
@@ -36,10 +36,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows.catalog import AT_WINDOW_END
 from flows.partials import CONCURRENCY_CHANGE, BatchSummary, RowLayout, expand_rows
-from flows.reader_config import ReaderConfig
-from flows.windows import WindowConfig, resolution_name
+from flows.sources.reader_config import ReaderConfig
+from flows.windows.catalog import AT_WINDOW_END
+from settings.windows import WindowConfig, resolution_name
 
 # aggregate -> (dims...) -> value, within one window
 WindowValues = dict[str, dict[tuple[str, ...], int]]

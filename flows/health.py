@@ -1,0 +1,297 @@
+"""Everything streampulse exports on `/metrics`, declared in one place.
+
+Names follow `streampulse_<what>_<unit>`; labels are bounded: `country`
+(ISO codes seen), `device_type` (6 values), `reason` (the decoder's fixed
+set), `event_type` (contract enum), `topic`/`partition` (the configured
+topics), `series` (the anomaly detector's 7 series) and `severity`
+(warning, critical); the anomaly metrics add `country="all"` and
+`device_type="all"` for roll-ups. Titles are never labels. The catalogue is
+rendered in docs/metrics.md.
+
+Window values are those of the newest *final* fine window: a partial window
+would read as a dip on every scrape. `streampulse_stream_starts_total` adds
+each final fine window once, so `rate()` works and totals can be checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterable, Mapping
+from functools import cache
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from flows.anomaly.detector import SERIES_IDS, SEVERITIES, Detection
+from flows.windows.catalog import METRICS
+from flows.windows.metric_values import roll_up, top, value_of
+from flows.windows.store import WindowUpdate
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+BY_COUNTRY_DEVICE = ("country", "device_type")
+
+
+TOP_TITLES = 10
+
+
+# (Prometheus name, metric id, help, factor to the exported unit), newest final fine window.
+WINDOW_GAUGES: tuple[tuple[str, str, str, float], ...] = (
+    ("streampulse_window_stream_starts", "stream_starts", "Stream starts (play_start)", 1.0),
+    ("streampulse_stream_starts_per_second", "sps", "SPS: stream starts per second", 1.0),
+    ("streampulse_window_play_attempts", "play_attempts", "Play attempts", 1.0),
+    ("streampulse_window_start_failures", "start_failures", "Video start failures", 1.0),
+    ("streampulse_video_start_failure_ratio", "vsf_rate", "VSF: start failures / (starts + failures)", 1.0),
+    ("streampulse_rebuffer_ratio", "rebuffer_ratio", "Rebuffer time / (played + rebuffer time)", 1.0),
+    ("streampulse_window_playback_errors", "playback_errors", "Fatal playback errors", 1.0),
+    ("streampulse_average_bitrate_bits_per_second", "avg_bitrate_kbps", "Played-time weighted bitrate", 1000.0),
+    ("streampulse_concurrent_streams", "concurrent_streams", "Open sessions at the window end", 1.0),
+    ("streampulse_window_signups_started", "signups_started", "Sign-ups started", 1.0),
+    ("streampulse_window_signups_completed", "signups_completed", "Sign-ups completed", 1.0),
+    ("streampulse_signup_completion_ratio", "signup_completion_ratio", "Sign-ups completed / started", 1.0),
+    ("streampulse_payment_failure_ratio", "payment_failure_rate", "Payment declines / payments submitted", 1.0),
+)
+
+
+_SCALES = {metric_id: scale for _name, metric_id, _help, scale in WINDOW_GAUGES}
+
+
+_STREAM_STARTS = METRICS["stream_starts"]
+
+
+class PipelineMetrics:
+    """The metric objects of one registry (one per process; tests make their own)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._newest_final_end_ms: dict[str, int] = {}
+        # Window values of the newest final fine window, by country and device type.
+        self.window_gauges = {
+            metric_id: Gauge(name, help_text, ["country", "device_type"], registry=registry)
+            for name, metric_id, help_text, _scale in WINDOW_GAUGES
+        }
+        self.startup_seconds = Gauge(
+            "streampulse_startup_seconds",
+            "Startup time percentiles (sketch, ±1 %) in the newest final fine window",
+            ["country", "device_type", "quantile"],
+            registry=registry,
+        )
+        self.top_titles = Gauge(
+            "streampulse_top_title_stream_starts",
+            "Stream starts of the top titles (all countries) in the newest final fine window",
+            ["rank", "title_id"],
+            registry=registry,
+        )
+        self.stream_starts_total = Counter(
+            "streampulse_stream_starts",
+            "Stream starts counted in final fine windows, each window added once",
+            ["country", "device_type"],
+            registry=registry,
+        )
+        self.final_window_end = Gauge(
+            "streampulse_final_window_end_timestamp_seconds",
+            "End of the newest final window, by resolution",
+            ["resolution"],
+            registry=registry,
+        )
+        # Pipeline health.
+        self.events_consumed = Counter(
+            "streampulse_events_consumed",
+            "Kafka messages consumed, valid or not",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.bad_events = Counter(
+            "streampulse_bad_events",
+            "Messages rejected to the dead-letter topic, by reason",
+            ["topic", "reason"],
+            registry=registry,
+        )
+        self.duplicate_events = Counter(
+            "streampulse_duplicate_events",
+            "Re-delivered events (same event_id) dropped",
+            ["topic"],
+            registry=registry,
+        )
+        self.late_events = Counter(
+            "streampulse_late_events",
+            "Events that arrived after their window closed, by resolution",
+            ["resolution"],
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "streampulse_consumer_lag_messages",
+            "Messages between the reader's position and the partition's end offset, asked of the broker every 5 s "
+            "on a thread of its own (true while the flow is stuck); NaN while the broker does not answer",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.kafka_reachable = Gauge(
+            "streampulse_kafka_reachable",
+            "1 if the broker answered the last end-offset query (every 5 s), 0 if not; NaN before the first",
+            registry=registry,
+        )
+        self.kafka_reachable.set(math.nan)
+        self.watermark = Gauge(
+            "streampulse_watermark_timestamp_seconds",
+            "Event-time watermark: the slowest active partition's newest event time",
+            registry=registry,
+        )
+        self.watermark_delay = Gauge(
+            "streampulse_watermark_delay_seconds",
+            "Wall clock at the scrape minus the watermark: how far behind real time the numbers are (grows while "
+            "the flow is stuck); NaN before the first watermark",
+            registry=registry,
+        )
+        self._watermark_s = math.nan
+        # Computed when scraped, not when windows are published: a stuck flow publishes nothing, and a value set at
+        # the last publish would freeze exactly when it should grow.
+        self.watermark_delay.set_function(lambda: max(time.time() - self._watermark_s, 0.0))
+        self.keys_held = Gauge(
+            "streampulse_open_keys",
+            "Per-key state held by a partition reader: open sessions (playback) or open funnels (sign-up)",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.remembered_event_ids = Gauge(
+            "streampulse_remembered_event_ids",
+            "Event ids a partition reader remembers to drop re-deliveries (coarse window + allowed lateness)",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.open_windows = Gauge(
+            "streampulse_open_windows", "Windows held open in memory, all resolutions", registry=registry
+        )
+        self.windows_emitted = Counter(
+            "streampulse_windows_emitted",
+            "Window writes published, partial or final",
+            ["resolution", "state"],
+            registry=registry,
+        )
+        self.redis_write_seconds = Histogram(
+            "streampulse_redis_write_seconds",
+            "Duration of one pipelined Redis write of window updates",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.redis_write_errors = Counter(
+            "streampulse_redis_write_errors",
+            "Redis writes that failed and were retried",
+            registry=registry,
+        )
+        self.dead_letters_written = Counter(
+            "streampulse_dead_letters_written",
+            "Rejected messages delivered to the dead-letter topic",
+            registry=registry,
+        )
+        self.dead_letters_truncated = Counter(
+            "streampulse_dead_letters_truncated",
+            "Dead letters written truncated (over the dead-letter topic's size limit), by rejection reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.dead_letters_undeliverable = Counter(
+            "streampulse_dead_letters_undeliverable",
+            "Dead letters the broker refused for good (e.g. no write permission), dropped, by Kafka error",
+            ["error"],
+            registry=registry,
+        )
+
+        # Anomaly detection (flows/anomaly/detector.py, docs/anomalies.md).
+        self.anomaly_score = Gauge(
+            "streampulse_anomaly_score",
+            "Current anomaly score of a series: signed z of its most anomalous recent horizon (alarms from 5)",
+            ["series", "country", "device_type"],
+            registry=registry,
+        )
+        self.anomalies = Counter(
+            "streampulse_anomalies",
+            "Anomalies opened, by series and the severity they opened with",
+            ["series", "severity"],
+            registry=registry,
+        )
+        # Every series and severity at 0 from the start, so `increase()` sees the first anomaly too (a counter
+        # born at 1 has no increase to show).
+        for series in SERIES_IDS:
+            for severity in SEVERITIES:
+                self.anomalies.labels(series, severity)
+        self.anomaly_active = Gauge(
+            "streampulse_anomaly_active",
+            "1 while an anomaly is open on the series (removed when it resolves)",
+            ["series", "country", "device_type", "severity"],
+            registry=registry,
+        )
+
+    def observe_watermark(self, watermark_ms: int) -> None:
+        """The window store's watermark after a publish (ignored until the first event sets one)."""
+        if watermark_ms >= 0:
+            self._watermark_s = watermark_ms / 1000
+            self.watermark.set(self._watermark_s)
+
+    def observe_detection(self, detection: Detection) -> None:
+        """Export one window's anomaly scores and the anomalies it opened, escalated or resolved."""
+        for score in detection.scores:
+            self.anomaly_score.labels(score.series, score.country, score.device_type).set(score.score)
+        for event in detection.events:
+            labels = (event.series, event.country, event.device_type)
+            if event.state == "open":
+                self.anomalies.labels(event.series, event.severity).inc()
+            # One active sample per open anomaly, under its current severity.
+            for severity in SEVERITIES:
+                with contextlib.suppress(KeyError):
+                    self.anomaly_active.remove(*labels, severity)
+            if event.state != "resolved":
+                self.anomaly_active.labels(*labels, event.severity).set(1)
+
+    def observe_windows(self, updates: Iterable[WindowUpdate], fine_resolution: str, fine_seconds: float) -> None:
+        """Export the window values of freshly published updates."""
+        newest_final: WindowUpdate | None = None
+        for update in updates:
+            self.windows_emitted.labels(update.resolution, "final" if update.final else "partial").inc()
+            if not update.final or update.complete is None:
+                continue
+            newest_end = self._newest_final_end_ms.get(update.resolution, 0)
+            if update.window_end_ms > newest_end:
+                self._newest_final_end_ms[update.resolution] = update.window_end_ms
+                self.final_window_end.labels(update.resolution).set(update.window_end_ms / 1000)
+            if update.resolution != fine_resolution:
+                continue
+            for (country, device), group in roll_up(_STREAM_STARTS, update.complete, BY_COUNTRY_DEVICE).items():
+                self.stream_starts_total.labels(country, device).inc(group.sums.get("stream_starts", 0))
+            if update.window_end_ms >= self._newest_final_end_ms[update.resolution] and (
+                newest_final is None or update.window_start_ms > newest_final.window_start_ms
+            ):
+                newest_final = update
+        if newest_final is not None and newest_final.complete is not None:
+            self._export_window(newest_final.complete, fine_seconds)
+
+    def _export_window(self, values: Mapping[str, Mapping[tuple[Any, ...], int]], seconds: float) -> None:
+        # Clear first so a (country, device) absent from the newest window does not keep an old value.
+        for metric_id, gauge in self.window_gauges.items():
+            gauge.clear()
+            scale = _SCALES[metric_id]
+            spec = METRICS[metric_id]
+            for (country, device), group in roll_up(spec, values, BY_COUNTRY_DEVICE).items():
+                value = value_of(spec, group, seconds)
+                if value is not None:
+                    gauge.labels(country, device).set(value * scale)
+        self.startup_seconds.clear()
+        for label, metric_id in (("0.5", "startup_ms_p50"), ("0.9", "startup_ms_p90"), ("0.99", "startup_ms_p99")):
+            spec = METRICS[metric_id]
+            for (country, device), group in roll_up(spec, values, BY_COUNTRY_DEVICE).items():
+                value = value_of(spec, group, seconds)
+                if value is not None:
+                    self.startup_seconds.labels(country, device, label).set(value / 1000)
+        self.top_titles.clear()
+        for group in roll_up(METRICS["top_titles"], values, ()).values():
+            for rank, (title, starts) in enumerate(top(group, TOP_TITLES), start=1):
+                self.top_titles.labels(str(rank), title).set(starts)
+
+
+@cache
+def pipeline_metrics() -> PipelineMetrics:
+    """This process's metrics, on its own registry."""
+    return PipelineMetrics(CollectorRegistry(auto_describe=True))
