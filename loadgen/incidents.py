@@ -48,7 +48,7 @@ import yaml
 
 from loadgen.world import CDNS
 from schemas.contract import enum_values, families
-from streampulse.options import duration_ms
+from settings.durations import parse_duration_ms
 
 PLAYBACK_DIMS: tuple[str, ...] = ("country", "device_type", "cdn", "title_id")
 SIGNUP_DIMS: tuple[str, ...] = ("country", "device_type", "channel", "plan", "payment_method")
@@ -150,7 +150,7 @@ def _resolve_time(value: int | str, run_start_ms: int, name: str, what: str) -> 
         return value
     match = _RELATIVE.match(value)
     if match:
-        return run_start_ms + duration_ms(match.group(1))
+        return run_start_ms + parse_duration_ms(match.group(1))
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -260,8 +260,8 @@ def parse_incidents(doc: Any, source: str = "incidents") -> tuple[Incident, ...]
         dur_ms = None
         if duration is not None:
             try:
-                dur_ms = duration_ms(str(duration))
-            except Exception as exc:  # argparse's error type carries the readable message
+                dur_ms = parse_duration_ms(str(duration))
+            except ValueError as exc:
                 raise IncidentError(f"incident {name!r}: {exc}") from None
             if dur_ms <= 0:
                 raise IncidentError(f"incident {name!r}: duration must be longer than zero")

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from collections.abc import Callable
 from typing import Any
+
+from settings.durations import parse_duration_ms
 
 ENV_PREFIX = "STREAMPULSE_"
 
@@ -92,17 +93,13 @@ non_negative_int = _int_in("a non-negative integer", 0, None)
 # Within librdkafka's bounds on a producer's message.max.bytes (and room for a truncated dead letter's headers).
 message_bytes = _int_in("a message size in bytes", 4096, 1_000_000_000)
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-
 
 def duration_ms(text: str) -> int:
     """Parse `250ms`, `10s`, `1m`, `2h`, `1d` (a bare number is seconds) into milliseconds."""
-    match = _DURATION.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; write e.g. 500ms, 10s, 1m, 2h")
-    number, unit = match.groups()
-    return round(float(number) * _UNIT_MS[unit or "s"])
+    try:
+        return parse_duration_ms(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive_duration_ms(text: str) -> int:
