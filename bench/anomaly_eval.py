@@ -56,18 +56,11 @@ from typing import Any
 
 import orjson
 
-from flows.anomaly import detector as anomaly_detector
-from flows.anomaly.detector import (
-    CELL_FIELDS,
-    SERIES,
-    STARTUP_B2,
-    AnomalyDetector,
-    AnomalyEvent,
-    Cells,
-    DetectorConfig,
-    _observation,
-    cell_inputs,
-)
+from flows.anomaly import series as anomaly_series
+from flows.anomaly.config import DetectorConfig
+from flows.anomaly.detector import AnomalyDetector
+from flows.anomaly.events import AnomalyEvent
+from flows.anomaly.series import CELL_FIELDS, SERIES, STARTUP_B2, Cells, cell_inputs, observation
 from flows.anomaly.stats import binomial_score, normal_score, poisson_score
 from flows.fold.partition_aggregator import PartitionAggregator
 from flows.fold.playback import PlaybackFolder
@@ -266,8 +259,8 @@ def _source_digest() -> str:
     digest = hashlib.blake2b(CACHE_VERSION.encode(), digest_size=8)
     for name in ("model.py", "world.py", "diurnal.py", "incidents.py", "config.py"):
         digest.update((REPO / "loadgen" / name).read_bytes())
-    digest.update(inspect.getsource(anomaly_detector.cell_inputs).encode())
-    digest.update(repr(anomaly_detector.CELL_FIELDS).encode())
+    digest.update(inspect.getsource(anomaly_series.cell_inputs).encode())
+    digest.update(repr(anomaly_series.CELL_FIELDS).encode())
     return digest.hexdigest()
 
 
@@ -383,11 +376,11 @@ def evidence(day: DayData, incident: dict[str, Any]) -> tuple[float, float]:
     for index, spec in enumerate(SERIES):
         if spec.id not in moved:
             continue
-        base_k, base_n = _observation(index, sums["base"])
+        base_k, base_n = observation(index, sums["base"])
         if base_n <= 0 or base_k <= 0:
             continue
         for slot, part in enumerate(("whole", "first")):
-            k, n = _observation(index, sums[part])
+            k, n = observation(index, sums[part])
             if spec.kind == "rate":
                 score = poisson_score(k, n * base_k / base_n)
             elif spec.kind == "share":

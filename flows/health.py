@@ -24,7 +24,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from flows.anomaly.detector import SERIES_IDS, SEVERITIES, Detection
+from flows.anomaly.events import Detection
+from flows.anomaly.series import SERIES_IDS, SEVERITIES
 from flows.windows.catalog import METRICS
 from flows.windows.metric_values import roll_up, top, value_of
 from flows.windows.store import WindowUpdate

@@ -21,7 +21,7 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, Message, Producer
 
-from flows.anomaly.detector import AnomalyEvent, Detection
+from flows.anomaly.events import AnomalyEvent, Detection
 from flows.health import PipelineMetrics, pipeline_metrics
 from settings.kafka import KafkaSettings
 from settings.redis import RedisSettings

@@ -19,7 +19,9 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
-from flows.anomaly.detector import AnomalyDetector, AnomalyEvent, Detection, DetectorConfig
+from flows.anomaly.config import DetectorConfig
+from flows.anomaly.detector import AnomalyDetector
+from flows.anomaly.events import AnomalyEvent, Detection
 from flows.windows.store import WindowUpdate
 from settings.windows import resolution_name
 

@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from flows.anomaly.detector import (
+from flows.anomaly.config import DetectorConfig
+from flows.anomaly.detector import AnomalyDetector
+from flows.anomaly.events import AnomalyEvent, Detection
+from flows.anomaly.series import (
     ALL,
     CELL_FIELDS,
     FAILURES,
@@ -21,11 +24,7 @@ from flows.anomaly.detector import (
     REBUFFERS,
     SERIES,
     STARTS,
-    AnomalyDetector,
-    AnomalyEvent,
     Cells,
-    Detection,
-    DetectorConfig,
     cell_inputs,
 )
 from flows.health import PipelineMetrics

@@ -6,7 +6,8 @@ from collections import Counter
 from typing import Any
 
 from bench.anomaly_eval import START_MS, DaySpec, absolute, detect, judge, simulate
-from flows.anomaly.detector import CELL_FIELDS, DetectorConfig
+from flows.anomaly.config import DetectorConfig
+from flows.anomaly.series import CELL_FIELDS
 from loadgen.api import generate
 from loadgen.incidents import load_scenario
 from settings.windows import WindowConfig

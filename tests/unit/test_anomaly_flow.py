@@ -8,7 +8,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from flows.anomaly.detector import AnomalyEvent, Detection
+from flows.anomaly.events import AnomalyEvent, Detection
 from flows.anomaly.steps import AnomalyLogic, anomaly_events, detect_anomalies
 from flows.windows.store import WindowUpdate, WindowValues
 

@@ -1,0 +1,48 @@
+"""The anomaly detector's parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """The detector's parameters (docs/anomalies.md explains each; bench/anomaly_eval.py tuned them)."""
+
+    horizons: tuple[int, ...] = (1, 3, 6, 12, 30)
+    z_open: float = 5.0
+    z_learn: float = 3.0
+    z_resolve: float = 2.0
+    confirm_n: int = 2
+    confirm_m: int = 3
+    resolve_after: int = 12
+    # An open anomaly is quiet when no horizon up to max(the one that opened it, this) is beyond z_resolve:
+    # judged at the scale it was seen at, not until the longest horizon has forgotten it.
+    resolve_horizon: int = 6
+    cooldown: int = 30
+    warmup_windows: int = 30
+    alpha_count: float = 0.02
+    alpha_rate: float = 0.002
+    slow_factor: float = 0.1
+    alpha_phi: float = 0.01
+    phi_min_expected: float = 5.0
+    phi_max: float = 5.0
+    min_baseline_events: float = 10.0
+    min_baseline_starts: float = 200.0
+    min_events: float = 3.0
+    min_trials: float = 20.0
+    min_starts: float = 10.0
+    max_gap_windows: int = 30
+    # A cheap normal z below this skips the exact tail: it cannot reach z_open (exact tails are never
+    # more than ~1.4x the normal z in the regimes the detector meets), and learning only needs it roughly.
+    screen: float = 2.5
+
+    def __post_init__(self) -> None:
+        if not self.horizons or any(h < 1 for h in self.horizons) or list(self.horizons) != sorted(self.horizons):
+            raise ValueError("horizons must be ascending window counts >= 1")
+        if not 1 <= self.confirm_n <= self.confirm_m <= 30:
+            raise ValueError("need 1 <= confirm_n <= confirm_m <= 30")
+        if not 0 < self.alpha_count < 1 or not 0 < self.alpha_rate < 1 or not 0 < self.slow_factor <= 1:
+            raise ValueError("learning rates must be in (0, 1)")
+        if not self.z_resolve < self.z_open:
+            raise ValueError("z_resolve must be below z_open")

@@ -1,0 +1,160 @@
+"""Every series' state as arrays (struct of arrays), and as the plain records a snapshot holds."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from flows.anomaly.events import OpenAnomaly
+from flows.anomaly.series import (
+    DOWN_ONLY,
+    IS_COUNT,
+    IS_LOGNORMAL,
+    IS_RATE,
+    IS_SHARE,
+    REBUFFER,
+    SLOT,
+    SPS,
+    UP_ONLY,
+    Bools,
+    Floats,
+    Ints,
+)
+
+# A series' record in a snapshot: these numbers, in this order (ring and sums as flat lists), then its open anomaly.
+_RECORD: tuple[str, ...] = (
+    "t",
+    "a",
+    "b",
+    "c",
+    "d",
+    "d_num",
+    "phi",
+    "ring",
+    "sums",
+    "pos",
+    "filled",
+    "hits",
+    "quiet",
+    "cooldown",
+)
+_INTS: tuple[str, ...] = ("t", "pos", "filled", "hits", "quiet", "cooldown")
+
+
+class SeriesArrays:
+    """Every series' state as arrays indexed by series number (in order of creation): struct of arrays.
+
+    So the per-window common path — observations, ring and horizon sums, the normal-z screen, learning — runs
+    as whole-array operations over all series at once, not as ~10 µs of Python per series. The series number
+    is the last axis everywhere, so a window's work is contiguous rows of these arrays. Each series' open
+    anomaly (a dict, rare) is kept by `AnomalyDetector._open`.
+
+    The rings share one position, `at`, moved on by every window: a judged series' window goes to slot `at`
+    and one that is not judged has an empty ring (`AnomalyDetector._step` clears it), so a series' own ring
+    position `pos` (where its snapshot ring has the next slot) moves in step with `at` while it has windows.
+    Its own slot i is shared slot (i + at - pos) % ring size, and a window's push is whole slices of the ring.
+    """
+
+    def __init__(self, ring_size: int, horizons: int) -> None:
+        self.index: Ints = np.zeros(0, np.int64)  # the series' SERIES index
+        self.group: Ints = np.zeros(0, np.int64)  # its (country, device_type)'s number: AnomalyDetector._group_list
+        self.t: Ints = np.zeros(0, np.int64)  # windows seen
+        # count: a = EWMA level; rate/share/lognormal: a = Σk, b = Σn, c = Σk² (lognormal), all discounted
+        self.a: Floats = np.zeros(0)
+        self.b: Floats = np.zeros(0)
+        self.c: Floats = np.zeros(0)
+        # rebuffer_ratio's displayed ratio: discounted Σrebuffer_ms (d_num) and Σ(played + rebuffer) ms (d)
+        self.d: Floats = np.zeros(0)
+        self.d_num: Floats = np.zeros(0)
+        self.phi: Floats = np.zeros(0)
+        # Last windows, newest at slot at - 1: k, n, expected k, variance of k, and rebuffer_ms for
+        # rebuffer_ratio's displayed value; ring slot x SLOT x series.
+        self.ring: Floats = np.zeros((ring_size, SLOT, 0))
+        self.at = 0  # the shared ring position: the slot this window goes to
+        self.pos: Ints = np.zeros(0, np.int64)
+        self.filled: Ints = np.zeros(0, np.int64)
+        # The ring's sums over each horizon (the same SLOT numbers), kept as windows come and go; horizon x
+        # SLOT x series.
+        self.sums: Floats = np.zeros((horizons, SLOT, 0))
+        self.hits: Ints = np.zeros(0, np.int64)  # bit i: the window i windows ago alarmed
+        self.quiet: Ints = np.zeros(0, np.int64)
+        self.cooldown: Ints = np.zeros(0, np.int64)
+        self._derive()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _derive(self) -> None:
+        """The per-series constants that follow from the SERIES index."""
+        self.count, self.rate = IS_COUNT[self.index], IS_RATE[self.index]
+        self.share, self.lognormal = IS_SHARE[self.index], IS_LOGNORMAL[self.index]
+        self.rebuffer = self.index == REBUFFER
+        self.up_only, self.down_only = UP_ONLY[self.index], DOWN_ONLY[self.index]
+
+    def grow(self, index: list[int], group: list[int]) -> None:
+        """Add fresh series (nothing learned yet, empty rings) at the end."""
+        added = len(index)
+        fresh: dict[str, Any] = {name: np.zeros(added, np.int64) for name in _INTS}
+        fresh.update({name: np.zeros(added) for name in ("a", "b", "c", "d", "d_num")})
+        fresh["phi"] = np.ones(added)
+        fresh["ring"] = np.zeros((*self.ring.shape[:-1], added))
+        fresh["sums"] = np.zeros((*self.sums.shape[:-1], added))
+        fresh["index"] = np.array(index, np.int64)
+        fresh["group"] = np.array(group, np.int64)
+        for name, column in fresh.items():
+            setattr(self, name, np.concatenate((getattr(self, name), column), axis=-1))
+        self._derive()
+
+    def clear(self, rows: Bools) -> None:
+        """Forget the recent windows of `rows` (the baselines stay)."""
+        self.ring[:, :, rows] = 0.0
+        self.sums[:, :, rows] = 0.0
+        self.pos[rows] = self.filled[rows] = self.hits[rows] = 0
+
+    def _own_slots(self) -> tuple[Ints, Ints]:
+        """Indices of each series' ring in its own order (series x slot), into the shared ring's slot and series."""
+        size, count = self.ring.shape[0], len(self)
+        slots = (np.arange(size) + self.at - self.pos[:, None]) % size
+        return slots, np.arange(count)[:, None]
+
+    def records(self, opened: Mapping[int, OpenAnomaly]) -> list[list[Any]]:
+        """Each series' state as the plain list a snapshot holds (see _RECORD)."""
+        count = len(self)
+        slots, series = self._own_slots()
+        columns: dict[str, Any] = {
+            "ring": self.ring[slots, :, series].reshape(count, self.ring.shape[0] * SLOT).tolist(),
+            "sums": self.sums.transpose(2, 0, 1).reshape(count, self.sums.shape[0] * SLOT).tolist(),
+        }
+        columns.update({name: getattr(self, name).tolist() for name in _RECORD if name not in columns})
+        for row, index in enumerate(self.index.tolist()):
+            # The ring held each window's counts as the ints they are (k, the trials n, rebuffer_ms): snapshot them
+            # as ints, as before the arrays, so a snapshot's bytes do not change. Written slots: the first `filled`.
+            ring = columns["ring"][row]
+            integral = (0,) if index == SPS else (0, 1, 4) if index == REBUFFER else (0, 1)
+            for slot in range(0, SLOT * columns["filled"][row], SLOT):
+                for j in integral:
+                    ring[slot + j] = int(ring[slot + j])
+        return [
+            [*(columns[name][row] for name in _RECORD), opened[row].to_dict() if row in opened else None]
+            for row in range(count)
+        ]
+
+    def load(self, records: list[list[Any]]) -> dict[int, OpenAnomaly]:
+        """Set every series' state from its snapshot record; returns the open anomalies.
+
+        One record per series, in order, into arrays already grown to hold them.
+        """
+        count = len(records)
+        columns = {name: [record[at] for record in records] for at, name in enumerate(_RECORD)}
+        for name in _RECORD:
+            if name not in ("ring", "sums"):
+                setattr(self, name, np.array(columns[name], getattr(self, name).dtype).reshape(count))
+        self.at = 0
+        slots, series = self._own_slots()
+        self.ring[slots, :, series] = np.array(columns["ring"], np.float64).reshape(count, *self.ring.shape[:2])
+        self.sums = np.ascontiguousarray(
+            np.array(columns["sums"], np.float64).reshape(count, *self.sums.shape[:2]).transpose(1, 2, 0)
+        )
+        return {row: OpenAnomaly.from_dict(record[-1]) for row, record in enumerate(records) if record[-1] is not None}
