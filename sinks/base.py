@@ -1,0 +1,121 @@
+"""The one shape every streampulse sink has: a bytewax sink built from a writer, and the two ways writes fail.
+
+- `WorkerSink(make_writer)`: each worker builds its own writer (a callable taking a batch: its own
+  Redis client or Kafka producer); bytewax hands it every batch routed to that worker.
+- `RetryUntilAccepted`: a write that must not be lost nor fail the flow (Redis) is retried with
+  backoff until the service takes it — logged once when an outage starts and once when it ends, and
+  counted on every failed attempt. The dataflow stops pulling input meanwhile, so nothing is lost,
+  and since writes are absolute values nothing is doubled when they go through.
+- `produce_all_or_raise`: a batch produced to Kafka is flushed whole before the flow moves on; what
+  the broker refused raises, so the batch's input is not snapshotted as done and a restart retries it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
+
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import KafkaError, Message, Producer
+
+X = TypeVar("X")
+
+# A worker's writer: takes one batch of items; `close` (if the writer has one) is called at shutdown.
+Writer = Callable[[list[X]], None]
+
+
+class _WriterPartition(StatelessSinkPartition[X]):
+    def __init__(self, writer: Writer[X]) -> None:
+        self._writer = writer
+
+    def write_batch(self, items: list[X]) -> None:
+        if items:
+            self._writer(items)
+
+    def close(self) -> None:
+        close = getattr(self._writer, "close", None)
+        if callable(close):
+            close()
+
+
+class WorkerSink(DynamicSink[X], Generic[X]):
+    """A bytewax sink whose every worker writes through a writer of its own, made by `make_writer(worker_index)`."""
+
+    def __init__(self, make_writer: Callable[[int], Writer[X]]) -> None:
+        self._make_writer = make_writer
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _WriterPartition[X]:
+        """This worker's writer."""
+        return _WriterPartition(self._make_writer(worker_index))
+
+
+class RetryUntilAccepted:
+    """Runs a write again, with exponential backoff, until it no longer raises one of `transient`."""
+
+    def __init__(
+        self,
+        what: str,
+        transient: tuple[type[BaseException], ...],
+        on_failure: Callable[[], None],
+        log: logging.Logger,
+        initial_s: float = 0.1,
+        max_s: float = 5.0,
+    ) -> None:
+        """`what` names the write in log lines ("Redis write"); `on_failure` counts each failed attempt."""
+        self._what = what
+        self._transient = transient
+        self._on_failure = on_failure
+        self._log = log
+        self._initial_s = initial_s
+        self._max_s = max_s
+
+    def run(self, write: Callable[[], None]) -> None:
+        """Call `write` until it succeeds; a non-transient error propagates at once."""
+        delay = self._initial_s
+        failing_since: float | None = None
+        while True:
+            try:
+                write()
+            except self._transient as exc:
+                self._on_failure()
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    self._log.warning(
+                        "%s failed (%s); retrying with backoff until it is reachable again", self._what, exc
+                    )
+                time.sleep(delay)
+                delay = min(delay * 2, self._max_s)
+                continue
+            if failing_since is not None:
+                self._log.warning("%s resumed after %.1f s", self._what, time.monotonic() - failing_since)
+            return
+
+
+def produce_all_or_raise(
+    producer: Producer,
+    topic: str,
+    messages: Iterable[tuple[bytes | None, bytes, list[tuple[str, str | bytes | None]] | None]],
+    what: str,
+    flush_timeout_s: float = 30.0,
+    on_delivered: Callable[[], None] | None = None,
+) -> None:
+    """Produce (key, value, headers) messages to `topic`, wait for every delivery; raise if any failed."""
+    failed: list[str] = []
+
+    def delivered(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            failed.append(str(err))
+        elif on_delivered is not None:
+            on_delivered()
+
+    for key, value, headers in messages:
+        producer.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered)
+        producer.poll(0)
+    remaining = producer.flush(flush_timeout_s)
+    if remaining or failed:
+        raise RuntimeError(
+            f"could not write {remaining + len(failed)} {what} to the topic {topic!r}: {failed[:3]}. "
+            "Check that the topic exists and the broker is reachable; a restart retries them."
+        )
