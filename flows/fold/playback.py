@@ -43,14 +43,15 @@ EVENT_TYPES = (
     "play_attempt", "play_start", "start_failure", "heartbeat", "rebuffer",
     "bitrate_change", "pause", "resume", "play_error", "play_stop",
 )  # fmt: skip
-# Row slots after one per event type; a play_attempt's and a rebuffer's count are also their own aggregates.
+# Event types whose count is also an aggregate of its own (flows/windows/catalog.py), on the type's row slot.
+_OWN_COUNT = {"play_attempt": "play_attempts", "rebuffer": "rebuffers", "pause": "pauses"}
+# Row slots after one per event type.
 PLAYED, HEARTBEAT_PLAYED, BITRATE_X_PLAYED, REBUFFER_MS, DOWNSHIFTS, CONCURRENCY = range(
     len(EVENT_TYPES), len(EVENT_TYPES) + 6
 )
 ROW_LAYOUT: RowLayout = (
     *(
-        (("events", (t,)), *((("play_attempts", ()),) if t == "play_attempt" else ()),
-         *((("rebuffers", ()),) if t == "rebuffer" else ()))
+        (("events", (t,)), *(((_OWN_COUNT[t], ()),) if t in _OWN_COUNT else ()))
         for t in EVENT_TYPES
     ),
     (("played_ms", ()),),

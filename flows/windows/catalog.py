@@ -65,6 +65,7 @@ AGGREGATES: dict[str, Aggregate] = {
         Aggregate("played_ms", "playback", _B, "Σ played_ms of heartbeat and play_stop"),
         Aggregate("rebuffer_ms", "playback", _B, "Σ rebuffer_ms"),
         Aggregate("rebuffers", "playback", _B, "count of rebuffer"),
+        Aggregate("pauses", "playback", _B, "count of pause"),
         Aggregate("heartbeat_played_ms", "playback", _B, "Σ played_ms of heartbeats (bitrate weights)"),
         Aggregate("bitrate_x_played_ms", "playback", _B, "Σ bitrate_kbps × played_ms of heartbeats"),
         Aggregate("bitrate_downshifts", "playback", _B, "bitrate_change to a lower bitrate"),
@@ -123,6 +124,14 @@ METRICS: dict[str, Metric] = {
             ("played_ms",),
             scale=3_600_000,
             description="rebuffer events per hour played",
+        ),
+        Metric(
+            "pauses_per_hour",
+            "ratio",
+            ("pauses",),
+            ("played_ms",),
+            scale=3_600_000,
+            description="pause events per hour played",
         ),
         Metric("playback_errors", "count", ("playback_errors",), description="count of play_error"),
         Metric(

@@ -318,6 +318,14 @@ def _assert_equal_to_truth(stack: Stack, kafka: KafkaSettings, namespace: str, g
         assert measured_ratio.keys() == expected_ratio.keys()
         assert all(math.isclose(measured_ratio[k], expected_ratio[k], rel_tol=1e-9) for k in expected_ratio)
 
+        pauses = _expected(truth, resolution, "events", ("event_type",))
+        expected_pauses = {
+            k: pauses[(*k, "pause")] / played[k] * 3_600_000 for k in played if played[k] and pauses[(*k, "pause")]
+        }
+        measured_pauses = _measured(client, namespace, resolution, "pauses_per_hour", ())
+        assert {k: v for k, v in measured_pauses.items() if v}.keys() == expected_pauses.keys()
+        assert all(math.isclose(measured_pauses[k], expected_pauses[k], rel_tol=1e-9) for k in expected_pauses)
+
         weighted = _expected(truth, resolution, "heartbeat_bitrate_weighted_sum", ())
         beats = _expected(truth, resolution, "heartbeat_played_ms_sum", ())
         measured_bitrate = _measured(client, namespace, resolution, "avg_bitrate_kbps", ())
