@@ -18,8 +18,8 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from bench.common import say
+from connect.kafka_admin import ensure_topics
 from settings.kafka import KafkaSettings
-from streampulse.kafka_admin import ensure_topics
 
 
 class _Stoppable(Protocol):
@@ -76,7 +76,7 @@ def start_services(kind: str, work_dir: Path, bootstrap: str | None = None, redi
 
 
 def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    """Create the topics with these partition counts, as the product does (streampulse.kafka_admin)."""
+    """Create the topics with these partition counts, as the product does (connect.kafka_admin)."""
     ensure_topics(KafkaSettings(bootstrap, "unused-playback", "unused-signup", "unused-dead-letter"), topics)
 
 

@@ -21,9 +21,9 @@ from functools import cache
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from connect.kafka_log import process_summary, with_logging
 from flows.health import pipeline_metrics
 from settings.kafka import KafkaSettings
-from streampulse.kafka_log import process_summary, with_logging
 
 log = logging.getLogger(__name__)
 

@@ -174,8 +174,8 @@ class KafkaSink:
     ) -> None:
         from confluent_kafka import KafkaException, Producer
 
-        from streampulse.kafka_admin import KafkaRejected, KafkaUnavailable, wait_for_kafka
-        from streampulse.kafka_log import with_logging
+        from connect.kafka_admin import KafkaRejected, KafkaUnavailable, wait_for_kafka
+        from connect.kafka_log import with_logging
 
         self.settings = settings
         self.flush_timeout_s = flush_timeout_s
@@ -195,13 +195,13 @@ class KafkaSink:
             "acks": "all",
         }
         try:
-            # Refused credentials or TLS fail here within seconds, with what to fix (streampulse/kafka_admin.py).
+            # Refused credentials or TLS fail here within seconds, with what to fix (connect/kafka_admin.py).
             wait_for_kafka(settings, timeout_s)
         except KafkaRejected as exc:
             raise SinkError(str(exc)) from None
         except KafkaUnavailable as exc:
             raise SinkError(f"cannot reach Kafka: {exc}") from None
-        # librdkafka's lines go through the summary (streampulse/kafka_log.py): an outage is told once, not per try.
+        # librdkafka's lines go through the summary (connect/kafka_log.py): an outage is told once, not per try.
         try:
             self._producer = Producer(with_logging(config, settings.bootstrap, self._on_error))
         except KafkaException as exc:

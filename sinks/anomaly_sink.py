@@ -21,13 +21,13 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, Message, Producer
 
+from connect.kafka_log import with_logging
 from flows.anomaly.events import AnomalyEvent, Detection
 from flows.health import PipelineMetrics, pipeline_metrics
 from settings.kafka import KafkaSettings
 from settings.redis import RedisSettings
 from sinks.redis_layout import anomalies_key, anomaly_key
 from sinks.redis_sink import RETRY_INITIAL_S, RETRY_MAX_S, connect
-from streampulse.kafka_log import with_logging
 
 log = logging.getLogger(__name__)
 

@@ -43,11 +43,11 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType  # type: ignore[attr-defined]
 
+from connect.kafka_log import with_logging
 from flows.health import pipeline_metrics
 from flows.partials import DeadLetter
 from settings.kafka import KafkaSettings
 from sinks.dead_letter_fit import Outgoing, fit_letter, stub
-from streampulse.kafka_log import with_logging
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,8 @@ from typing import TextIO
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
+from connect.kafka_admin import wait_for_kafka
+from connect.kafka_log import process_summary
 from flows.sources.kafka import consumer_config
 from schemas.archive_layout import ArchiveError
 from schemas.decoder import EventDecoder, Rejection
@@ -38,8 +40,6 @@ from sinks.archive_metrics import ArchiveMetrics
 from sinks.parquet_archive import ArchiveWriter, ChunkBuffer, ChunkWritten
 from sinks.prometheus import serve_metrics
 from streampulse.configure import add_decoder_options, add_kafka_options, kafka_settings
-from streampulse.kafka_admin import wait_for_kafka
-from streampulse.kafka_log import process_summary
 from streampulse.options import add_flag, add_option, positive_duration_ms, positive_int
 from streampulse.run import add_metrics_options, check_input_topics
 
@@ -204,7 +204,7 @@ class Archiver:
         while not self._stop.is_set():
             messages = consumer.consume(CONSUME_BATCH, CONSUME_TIMEOUT_S)
             if messages:
-                # Kafka answers: ends an outage the log summary reported (streampulse/kafka_log.py).
+                # Kafka answers: ends an outage the log summary reported (connect/kafka_log.py).
                 process_summary().reachable(self._kafka.bootstrap)
             now = time.monotonic()
             now_ms = time.time_ns() // 1_000_000

@@ -24,13 +24,13 @@ from types import FrameType
 
 import redis
 
+from connect.kafka_admin import ensure_topics, wait_for_kafka
 from settings.kafka import KafkaSettings
 from settings.redis import RedisSettings
 from sinks.redis_query import Row, query
 from sinks.redis_sink import connect
 from streampulse.configure import add_kafka_options, add_redis_options, kafka_settings
 from streampulse.configure import redis_settings as parse_redis_settings
-from streampulse.kafka_admin import ensure_topics, wait_for_kafka
 from streampulse.options import add_flag, add_option, non_negative_int, positive_float, positive_int
 from streampulse.processes import ManagedProcess
 from streampulse.run import add_metrics_options

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import redis
 
+from connect.kafka_admin import wait_for_kafka
 from flows.fold.partition_aggregator import Folder
 from flows.sources.archive import ArchiveEventSource
 from flows.sources.reader_config import ReaderConfig
@@ -36,7 +37,6 @@ from sinks.redis_sink import connect
 from streampulse.archive import add_archive_dir_option
 from streampulse.configure import add_flow_options, add_kafka_options, add_redis_options, reader_config, redis_settings
 from streampulse.dataflow import FlowSettings, SourceFactory
-from streampulse.kafka_admin import wait_for_kafka
 from streampulse.options import add_option, duration_ms
 from streampulse.run import (
     add_cluster_options,

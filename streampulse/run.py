@@ -15,6 +15,7 @@ from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from confluent_kafka.admin import AdminClient
 
+from connect.kafka_admin import ensure_topics, topic_partitions, wait_for_kafka
 from flows.sources.replay_range import ReplayRange
 from settings.errors import ConfigError
 from settings.kafka import KafkaSettings
@@ -29,7 +30,6 @@ from streampulse.configure import (
     redis_settings,
 )
 from streampulse.dataflow import FlowSettings, SourceFactory, build_dataflow
-from streampulse.kafka_admin import ensure_topics, topic_partitions, wait_for_kafka
 from streampulse.options import add_flag, add_option, port, positive_duration_ms, positive_int
 
 log = logging.getLogger(__name__)

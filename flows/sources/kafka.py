@@ -38,6 +38,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from connect.kafka_log import process_summary, with_logging
 from flows.fold.native import make_aggregator
 from flows.fold.partition_aggregator import Folder
 from flows.health import pipeline_metrics
@@ -48,7 +49,6 @@ from flows.sources.reader_config import ReaderConfig
 from flows.sources.replay_range import ReplayFeed, shared_progress
 from schemas.decoder import Event, EventDecoder, Rejection
 from settings.kafka import KafkaSettings
-from streampulse.kafka_log import process_summary, with_logging
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ STATE_REPORT_INTERVAL_S = 5.0
 
 def consumer_config(kafka: KafkaSettings, on_error: Callable[[KafkaError], None] | None = None) -> dict[str, object]:
     """Librdkafka consumer settings for partition readers; `on_error` also hears the client's errors."""
-    # librdkafka's lines go through the process's summary (streampulse/kafka_log.py): an outage is told once.
+    # librdkafka's lines go through the process's summary (connect/kafka_log.py): an outage is told once.
     config = with_logging(kafka.client_config(), kafka.bootstrap, on_error=on_error)
     config.update(
         {

@@ -18,8 +18,8 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from connect.kafka_admin import ensure_topics
 from settings.kafka import KafkaSettings
-from streampulse.kafka_admin import ensure_topics
 
 COUNTRIES = ("BR", "US", "DE", "IN")
 DEVICES = ("tv", "mobile", "web")
@@ -87,7 +87,7 @@ def playback_sessions(seed: int, partitions: int, sessions: int, start_ms: int, 
 
 
 def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    """Create topics with these partition counts, as the product does (streampulse.kafka_admin)."""
+    """Create topics with these partition counts, as the product does (connect.kafka_admin)."""
     ensure_topics(KafkaSettings(bootstrap, "unused-playback", "unused-signup", "unused-dead-letter"), topics)
 
 

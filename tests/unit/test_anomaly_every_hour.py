@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from bench.anomaly_eval import DaySpec, absolute, detect, simulate
-from flows.anomaly.detector import DetectorConfig
+from flows.anomaly.config import DetectorConfig
 from loadgen.incidents import parse_incidents
 from settings.windows import WindowConfig
 from tests.rebuffer_storm import (

@@ -11,13 +11,13 @@ import pytest
 from confluent_kafka import KafkaError
 from prometheus_client import CollectorRegistry
 
+from connect.kafka_admin import refusal_message
+from connect.kafka_log import KafkaLogSummary, with_logging
 from flows.health import PipelineMetrics
 from settings.errors import ConfigError
 from settings.kafka import KafkaSettings
 from settings.secret import Secret
 from streampulse.configure import add_kafka_options, kafka_settings
-from streampulse.kafka_admin import refusal_message
-from streampulse.kafka_log import KafkaLogSummary, with_logging
 
 BOOTSTRAP = "127.0.0.1:9092"
 REFUSED = (

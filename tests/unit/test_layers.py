@@ -1,7 +1,7 @@
 """Imports run one way, from the contract up to the command line, never back (docs/architecture.md).
 
-    schemas, settings  ->  flows  ->  sinks  ->  streampulse (the command line)
-    schemas, settings  ->  loadgen  ->  streampulse
+    schemas, settings  ->  connect  ->  flows  ->  sinks  ->  streampulse (the command line)
+    schemas, settings  ->  connect  ->  loadgen  ->  streampulse
 
 A module may import its own layer and any layer below it. The check reads every import statement
 (function-level ones included) of every module, so a back import fails here with its file and line.
@@ -18,10 +18,11 @@ REPO = Path(__file__).resolve().parents[2]
 ALLOWED: dict[str, frozenset[str]] = {
     "schemas": frozenset(),
     "settings": frozenset(),
-    "flows": frozenset({"schemas", "settings"}),
-    "sinks": frozenset({"schemas", "settings", "flows"}),
-    "loadgen": frozenset({"schemas", "settings"}),
-    "streampulse": frozenset({"schemas", "settings", "flows", "sinks", "loadgen"}),
+    "connect": frozenset({"schemas", "settings"}),
+    "flows": frozenset({"schemas", "settings", "connect"}),
+    "sinks": frozenset({"schemas", "settings", "connect", "flows"}),
+    "loadgen": frozenset({"schemas", "settings", "connect"}),
+    "streampulse": frozenset({"schemas", "settings", "connect", "flows", "sinks", "loadgen"}),
 }
 
 

@@ -10,9 +10,9 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from connect.kafka_log import with_logging
 from settings.errors import ConfigError
 from settings.kafka import KafkaSettings
-from streampulse.kafka_log import with_logging
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class KafkaRejected(KafkaUnavailable):
 
 
 def admin_client(kafka: KafkaSettings) -> AdminClient:
-    """An admin client for the configured cluster, its librdkafka lines summarised (streampulse/kafka_log.py)."""
+    """An admin client for the configured cluster, its librdkafka lines summarised (connect/kafka_log.py)."""
     return AdminClient(with_logging(kafka.client_config(), kafka.bootstrap))
 
 
