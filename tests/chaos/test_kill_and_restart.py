@@ -1,0 +1,127 @@
+"""Chaos: a live flow killed with SIGKILL at random moments while events keep arriving, then finished.
+
+The flow runs live with a recovery directory; a producer sends the load generator's stream (every
+delivery fault: jitter, duplicates, late and malformed messages) in slices over several seconds. At
+moments drawn from a seeded generator the flow is killed with SIGKILL and started again from its
+snapshots. A last `run --exit-at-end` finishes the stream. Every metric must equal the ground truth:
+nothing lost, nothing counted twice, however the kills fell.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from loadgen.api import Generated, generate, produce
+from loadgen.config import ModelParams
+from streampulse.processes import free_port
+from tests.conftest import Stack
+from tests.integration.helpers import REPO, create_topics, scrape, streampulse, yesterday_at
+from tests.integration.helpers import produce as produce_messages
+from tests.integration.test_metrics_against_truth import (
+    CLOSE_MS,
+    FAULTS,
+    PARTITIONS,
+    SESSION_TIMEOUT_MS,
+    _assert_equal_to_truth,
+    _closing_events,
+    _connection,
+    _kafka,
+)
+
+pytestmark = pytest.mark.integration
+
+KILLS = 4
+SLICES = 12
+
+
+@pytest.fixture(scope="module")
+def generated() -> Generated:
+    return generate(
+        seed=4711,
+        events=20_000,
+        start_ms=yesterday_at(18),  # a fixed time of day: the same traffic whenever the test runs
+        span_ms=20 * 60_000,
+        params=ModelParams(warm_start=False),
+        faults=FAULTS,
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+    )
+
+
+def _start_live(connection: list[str], recovery: list[str], log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streampulse.cli", "run", "--metrics-port", str(port), *recovery, *connection],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
+    return process, port
+
+
+def _serving(port: int) -> bool:
+    try:
+        scrape(port)
+    except OSError:
+        return False
+    return True
+
+
+def test_kill_9_at_random_moments_under_live_load_then_finish_equals_truth(
+    stack: Stack, unique_name: str, generated: Generated, tmp_path: Path
+) -> None:
+    kafka = _kafka(stack, unique_name)
+    create_topics(stack.bootstrap, {kafka.playback_topic: PARTITIONS, kafka.signup_topic: PARTITIONS})
+    namespace = f"chaos-{unique_name}"
+    connection = _connection(kafka, stack, namespace)
+    recovery = ["--recovery-dir", str(tmp_path / "recovery"), "--snapshot-interval", "1"]
+    messages = generated.messages
+    # Closing events go after every message the truth counts (tests/integration/test_metrics_against_truth.py).
+    cut = max(i for i, m in enumerate(messages) if m.kind in ("valid", "duplicate")) + 1
+    close_ms = max(m.event["event_time_ms"] for m in messages if m.event is not None) + 15 * 60_000
+    CLOSE_MS[namespace] = close_ms - close_ms % 60_000
+
+    failures: list[str] = []
+
+    def producer() -> None:
+        step = -(-cut // SLICES)
+        for start in range(0, cut, step):
+            if produce(messages[start : min(start + step, cut)], kafka)["failed"]:
+                failures.append(f"slice at {start}")
+            time.sleep(0.7)
+        produce_messages(kafka.bootstrap, kafka.playback_topic, _closing_events("playback", close_ms))
+        produce_messages(kafka.bootstrap, kafka.signup_topic, _closing_events("signup", close_ms))
+        if produce(messages[cut:], kafka)["failed"]:
+            failures.append("the held-back tail")
+
+    rng = random.Random(20261206)
+    log = tmp_path / "live.log"
+    sending = threading.Thread(target=producer, name="chaos-producer")
+    sending.start()
+    try:
+        for kill in range(KILLS):
+            process, port = _start_live(connection, recovery, log)
+            try:
+                # Kill at a random moment once the restarted flow serves /metrics: mid-batch, mid-snapshot or idle.
+                deadline = time.monotonic() + 90
+                while not _serving(port):
+                    assert process.poll() is None, f"restart {kill} died: " + log.read_text()[-3000:]
+                    assert time.monotonic() < deadline, f"restart {kill} never served /metrics"
+                    time.sleep(0.1)
+                time.sleep(rng.uniform(0.5, 4.0))
+                assert process.poll() is None, f"restart {kill} died: " + log.read_text()[-3000:]
+            finally:
+                process.kill()
+                process.wait(timeout=30)
+    finally:
+        sending.join(timeout=300)
+    assert not failures, failures
+    result = streampulse("run", "--exit-at-end", "--metrics-port", "0", *recovery, *connection, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_equal_to_truth(stack, kafka, namespace, generated)
