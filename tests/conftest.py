@@ -12,6 +12,10 @@
 
 Default: `apache,embedded` when Java is here, else `embedded` (and it says
 so). CI sets `apache,embedded` explicitly, so a missing Java or jar fails.
+
+A test that only makes sense on some stacks says so with `@pytest.mark.stacks("apache")`:
+it runs on those of them that are selected, and is not collected at all (deselected,
+never skipped) when none is, so a full run reports 0 skipped.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 import pytest
 
 STACKS_ENV = "STREAMPULSE_TEST_STACKS"
+KNOWN_STACKS = ("apache", "embedded", "external")
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ def _selected_stacks() -> list[str]:
     raw = os.environ.get(STACKS_ENV)
     if raw:
         stacks = [s.strip() for s in raw.split(",") if s.strip()]
-        unknown = set(stacks) - {"apache", "embedded", "external"}
+        unknown = set(stacks) - set(KNOWN_STACKS)
         if unknown:
             raise pytest.UsageError(f"{STACKS_ENV}: unknown stack(s) {sorted(unknown)}; use apache, embedded, external")
         return stacks
@@ -50,9 +55,15 @@ def _selected_stacks() -> list[str]:
     return ["embedded"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "stacks(*names): runs only on these of the selected stacks; not collected when none is selected"
+    )
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     stacks = _selected_stacks()
-    note = "" if os.environ.get(STACKS_ENV) or "apache" in stacks else " (no Java here: Apache Kafka tests skipped)"
+    note = "" if os.environ.get(STACKS_ENV) or "apache" in stacks else " (no Java here: Apache Kafka tests not run)"
     from tests.services.binaries import report
 
     return f"streampulse integration stacks: {', '.join(stacks)}{note}\n{report()}"
@@ -116,9 +127,36 @@ def stack_pool(services_dir: Path) -> Iterator[_StackPool]:
     pool.stop_all()
 
 
+def _stacks_for(node: pytest.Item) -> list[str]:
+    """The selected stacks a test runs on: all of them, or those its `stacks` marker allows."""
+    selected = _selected_stacks()
+    marker = node.get_closest_marker("stacks")
+    if marker is None:
+        return selected
+    unknown = set(marker.args) - set(KNOWN_STACKS)
+    if unknown or not marker.args:
+        raise pytest.UsageError(f"{node.nodeid}: @pytest.mark.stacks takes stack names out of {KNOWN_STACKS}")
+    return [name for name in selected if name in marker.args]
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "stack" in metafunc.fixturenames:
-        metafunc.parametrize("stack", _selected_stacks(), indirect=True, scope="session")
+        stacks = _stacks_for(metafunc.definition)
+        # With none, the test stays unparametrized and pytest_collection_modifyitems deselects it:
+        # an empty parameter list would make pytest report it as skipped.
+        if stacks:
+            metafunc.parametrize("stack", stacks, indirect=True, scope="session")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the tests whose `stacks` marker names none of the selected stacks."""
+    kept: list[pytest.Item] = []
+    left_out: list[pytest.Item] = []
+    for item in items:
+        (left_out if item.get_closest_marker("stacks") and not _stacks_for(item) else kept).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")

@@ -191,9 +191,8 @@ def test_hostile_messages_are_dead_lettered_by_reason_and_valid_events_counted_e
     assert 10 * MiB in truncated, "a 10 MiB letter cannot fit a dead-letter topic with default settings"
 
 
+@pytest.mark.stacks("apache")  # tansu does not enforce max.message.bytes
 def test_a_letter_the_broker_refuses_as_too_large_goes_as_a_stub(stack: Stack, unique_name: str) -> None:
-    if stack.name != "apache":
-        pytest.skip("tansu does not enforce max.message.bytes")
     # The option claims 5 MB, the topic takes 1 MiB: the truncated 10 MiB letter is refused, its stub is not.
     log, messages, expected = _setup(stack, unique_name)
     connection, _stderr = _run(stack, unique_name, "--dead-letter-max-bytes", "5000000")
@@ -209,9 +208,8 @@ def test_a_letter_the_broker_refuses_as_too_large_goes_as_a_stub(stack: Stack, u
         assert headers["sp-original-sha256"] == hashlib.sha256(original).hexdigest().encode()
 
 
+@pytest.mark.stacks("apache")  # tansu accepts records without a key on a compacted topic
 def test_a_letter_refused_for_good_is_counted_and_logged_and_the_flow_goes_on(stack: Stack, unique_name: str) -> None:
-    if stack.name != "apache":
-        pytest.skip("tansu accepts records without a key on a compacted topic")
     # A compacted topic refuses records without a key, for good: the bad messages here have none.
     log, _messages, expected = _setup(
         stack, unique_name, bad_key=None, dead_letter_config={"cleanup.policy": "compact"}

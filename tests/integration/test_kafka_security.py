@@ -14,12 +14,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import _selected_stacks
 from tests.integration.helpers import create_topics, playback_sessions, produce_log, streampulse
 from tests.services.apache_kafka import ApacheKafka, SecureListener, start_apache_kafka
 from tests.services.redis_server import RedisServer, start_redis_server
 
-pytestmark = pytest.mark.integration
+# It starts its own Apache Kafka, with a SASL_SSL listener (tests/services/apache_kafka.py).
+pytestmark = [pytest.mark.integration, pytest.mark.stacks("apache")]
 
 PARTITIONS = 2
 # The bar is ~5 s; the assertion leaves room for a loaded 2-core machine (the old code took 31 s).
@@ -37,8 +37,6 @@ class SecureStack:
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureStack]:
-    if "apache" not in _selected_stacks():
-        pytest.skip("needs Apache Kafka (STREAMPULSE_TEST_STACKS=apache)")
     work = tmp_path_factory.mktemp("secure-kafka")
     kafka = start_apache_kafka(work / "kafka", secure=True)
     try:

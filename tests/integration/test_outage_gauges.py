@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from streampulse.processes import free_port
-from tests.conftest import Stack, _selected_stacks
+from tests.conftest import Stack
 from tests.integration.helpers import create_topics, produce, scrape, start_streampulse
 from tests.services.apache_kafka import start_apache_kafka
 from tests.services.redis_server import start_redis_server
@@ -119,11 +119,10 @@ def test_lag_grows_and_watermark_delay_follows_the_clock_while_redis_is_down(
     assert d1 - d0 == pytest.approx(t1 - t0, abs=3.0), delays
 
 
+@pytest.mark.stacks("apache")  # stops and restarts its own Apache Kafka
 def test_kafka_outage_makes_lag_unknown_and_is_told_in_a_few_lines(
     unique_name: str, tmp_path: Path, stopped_process: list[subprocess.Popen[bytes]]
 ) -> None:
-    if "apache" not in _selected_stacks():
-        pytest.skip("stops and restarts its own Apache Kafka (STREAMPULSE_TEST_STACKS=apache)")
     kafka = start_apache_kafka(tmp_path / "kafka")
     redis_server = start_redis_server(tmp_path / "redis")
     try:

@@ -5,24 +5,20 @@ Five minutes of load-generator traffic, anchored two hours back (nothing is
 scripted incident (US TVs rebuffer ten times as often from minute 3 to the
 end, so its anomaly is still open), go through real Kafka and `streampulse
 run --exit-at-end` into a fresh namespace. Then `top` runs three ways: in a
-real terminal (tmux, read back with `capture-pane`, quit with `q`), with
-`--once` (plain table), and with `--format json`. Each country's SPS and VSF
-on screen must be `streampulse query`'s for the window shown, and the
-incident's anomaly must be in the anomalies pane.
+real terminal (a pseudo-terminal read back as a VT100 screen would show it,
+tests/services/terminal.py; quit with `q`), with `--once` (plain table), and
+with `--format json`. Each country's SPS and VSF on screen must be `streampulse
+query`'s for the window shown, and the incident's anomaly must be in the
+anomalies pane.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -34,6 +30,7 @@ from settings.kafka import KafkaSettings
 from sinks.redis_layout import health_key
 from tests.conftest import Stack
 from tests.integration.helpers import REPO, create_topics, streampulse
+from tests.services.terminal import Terminal, terminal_env
 
 pytestmark = pytest.mark.integration
 
@@ -169,65 +166,27 @@ def test_filtered_by_country_shows_that_country_alone(filled: Filled) -> None:
     assert set(_screen_rows(result.stdout)) == {"US"}
 
 
-@pytest.fixture
-def tmux(tmp_path: Path) -> Iterator[list[str]]:
-    if shutil.which("tmux") is None:
-        pytest.skip("tmux is not installed (apt-get install tmux): it is the real terminal this test runs top in")
-    command = ["tmux", "-S", str(tmp_path / "tmux.sock")]
-    yield command
-    subprocess.run([*command, "kill-server"], capture_output=True, check=False)
-
-
-def _capture(tmux: list[str]) -> str:
-    return subprocess.run([*tmux, "capture-pane", "-p", "-t", "top"], capture_output=True, text=True, check=True).stdout
-
-
-def _wait_for_screen(tmux: list[str], needle: str, timeout_s: float = 30) -> str:
-    deadline = time.monotonic() + timeout_s
-    text = ""
-    while time.monotonic() < deadline:
-        text = _capture(tmux)
-        if needle in text:
-            return text
-        time.sleep(0.3)
-    raise AssertionError(f"{needle!r} never appeared on the screen:\n{text}")
-
-
-def test_top_in_a_real_terminal_shows_querys_figures_and_quits_on_q(
-    filled: Filled, tmux: list[str], tmp_path: Path
-) -> None:
-    exit_file = tmp_path / "exit-code"
+def test_top_in_a_real_terminal_shows_querys_figures_and_quits_on_q(filled: Filled) -> None:
     top = [sys.executable, "-m", "streampulse.cli", "top", *_connection(filled)]
-    # Without the COLUMNS/LINES pytest's environment has, which rich would take over the terminal's own size.
-    shell = f"cd {REPO} && env -u COLUMNS -u LINES {' '.join(top)}; echo $? > {exit_file}"
-    pythonpath = os.environ.get("PYTHONPATH", str(REPO))
-    # A fixed size: by default tmux may resize the window to its latest client's, and `send-keys` is a client too.
-    subprocess.run(
-        [*tmux, "new-session", "-d", "-s", "top", "-x", "150", "-y", "60", "-e", f"PYTHONPATH={pythonpath}", shell,
-         ";", "set-option", "-t", "top", "window-size", "manual"],
-        check=True,
-    )  # fmt: skip
-    text = _wait_for_screen(tmux, "q quit")  # the live view's key line, drawn last
-    start = _json_frame(filled)["window_start_ms"]
-    _assert_rows_equal_query(_screen_rows(text), filled, start)
-    _assert_incident_shown(text)
+    with Terminal(top, cwd=REPO, env=terminal_env()) as terminal:
+        text = terminal.wait_for("q quit")  # the live view's key line, drawn last
+        start = _json_frame(filled)["window_start_ms"]
+        _assert_rows_equal_query(_screen_rows(text), filled, start)
+        _assert_incident_shown(text)
 
-    # `s` sorts by the next column (VSF); `?` shows the help, any key closes it.
-    subprocess.run([*tmux, "send-keys", "-t", "top", "s"], check=True)
-    _wait_for_screen(tmux, "VSF ▼")
-    subprocess.run([*tmux, "send-keys", "-t", "top", "?"], check=True)
-    _wait_for_screen(tmux, "this help")
-    subprocess.run([*tmux, "send-keys", "-t", "top", "x"], check=True)
-    _wait_for_screen(tmux, "q quit")
-    # `/` filters (here to one country), `r` switches to the coarse resolution the flow also writes.
-    subprocess.run([*tmux, "send-keys", "-t", "top", "/", "U", "S", "Enter"], check=True)
-    text = _wait_for_screen(tmux, "filter country=US")
-    assert set(_screen_rows(text)) == {"US"}
-    subprocess.run([*tmux, "send-keys", "-t", "top", "r"], check=True)
-    _wait_for_screen(tmux, "resolution 10s")
+        # `s` sorts by the next column (VSF); `?` shows the help, any key closes it.
+        terminal.send("s")
+        terminal.wait_for("VSF ▼")
+        terminal.send("?")
+        terminal.wait_for("this help")
+        terminal.send("x")
+        terminal.wait_for("q quit")
+        # `/` filters (here to one country), `r` switches to the coarse resolution the flow also writes.
+        terminal.send("/", "U", "S", "Enter")
+        text = terminal.wait_for("filter country=US")
+        assert set(_screen_rows(text)) == {"US"}
+        terminal.send("r")
+        terminal.wait_for("resolution 10s")
 
-    subprocess.run([*tmux, "send-keys", "-t", "top", "q"], check=True)
-    deadline = time.monotonic() + 15
-    while not exit_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert exit_file.read_text().strip() == "0"
+        terminal.send("q")
+        assert terminal.wait_exit(timeout_s=15) == 0

@@ -16,7 +16,9 @@ from referencing import Registry, Resource
 
 from loadgen.api import Generated, generate
 from loadgen.config import ModelParams
+from schemas import arrow
 from schemas.contract import families, family_of
+from schemas.decoder import EventDecoder, Rejection
 from streampulse.loadgen_cli import add_arguments, run
 
 START_MS = 1_714_521_600_000  # 2024-05-01T00:00:00Z
@@ -106,12 +108,11 @@ def test_events_have_exactly_their_contract_fields(generated: Generated) -> None
 
 
 def test_events_are_accepted_by_the_decoder(generated: Generated) -> None:
-    decoder_module = pytest.importorskip("schemas.decoder")
-    decoders = {f: decoder_module.EventDecoder(f) for f in families()}
+    decoders = {f: EventDecoder(f) for f in families()}
     now = START_MS + 3 * HOUR_MS
     for m in generated.messages:
         result = decoders[m.family].decode(m.value, now)
-        assert type(result) is not decoder_module.Rejection, (m.value, result)
+        assert type(result) is not Rejection, (m.value, result)
 
 
 def test_event_ids_are_unique_and_times_ordered(generated: Generated) -> None:
@@ -140,7 +141,6 @@ def test_events_n_is_exact_even_with_the_default_one_day_span(tmp_path: Path) ->
 
 
 def test_parquet_output_uses_the_archive_schema(tmp_path: Path) -> None:
-    arrow = pytest.importorskip("schemas.arrow")
     out = tmp_path / "events.parquet"
     argv = ["--seed", "4", "--events", "3000", "--signup-share", "0.5", "--out", str(out), "--start", str(START_MS)]
     assert run_cli(argv) == 0

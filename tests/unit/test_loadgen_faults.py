@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from schemas import decoder
 from schemas.contract import families
 from streampulse.loadgen_cli import add_arguments, run
 
@@ -145,7 +146,6 @@ def test_malformed_messages_of_every_kind(faulty: Produced) -> None:
 
 
 def test_every_malformed_message_is_rejected_by_the_decoder_for_the_stated_reason(tmp_path: Path) -> None:
-    decoder = pytest.importorskip("schemas.decoder")
     from loadgen.api import generate
     from loadgen.config import FaultConfig
     from loadgen.malformed import EXPECTED_REASON
