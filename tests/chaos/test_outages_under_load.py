@@ -28,7 +28,7 @@ from loadgen.config import ModelParams
 from settings.kafka import KafkaSettings
 from sinks.redis_layout import index_key, window_key
 from streampulse.processes import free_port
-from tests.conftest import Stack, _selected_stacks
+from tests.conftest import Stack
 from tests.integration.helpers import REPO, create_topics, scrape, yesterday_at
 from tests.integration.test_metrics_against_truth import (
     CLOSE_MS,
@@ -42,10 +42,8 @@ from tests.integration.test_metrics_against_truth import (
 from tests.services.apache_kafka import start_apache_kafka
 from tests.services.redis_server import start_redis_server
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif("apache" not in _selected_stacks(), reason="stops and restarts its own Apache Kafka"),
-]
+# It stops and restarts its own Apache Kafka: collected only when the Apache stack is selected.
+pytestmark = [pytest.mark.integration, pytest.mark.stacks("apache")]
 
 OUTAGE_S = 6.0
 SLICES = 20
