@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 # Probability that a session keeps its favourite device rather than picking one at random.
 FAVOURITE_DEVICE_SHARE = 0.8
-DEVICE_CHOICE = Choice(DEVICE_TYPES, DEVICE_WEIGHTS)
+_DEVICE_CHOICE = Choice(DEVICE_TYPES, DEVICE_WEIGHTS)
 _CDN_CHOICES = tuple(Choice(CDNS, c.cdn_weights) for c in COUNTRIES)
 _MAX_STARTUP_MS = 120_000
 _MAX_FAILURE_MS = 60_000
@@ -158,7 +158,7 @@ def _pick_viewer(model: Model, t_float: float, draws: _Draws) -> _Viewer:
     accounts = model.population.by_country[ci]
     account_number = accounts[int(draws.account * len(accounts))]
     favourite = model.population.favourite_device[account_number]
-    device = favourite if draws.favourite < FAVOURITE_DEVICE_SHARE else DEVICE_CHOICE.index(draws.device)
+    device = favourite if draws.favourite < FAVOURITE_DEVICE_SHARE else _DEVICE_CHOICE.index(draws.device)
     return _Viewer(
         ci,
         Population.account_id(account_number),

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from loadgen.diurnal import MINUTE_MS
 from loadgen.incidents import multiplier
-from loadgen.playback_arrival import DEVICE_CHOICE
 from loadgen.world import (
     CHANNEL_WEIGHTS,
     CHANNELS,
     COUNTRIES,
     DECLINE_RATES,
     DEVICE_TYPES,
+    DEVICE_WEIGHTS,
     PLAN_WEIGHTS,
     PLANS,
     REASON_ABANDONED,
@@ -44,6 +44,7 @@ FUNNEL_PAYMENT_RATE = 0.80
 FUNNEL_ABANDON_REPORTED = 0.5
 FRAUD_RATE = 0.01
 TECHNICAL_ERROR_RATE = 0.008
+_DEVICE_CHOICE = Choice(DEVICE_TYPES, DEVICE_WEIGHTS)  # funnels have no favourite device
 _CHANNEL_CHOICE = Choice(CHANNELS, CHANNEL_WEIGHTS)
 _PLAN_CHOICE = Choice(PLANS, PLAN_WEIGHTS)
 _METHOD_CHOICES = tuple(payment_method_choice(c) for c in COUNTRIES)
@@ -72,7 +73,7 @@ def signup_arrival(model: Model, t_float: float, rng: random.Random, warm: bool 
     method = method_choice.values[mi]
     base = {
         "country": country.code,
-        "device_type": DEVICE_TYPES[DEVICE_CHOICE.index(u_device)],
+        "device_type": DEVICE_TYPES[_DEVICE_CHOICE.index(u_device)],
         "schema_version": SCHEMA_VERSION,
         "signup_id": fid,
         "channel": _CHANNEL_CHOICE.pick(u_channel),
