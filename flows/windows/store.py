@@ -10,20 +10,9 @@ at nothing rather than being ignored. A partial arriving for a
 window that is already final (only possible after a partition was idle) is
 counted as late, never added.
 
-Concurrent streams arrive as changes at fine window ends
-(flows/fold/playback.py); a window's value is the sum of every change up
-to its end. Changes of windows already final are summed in a running base,
-and the open fine windows' values are recomputed from it when a change
-arrives. A coarse window takes the value at the end of its last fine window.
-
-A fine window with no data of its own can still end with sessions open, so
-it is filled in — but only up to the session timeout after the last window
-with data: a session counts at an end only within the timeout after one of
-its events, so past that every session has timed out. The running sum alone
-cannot tell, since a session's -1 is sent only once its last end has closed
-on its partition: filling in while it is nonzero made a gap in event time (a
-device clock a month ahead, a topic resumed after a holiday) cost a window
-per fine step of the gap. Work and memory follow the windows with data.
+Concurrent streams arrive as changes at fine window ends and are summed in
+window order (flows/windows/concurrency.py, a base of the store); fine
+windows without data of their own are filled in where sessions may be open.
 A window filled in while a partition runs ahead may count sessions whose -1
 is still to come, so a window once written is written again when it changes,
 and final, even if nothing is left in it.
@@ -31,64 +20,27 @@ and final, even if nothing is left in it.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from flows.partials import CONCURRENCY_CHANGE, BatchSummary, RowLayout, expand_rows
 from flows.sources.reader_config import ReaderConfig
 from flows.windows.catalog import AT_WINDOW_END
+from flows.windows.concurrency import CONCURRENT, ConcurrencyBook
+from flows.windows.window import Window, WindowUpdate, WindowValues, add_row, add_to
 from settings.windows import WindowConfig, resolution_name
 
-# aggregate -> (dims...) -> value, within one window
-WindowValues = dict[str, dict[tuple[str, ...], int]]
+__all__ = ["CONCURRENT", "LATE_MEMORY_MS", "WindowStore", "WindowUpdate", "WindowValues"]
 
-
-@dataclass(frozen=True, slots=True)
-class WindowUpdate:
-    """What changed in one window since its last publish, as absolute values (idempotent to write)."""
-
-    resolution: str
-    window_start_ms: int
-    window_end_ms: int
-    final: bool
-    # The aggregates that changed since this window was last published, each complete: what a writer writes.
-    changes: WindowValues
-    # On the final update only: the window's complete values (what /metrics exports).
-    complete: WindowValues | None
-    late: dict[str, int]
-    watermark_ms: int
+# The name snapshots taken before flows/windows/window.py existed pickled the window class under.
+_Window = Window
 
 
 @dataclass(slots=True)
 class _Partition:
     high_event_time_ms: int
     state: str
-
-
-@dataclass(slots=True)
-class _Window:
-    values: WindowValues = field(default_factory=dict)
-    changed: set[str] = field(default_factory=set)
-    dirty: bool = True
-    # Fine windows only: the change in open sessions at this window's end, per (country, device_type).
-    concurrency_change: dict[tuple[str, ...], int] = field(default_factory=dict)
-    # Row-counted aggregates, per row layout then (country, device_type); expanded into `values` on publish.
-    rows: dict[int, dict[tuple[str, str], list[int]]] = field(default_factory=dict)
-    rows_changed: bool = False
-    # False for a fine window opened only to hold the sessions open at its end (filled in): no data of its own.
-    has_data: bool = True
-    # Written at least once: once emptied (its sessions' ends came in), it is written again, else what was written
-    # stays (partial, with sessions that were not open).
-    published: bool = False
-
-    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
-        # A window snapshotted by an earlier version lacks the fields added since: the defaults that fill in and
-        # write the most, so a restart from its recovery directory misses nothing.
-        self.has_data, self.published = True, True
-        for name, value in state[1].items():
-            setattr(self, name, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,16 +50,12 @@ class _LayoutInfo:
     event_slots: tuple[tuple[int, str], ...]  # (slot, event type) of the `events` counts, to count late ones
 
 
-CONCURRENT = "concurrent_streams"
-CLEAN = 2**62  # no concurrency change since the last publish
-
-
 # How long the late counts of a closed window are remembered (in event time), so
 # that a later straggler re-publishes an absolute count rather than an increment.
 LATE_MEMORY_MS = 3_600_000
 
 
-class WindowStore:
+class WindowStore(ConcurrencyBook):
     """Merges batch summaries and decides which windows to publish, partial or final."""
 
     def __init__(
@@ -127,7 +75,7 @@ class WindowStore:
         self._coarse_ms = windows.coarse_ms
         self._lateness_ms = windows.allowed_lateness_ms
         self._partitions: dict[str, _Partition] = {p: _Partition(-1, "active") for p in partitions}
-        self._open: dict[tuple[str, int], _Window] = {}
+        self._open: dict[tuple[str, int], Window] = {}
         self.watermark_ms = -1
         # Late events per window, open or closed; closed ones are kept LATE_MEMORY_MS.
         self._late: dict[tuple[str, int], dict[str, int]] = {}
@@ -135,14 +83,7 @@ class WindowStore:
         self.late_events = 0
         self.late_by_resolution: dict[str, int] = {}
         self.duplicates = 0
-        # Sum of the concurrency changes of fine windows already final, and the first window changed since.
-        self._concurrency_base: dict[tuple[str, ...], int] = {}
-        self._concurrency_dirty_from = CLEAN
-        self._fine_settled_to: int | None = None  # the first fine window start not yet final
-        # The playback fold's session timeout: how far after a window with data windows are filled in.
-        self.session_timeout_ms = session_timeout_ms
-        # The start of the newest fine window with data among those already final (or changed once final).
-        self._last_final_data: int | None = None
+        self._init_concurrency(session_timeout_ms)
         self._layouts: dict[RowLayout, _LayoutInfo] = {}
         self._layout_list: list[RowLayout] = []
 
@@ -167,8 +108,8 @@ class WindowStore:
         fine_ms, coarse_ms = self._sizes[self._fine], self._coarse_ms
         # Keys come grouped by window (a batch covers a few seconds): look each window up once per run.
         current_start: object = None
-        fine: _Window | None = None
-        coarse: _Window | None = None
+        fine: Window | None = None
+        coarse: Window | None = None
         coarse_start = 0
         ends_coarse = False
         for key, value in summary.fine.items():
@@ -188,13 +129,13 @@ class WindowStore:
             if fine is None:
                 self._add_to_final(self._fine, start, aggregate, dims, value)
             else:
-                _add_to(fine, aggregate, dims, value)
+                add_to(fine, aggregate, dims, value)
             # A count at the window's end: the coarse window takes its last fine window's value.
             if ends_coarse or aggregate not in AT_WINDOW_END:
                 if coarse is None:
                     self._add_to_final(self._coarse, coarse_start, aggregate, dims, value)
                 else:
-                    _add_to(coarse, aggregate, dims, value)
+                    add_to(coarse, aggregate, dims, value)
         for key, value in summary.coarse_only.items():
             start = key[0]
             assert isinstance(start, int)
@@ -203,7 +144,7 @@ class WindowStore:
             if window is None:
                 self._add_to_final(self._coarse, start, aggregate, dims, value)
             else:
-                _add_to(window, aggregate, dims, value)
+                add_to(window, aggregate, dims, value)
         for (resolution, start, event_type), count in summary.late.items():
             self._count_late(resolution, start, event_type, count)
         if summary.fine_rows or summary.coarse_rows:
@@ -245,14 +186,14 @@ class WindowStore:
             dims = (country, device)
             if fine_rows is None:
                 # Its events may keep sessions open past windows not final yet: they are filled in from here.
-                self._last_final_data = max(start, self._last_final_data or start)
+                self._data_in_final(start)
                 self._count_late_row(self._fine, start, info, row)
             else:
-                _add_row(fine_rows, dims, row)
+                add_row(fine_rows, dims, row)
             if coarse_rows is None:
                 self._count_late_row(self._coarse, start - start % coarse_ms, info, row)
             else:
-                _add_row(coarse_rows, dims, list(row))
+                add_row(coarse_rows, dims, list(row))
         current = -1
         for (start, country, device), row in summary.coarse_rows.items():
             if start != current:
@@ -261,7 +202,7 @@ class WindowStore:
             if coarse_rows is None:
                 self._count_late_row(self._coarse, start, info, row)
             else:
-                _add_row(coarse_rows, (country, device), row)
+                add_row(coarse_rows, (country, device), row)
 
     def _rows_of(self, resolution: str, start: int, info: _LayoutInfo) -> dict[tuple[str, str], list[int]] | None:
         """The rows of one layout in an open window, marked changed; None if the window is already final."""
@@ -281,64 +222,10 @@ class WindowStore:
             if row[slot]:
                 self._count_late(resolution, start, event_type, row[slot])
 
-    def _change_concurrency(self, start: int, dims: tuple[str, ...], change: int) -> None:
-        window = self._open_window(self._fine, start)
-        if window is None:
-            # Only possible after a partition was idle: the final windows keep their value, later ones change.
-            self._last_final_data = max(start, self._last_final_data or start)
-            changes, start = self._concurrency_base, -1
-        else:
-            changes = window.concurrency_change
-        changes[dims] = changes.get(dims, 0) + change
-        self._concurrency_dirty_from = min(self._concurrency_dirty_from, start)
-
-    def _settle_concurrency(self) -> None:
-        """Recompute concurrent streams of the open fine windows changed, and open those missing.
-
-        A fine window without data of its own still has the sessions open at its end: from the first not yet
-        final up to the newest open one, each is filled in if it has any and starts within the session timeout
-        after the last window with data (module docstring). The work is per open window, not per fine step.
-        """
-        dirty_from, self._concurrency_dirty_from = self._concurrency_dirty_from, CLEAN
-        fine, fine_ms, timeout = self._fine, self._sizes[self._fine], self.session_timeout_ms
-        starts = sorted(start for resolution, start in self._open if resolution == fine)
-        if not starts:
-            return
-        running = dict(self._concurrency_base)
-        # Windows starting before `reach` may still end with a session open.
-        reach = -1 if self._last_final_data is None else self._last_final_data + timeout
-        cursor = starts[0] if self._fine_settled_to is None else min(starts[0], self._fine_settled_to)
-        for start in starts:
-            if cursor < start and cursor < reach and any(running.values()):
-                value = {dims: count for dims, count in running.items() if count}
-                for missing in range(cursor, min(start, reach), fine_ms):
-                    window = self._open[(fine, missing)] = _Window(has_data=False)
-                    self._set_concurrency(missing, window, dict(value))
-            window = self._open[(fine, start)]
-            for dims, change in window.concurrency_change.items():
-                running[dims] = running.get(dims, 0) + change
-            if window.has_data:
-                reach = max(reach, start + timeout)
-            cursor = start + fine_ms
-            if start >= dirty_from:
-                self._set_concurrency(start, window, {dims: count for dims, count in running.items() if count})
-
-    def _set_concurrency(self, start: int, window: _Window, value: dict[tuple[str, ...], int]) -> None:
-        """Set a fine window's concurrent streams, and its coarse window's if it is the last fine one of it."""
-        _set_value(window, CONCURRENT, value)
-        end = start + self._sizes[self._fine]
-        coarse_ms = self._coarse_ms
-        if end % coarse_ms == 0:
-            coarse = self._open.get((self._coarse, end - coarse_ms))
-            if coarse is None and value and not self._is_final(self._coarse, end - coarse_ms):
-                coarse = self._window(self._coarse, end - coarse_ms)
-            if coarse is not None:
-                _set_value(coarse, CONCURRENT, value)
-
     def _is_final(self, resolution: str, start: int) -> bool:
         return start + self._sizes[resolution] + self._lateness_ms <= self.watermark_ms
 
-    def _open_window(self, resolution: str, start: int) -> _Window | None:
+    def _open_window(self, resolution: str, start: int) -> Window | None:
         """The open window, opened if need be; None if it is already final."""
         if self._is_final(resolution, start):
             return None
@@ -349,13 +236,12 @@ class WindowStore:
         if aggregate == "events":
             self._count_late(resolution, start, dims[-1], value)
 
-    def _window(self, resolution: str, start: int) -> _Window:
+    def _window(self, resolution: str, start: int) -> Window:
         window = self._open.get((resolution, start))
         if window is None:
-            window = self._open[(resolution, start)] = _Window()
+            window = self._open[(resolution, start)] = Window()
             if resolution == self._fine:
-                # Its concurrent streams are those open at its end so far: computed at the next publish.
-                self._concurrency_dirty_from = min(self._concurrency_dirty_from, start)
+                self._fine_window_opened(start)
         else:
             window.has_data = True  # a window filled in has data now: sessions may be open a timeout after it
         return window
@@ -389,7 +275,6 @@ class WindowStore:
             if window.rows_changed:
                 self._expand(window)
         updates: list[WindowUpdate] = []
-        base = self._concurrency_base
         for (resolution, start), window in list(self._open.items()):
             final = self._is_final(resolution, start)
             # A window holding nothing (only concurrency changes adding up to no session) is not written, unless
@@ -399,11 +284,7 @@ class WindowStore:
             if final:
                 del self._open[(resolution, start)]
                 if resolution == self._fine:
-                    for dims, change in window.concurrency_change.items():
-                        base[dims] = base.get(dims, 0) + change
-                    self._fine_settled_to = max(self._fine_settled_to or 0, start + self._sizes[resolution])
-                    if window.has_data:
-                        self._last_final_data = max(start, self._last_final_data or start)
+                    self._fine_window_final(start, window)
         for resolution, start in sorted(self._late_changed_after_final):
             if (resolution, start) not in self._open:
                 updates.append(self._update(resolution, start, None, True))
@@ -423,7 +304,7 @@ class WindowStore:
         self._open.clear()
         return updates
 
-    def _update(self, resolution: str, start: int, window: _Window | None, final: bool) -> WindowUpdate:
+    def _update(self, resolution: str, start: int, window: Window | None, final: bool) -> WindowUpdate:
         if window is None:
             changes: WindowValues = {}
         else:
@@ -444,7 +325,7 @@ class WindowStore:
             watermark_ms=self.watermark_ms,
         )
 
-    def _expand(self, window: _Window) -> None:
+    def _expand(self, window: Window) -> None:
         """Recompute the row-counted aggregates of `window` from its rows (they only ever grow)."""
         expanded: WindowValues = {}
         for index, rows in window.rows.items():
@@ -457,31 +338,3 @@ class WindowStore:
     def open_windows(self) -> int:
         """How many windows are open, all resolutions."""
         return len(self._open)
-
-
-def _set_value(window: _Window, aggregate: str, values: dict[tuple[str, ...], int]) -> None:
-    if window.values.get(aggregate, {}) == values:
-        return
-    if values:
-        window.values[aggregate] = values
-    else:
-        window.values.pop(aggregate, None)
-    window.changed.add(aggregate)
-    window.dirty = True
-
-
-def _add_row(rows: dict[tuple[str, str], list[int]], dims: tuple[str, str], row: list[int]) -> None:
-    held = rows.get(dims)
-    if held is None:
-        rows[dims] = row
-    else:
-        held[:] = map(operator.add, held, row)
-
-
-def _add_to(window: _Window, aggregate: str, dims: tuple[str, ...], value: int) -> None:
-    values = window.values.get(aggregate)
-    if values is None:
-        values = window.values[aggregate] = {}
-    values[dims] = values.get(dims, 0) + value
-    window.changed.add(aggregate)
-    window.dirty = True

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, ValidationError, validators
 from referencing import Registry, Resource
 
+from schemas.classify import classify_validation
 from schemas.contract import FAMILIES, FieldSpec, families, family_of
 from schemas.decoder import (
     EVENT_CLASSES,
@@ -437,8 +438,7 @@ def test_old_events_are_not_bad_input() -> None:
 
 def test_reason_invalid_is_only_the_fallback_for_unclassified_errors() -> None:
     # No input is known to produce it; this checks that an unforeseen msgspec message lands there.
-    decoder = EventDecoder("playback")
-    rejection = decoder._classify_validation("Some future msgspec wording - at `$.country`", {"country": "US"})
+    rejection = classify_validation("playback", "Some future msgspec wording - at `$.country`", {"country": "US"})
     assert rejection.reason == "invalid"
     assert "country" in rejection.detail
 
