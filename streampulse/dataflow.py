@@ -28,7 +28,6 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource
 from bytewax.operators import StatefulBatchLogic
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.anomaly.steps import anomaly_events, detect_anomalies
 from flows.fold.partition_aggregator import Folder
@@ -42,10 +41,10 @@ from flows.sources.reader_config import ReaderConfig
 from flows.windows.store import WindowStore, WindowUpdate
 from settings.kafka import KafkaSettings
 from settings.redis import RedisSettings
-from settings.windows import resolution_name
 from sinks.anomaly_sink import AnomalyKafkaSink, AnomalyPrometheusSink, AnomalyRedisSink
 from sinks.dead_letter import DeadLetterSink
 from sinks.health_sink import HealthRedisSink
+from sinks.prometheus_sink import PrometheusWindowSink
 from sinks.redis_sink import RedisWindowSink
 
 STORE_KEY = "windows"
@@ -116,26 +115,6 @@ class WindowLogic(StatefulBatchLogic[BatchSummary, WindowOutput, WindowStore]):
 
     def snapshot(self) -> WindowStore:
         return copy.deepcopy(self._store)
-
-
-class _PrometheusPartition(StatelessSinkPartition[WindowUpdate]):
-    def __init__(self, fine_resolution: str, fine_seconds: float) -> None:
-        self._fine_resolution = fine_resolution
-        self._fine_seconds = fine_seconds
-
-    def write_batch(self, items: list[WindowUpdate]) -> None:
-        pipeline_metrics().observe_windows(items, self._fine_resolution, self._fine_seconds)
-
-
-class PrometheusWindowSink(DynamicSink[WindowUpdate]):
-    """Bytewax sink exporting window values on this process's /metrics."""
-
-    def __init__(self, fine_ms: int) -> None:
-        self._fine_ms = fine_ms
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _PrometheusPartition:
-        """Export from this worker."""
-        return _PrometheusPartition(resolution_name(self._fine_ms), self._fine_ms / 1000)
 
 
 def _folders(reader: ReaderConfig) -> dict[str, Callable[[], Folder]]:
