@@ -3,12 +3,14 @@
 Per-event objects never travel through the dataflow. Each reader folds a
 consumed batch into additive partial aggregates keyed by window and
 dimensions, and sends that, its partition's progress and the rejected
-messages, as one item.
+messages, as one item. The dataflow splits the rejected messages off at once
+(`BatchSummary.without_rejects`): their bytes go to the dead-letter sink on the
+worker that read them, only their counts travel on to the window store.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 # (window_start_ms, aggregate name, *dimension values) -> additive integer
@@ -81,7 +83,18 @@ class BatchSummary:
     layout: RowLayout = ()
     duplicates: int = 0
     rejects: list[DeadLetter] = field(default_factory=list)
+    # Rejects split off to the dead-letter sink on the worker that read them (`without_rejects`), counted by reason.
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
     # The reader's view of its partition, for the pipeline-health document (flows/pipeline_health.py):
     consumed: int = 0  # messages in this batch, valid or not
     lag: int = -1  # messages between the next offset and the partition's end when last measured; -1: not yet
     kafka_error: str = ""  # the last Kafka error since the reader last got a message from its partition
+
+    def without_rejects(self) -> BatchSummary:
+        """This summary with its rejected messages left out and counted by reason instead (the summary is unchanged)."""
+        if not self.rejects:
+            return self
+        by_reason = dict(self.rejected_by_reason)
+        for letter in self.rejects:
+            by_reason[letter.reason] = by_reason.get(letter.reason, 0) + 1
+        return replace(self, rejects=[], rejected_by_reason=by_reason)

@@ -90,9 +90,13 @@ class HealthTracker:
         """Count one partition batch (its size, rejects, lag, state, Kafka error)."""
         partition = summary.partition
         self._consumed += summary.consumed
+        # Rejects still attached are counted one by one; those split off to the dead-letter sink, by reason.
         self._bad += len(summary.rejects)
         for letter in summary.rejects:
             self._bad_by_reason[letter.reason] = self._bad_by_reason.get(letter.reason, 0) + 1
+        for reason, count in summary.rejected_by_reason.items():
+            self._bad += count
+            self._bad_by_reason[reason] = self._bad_by_reason.get(reason, 0) + count
         if summary.state == "finished":
             self._lag[partition] = 0  # read to its end: what the last measurement (seconds ago) said is past
         elif summary.lag >= 0:

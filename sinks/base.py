@@ -1,7 +1,7 @@
 """The one shape every streampulse sink has: a bytewax sink built from a writer, and the two ways writes fail.
 
-- `WorkerSink(make_writer)`: each worker builds its own writer (a callable taking a batch: its own
-  Redis client or Kafka producer); bytewax hands it every batch routed to that worker.
+- `WorkerSink(make_writer)`: each worker builds its own `Writer` (its own Redis client or Kafka
+  producer); bytewax hands it every batch routed to that worker, and closes it at shutdown.
 - `RetryUntilAccepted`: a write that must not be lost nor fail the flow (Redis) is retried with
   backoff until the service takes it — logged once when an outage starts and once when it ends, and
   counted on every failed attempt. The dataflow stops pulling input meanwhile, so nothing is lost,
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
@@ -22,8 +23,16 @@ from confluent_kafka import KafkaError, Message, Producer
 
 X = TypeVar("X")
 
-# A worker's writer: takes one batch of items; `close` (if the writer has one) is called at shutdown.
-Writer = Callable[[list[X]], None]
+
+class Writer(ABC, Generic[X]):
+    """What one worker writes with: a batch at a time, closed once at shutdown."""
+
+    @abstractmethod
+    def write(self, items: list[X]) -> None:
+        """Write one batch (never empty); raising stops the flow before the batch's input is snapshotted."""
+
+    def close(self) -> None:
+        """Release what the writer holds (a producer to flush, a client); nothing by default."""
 
 
 class _WriterPartition(StatelessSinkPartition[X]):
@@ -32,12 +41,10 @@ class _WriterPartition(StatelessSinkPartition[X]):
 
     def write_batch(self, items: list[X]) -> None:
         if items:
-            self._writer(items)
+            self._writer.write(items)
 
     def close(self) -> None:
-        close = getattr(self._writer, "close", None)
-        if callable(close):
-            close()
+        self._writer.close()
 
 
 class WorkerSink(DynamicSink[X], Generic[X]):
@@ -62,8 +69,10 @@ class RetryUntilAccepted:
         log: logging.Logger,
         initial_s: float = 0.1,
         max_s: float = 5.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """`what` names the write in log lines ("Redis write"); `on_failure` counts each failed attempt."""
+        self._sleep = sleep
         self._what = what
         self._transient = transient
         self._on_failure = on_failure
@@ -85,7 +94,7 @@ class RetryUntilAccepted:
                     self._log.warning(
                         "%s failed (%s); retrying with backoff until it is reachable again", self._what, exc
                     )
-                time.sleep(delay)
+                self._sleep(delay)
                 delay = min(delay * 2, self._max_s)
                 continue
             if failing_since is not None:

@@ -36,10 +36,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType  # type: ignore[attr-defined]
 
@@ -47,6 +46,7 @@ from connect.kafka_log import with_logging
 from flows.health import pipeline_metrics
 from flows.partials import DeadLetter
 from settings.kafka import KafkaSettings
+from sinks.base import WorkerSink, Writer
 from sinks.dead_letter_fit import Outgoing, fit_letter, stub
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,9 @@ def producer_config(kafka: KafkaSettings, limit: int) -> dict[str, Any]:
     return config
 
 
-class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
+class DeadLetterWriter(Writer[DeadLetter]):
+    """One worker's dead-letter producer: every letter of a batch written, truncated, stubbed or given up on."""
+
     def __init__(self, settings: KafkaSettings, limit: int) -> None:
         self._settings = settings
         self._limit = limit
@@ -141,7 +143,8 @@ class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
         self._truncated = metrics.dead_letters_truncated
         self._undeliverable = metrics.dead_letters_undeliverable
 
-    def write_batch(self, items: list[DeadLetter]) -> None:
+    def write(self, items: Sequence[DeadLetter]) -> None:
+        """Produce `items` and return once each is written or given up on (never raises)."""
         for letter in items:
             self._send(letter, as_stub=False)
         self._wait()
@@ -243,15 +246,15 @@ class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
         self._producer.flush(WAIT_REPORT_S)
 
 
-class DeadLetterSink(DynamicSink[DeadLetter]):
-    """Bytewax sink producing rejected messages to the dead-letter topic."""
+class DeadLetterSink(WorkerSink[DeadLetter]):
+    """Bytewax sink producing rejected messages to the dead-letter topic, one producer per worker."""
 
     def __init__(self, settings: KafkaSettings) -> None:
+        super().__init__(self._writer)
         self._settings = settings
         self._limit: int | None = None
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeadLetterPartition:
-        """One producer per worker; the topic's limit is asked once per process."""
-        if self._limit is None:
+    def _writer(self, _worker: int) -> DeadLetterWriter:
+        if self._limit is None:  # the topic's limit is asked once per process
             self._limit = dead_letter_limit(self._settings)
-        return _DeadLetterPartition(self._settings, self._limit)
+        return DeadLetterWriter(self._settings, self._limit)

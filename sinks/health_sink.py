@@ -25,21 +25,22 @@ would hold up the windows.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import orjson
 import redis
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.health import pipeline_metrics
 from flows.pipeline_health import PipelineHealth
 from settings.redis import RedisSettings
+from sinks.base import WorkerSink, Writer
 from sinks.redis_layout import health_key
 from sinks.redis_sink import connect
 
 log = logging.getLogger(__name__)
 
 
-class RedisHealthWriter:
+class RedisHealthWriter(Writer[PipelineHealth]):
     """Sets the health document, once per publish."""
 
     def __init__(self, client: redis.Redis, namespace: str, ttl_s: int) -> None:
@@ -47,33 +48,20 @@ class RedisHealthWriter:
         self._key = health_key(namespace)
         self._ttl_s = ttl_s
 
-    def write(self, health: PipelineHealth) -> bool:
-        """Write `health`; False (and counted) if Redis did not take it."""
+    def write(self, items: Sequence[PipelineHealth]) -> None:
+        """Write the batch's newest document (each replaces the previous one whole); a failure is counted."""
         try:
-            self._client.set(self._key, orjson.dumps(health.to_dict()), ex=self._ttl_s)
+            self._client.set(self._key, orjson.dumps(items[-1].to_dict()), ex=self._ttl_s)
         except redis.RedisError as exc:
             pipeline_metrics().redis_write_errors.inc()
             log.debug("health document not written (%s); the next publish writes a newer one", exc)
-            return False
-        return True
+
+    def close(self) -> None:
+        self._client.close()
 
 
-class _RedisPartition(StatelessSinkPartition[PipelineHealth]):
-    def __init__(self, writer: RedisHealthWriter) -> None:
-        self._writer = writer
-
-    def write_batch(self, items: list[PipelineHealth]) -> None:
-        if items:
-            self._writer.write(items[-1])  # each document replaces the previous one whole
-
-
-class HealthRedisSink(DynamicSink[PipelineHealth]):
+class HealthRedisSink(WorkerSink[PipelineHealth]):
     """Bytewax sink writing the pipeline-health document under the namespace."""
 
     def __init__(self, settings: RedisSettings, ttl_s: int) -> None:
-        self._settings = settings
-        self._ttl_s = ttl_s
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
-        """Connect this worker's writer."""
-        return _RedisPartition(RedisHealthWriter(connect(self._settings), self._settings.namespace, self._ttl_s))
+        super().__init__(lambda _worker: RedisHealthWriter(connect(settings), settings.namespace, ttl_s))

@@ -13,17 +13,17 @@ from collections.abc import Sequence
 
 import orjson
 import redis
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.health import PipelineMetrics, pipeline_metrics
 from flows.windows.store import WindowUpdate
 from settings.redis import RedisSettings
+from sinks.base import RetryUntilAccepted, WorkerSink, Writer
 from sinks.redis_layout import aggregate_key, index_key, window_key
 
 log = logging.getLogger(__name__)
 
-RETRY_INITIAL_S = 0.1
-RETRY_MAX_S = 5.0
+# Errors that end when Redis is back (down, restarting, still loading its data): waited out, never fatal.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 
 def connect(settings: RedisSettings) -> redis.Redis:
@@ -35,7 +35,12 @@ def connect(settings: RedisSettings) -> redis.Redis:
     return client
 
 
-class RedisWindowWriter:
+def redis_retry(what: str, metrics: PipelineMetrics, logger: logging.Logger) -> RetryUntilAccepted:
+    """The retry every Redis write that must not be lost goes through: counted in redis_write_errors_total."""
+    return RetryUntilAccepted(what, TRANSIENT_ERRORS, on_failure=metrics.redis_write_errors.inc, log=logger)
+
+
+class RedisWindowWriter(Writer[WindowUpdate]):
     """Writes batches of window updates in one MULTI/EXEC round trip."""
 
     def __init__(self, client: redis.Redis, namespace: str, ttl_s: int, metrics: PipelineMetrics | None = None) -> None:
@@ -43,29 +48,21 @@ class RedisWindowWriter:
         self._namespace = namespace
         self._ttl_s = ttl_s
         self._metrics = metrics or pipeline_metrics()
+        self._retry = redis_retry("Redis write", self._metrics, log)
 
-    def write(self, updates: Sequence[WindowUpdate]) -> None:
-        """Write `updates`, retrying until Redis accepts them."""
-        if not updates:
-            return
-        delay = RETRY_INITIAL_S
-        failing_since: float | None = None
-        while True:
-            started = time.perf_counter()
-            try:
-                self._write_once(updates)
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-                self._metrics.redis_write_errors.inc()
-                if failing_since is None:
-                    failing_since = time.monotonic()
-                    log.warning("Redis write failed (%s); retrying with backoff until it is reachable again", exc)
-                time.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-                continue
-            self._metrics.redis_write_seconds.observe(time.perf_counter() - started)
-            if failing_since is not None:
-                log.warning("Redis writes resumed after %.1f s", time.monotonic() - failing_since)
-            return
+    def write(self, items: Sequence[WindowUpdate]) -> None:
+        """Write `items`, retrying until Redis accepts them."""
+        if items:
+            self._retry.run(lambda: self._timed_write(items))
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _timed_write(self, updates: Sequence[WindowUpdate]) -> None:
+        started = time.perf_counter()
+        self._write_once(updates)
+        # Only attempts that went through: a failed one's time says how long Redis took to refuse.
+        self._metrics.redis_write_seconds.observe(time.perf_counter() - started)
 
     def _write_once(self, updates: Sequence[WindowUpdate]) -> None:
         ns, ttl = self._namespace, self._ttl_s
@@ -93,21 +90,8 @@ class RedisWindowWriter:
         pipe.execute()
 
 
-class _RedisPartition(StatelessSinkPartition[WindowUpdate]):
-    def __init__(self, writer: RedisWindowWriter) -> None:
-        self._writer = writer
-
-    def write_batch(self, items: list[WindowUpdate]) -> None:
-        self._writer.write(items)
-
-
-class RedisWindowSink(DynamicSink[WindowUpdate]):
-    """Bytewax sink: each worker writes the updates routed to it."""
+class RedisWindowSink(WorkerSink[WindowUpdate]):
+    """Bytewax sink: each worker writes the updates routed to it through a Redis client of its own."""
 
     def __init__(self, settings: RedisSettings, ttl_s: int) -> None:
-        self._settings = settings
-        self._ttl_s = ttl_s
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
-        """Connect this worker's writer."""
-        return _RedisPartition(RedisWindowWriter(connect(self._settings), self._settings.namespace, self._ttl_s))
+        super().__init__(lambda _worker: RedisWindowWriter(connect(settings), settings.namespace, ttl_s))

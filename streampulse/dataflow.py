@@ -1,8 +1,9 @@
 """The streampulse dataflow: Kafka partitions -> window store -> Redis, /metrics and dead letters.
 
     playback/sign-up topics ──► KafkaEventSource (decode + pre-aggregate per batch)
-                                   │ BatchSummary per batch          └─ rejects ──► DeadLetterSink
-                                   ▼
+                                   │ BatchSummary per batch
+                                   ├──► its rejects ──► DeadLetterSink      (on the worker that read them)
+                                   ▼ the summary without them (rejects counted by reason)
                             WindowLogic (one store: merge, watermark, partial/final)
                                    │ WindowUpdate                      └─ PipelineHealth ──► HealthRedisSink
                                    ├──► RedisWindowSink
@@ -12,7 +13,9 @@
 
 All summaries meet in one stateful step (one key) because the watermark is a
 property of all partitions together; by then each batch is a handful of
-partial counters, so one step keeps up with many readers.
+partial counters, so one step keeps up with many readers. Rejected messages
+are split off before that step: in a cluster their bytes would otherwise
+cross processes only to be split off there.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource
 from bytewax.operators import StatefulBatchLogic
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import Sink
 
+from flows.anomaly.events import AnomalyEvent, Detection
 from flows.anomaly.steps import anomaly_events, detect_anomalies
 from flows.fold.partition_aggregator import Folder
 from flows.fold.playback import PlaybackFolder, StreamStartsFolder
@@ -42,10 +46,10 @@ from flows.sources.reader_config import ReaderConfig
 from flows.windows.store import WindowStore, WindowUpdate
 from settings.kafka import KafkaSettings
 from settings.redis import RedisSettings
-from settings.windows import resolution_name
 from sinks.anomaly_sink import AnomalyKafkaSink, AnomalyPrometheusSink, AnomalyRedisSink
 from sinks.dead_letter import DeadLetterSink
 from sinks.health_sink import HealthRedisSink
+from sinks.prometheus_sink import PrometheusWindowSink
 from sinks.redis_sink import RedisWindowSink
 
 STORE_KEY = "windows"
@@ -59,6 +63,33 @@ class FlowSettings:
     redis: RedisSettings
     reader: ReaderConfig
     redis_ttl_s: int = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class FlowSinks:
+    """Where the dataflow's streams end: `flow_sinks(settings)` for the real ones, a test may give its own."""
+
+    dead_letters: Sink[DeadLetter]
+    health: Sink[PipelineHealth]
+    windows_redis: Sink[WindowUpdate]
+    windows_prometheus: Sink[WindowUpdate]
+    anomalies_kafka: Sink[AnomalyEvent]
+    anomalies_redis: Sink[AnomalyEvent]
+    anomalies_prometheus: Sink[Detection]
+
+
+def flow_sinks(settings: FlowSettings) -> FlowSinks:
+    """The sinks of a real run (each connects to its service only when a worker builds it)."""
+    kafka, redis_settings, ttl_s = settings.kafka, settings.redis, settings.redis_ttl_s
+    return FlowSinks(
+        dead_letters=DeadLetterSink(kafka),
+        health=HealthRedisSink(redis_settings, ttl_s),
+        windows_redis=RedisWindowSink(redis_settings, ttl_s),
+        windows_prometheus=PrometheusWindowSink(settings.reader.windows.fine_ms),
+        anomalies_kafka=AnomalyKafkaSink(kafka, kafka.anomalies_topic),
+        anomalies_redis=AnomalyRedisSink(redis_settings, ttl_s),
+        anomalies_prometheus=AnomalyPrometheusSink(),
+    )
 
 
 # What the window step emits: window updates, and after each publish the pipeline-health document.
@@ -118,26 +149,6 @@ class WindowLogic(StatefulBatchLogic[BatchSummary, WindowOutput, WindowStore]):
         return copy.deepcopy(self._store)
 
 
-class _PrometheusPartition(StatelessSinkPartition[WindowUpdate]):
-    def __init__(self, fine_resolution: str, fine_seconds: float) -> None:
-        self._fine_resolution = fine_resolution
-        self._fine_seconds = fine_seconds
-
-    def write_batch(self, items: list[WindowUpdate]) -> None:
-        pipeline_metrics().observe_windows(items, self._fine_resolution, self._fine_seconds)
-
-
-class PrometheusWindowSink(DynamicSink[WindowUpdate]):
-    """Bytewax sink exporting window values on this process's /metrics."""
-
-    def __init__(self, fine_ms: int) -> None:
-        self._fine_ms = fine_ms
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _PrometheusPartition:
-        """Export from this worker."""
-        return _PrometheusPartition(resolution_name(self._fine_ms), self._fine_ms / 1000)
-
-
 def _folders(reader: ReaderConfig) -> dict[str, Callable[[], Folder]]:
     if reader.metric_set == "stream_starts":
         return {"playback": StreamStartsFolder, "signup": IgnoreFolder}
@@ -166,9 +177,12 @@ SourceFactory = Callable[
 ]
 
 
-def build_dataflow(settings: FlowSettings, source_factory: SourceFactory | None = None) -> Dataflow:
+def build_dataflow(
+    settings: FlowSettings, source_factory: SourceFactory | None = None, sinks: FlowSinks | None = None
+) -> Dataflow:
     """The live/replay dataflow for the configured topics: from Kafka, or from `source_factory`'s source."""
     kafka, reader = settings.kafka, settings.reader
+    sinks = sinks or flow_sinks(settings)
     topics = {kafka.playback_topic: "playback", kafka.signup_topic: "signup"}
     if source_factory is None:
         source: FixedPartitionedSource[BatchSummary, Any] = KafkaEventSource(
@@ -181,25 +195,28 @@ def build_dataflow(settings: FlowSettings, source_factory: SourceFactory | None 
     live = reader.replay is None
     flow = Dataflow("streampulse")
     summaries = op.input("kafka_in", flow, source)
+    # Rejects are their own stream from here: no step between the input and the dead-letter sink moves data
+    # between workers, so a letter is written by the worker that read its message. Only their counts go on.
     if live:
-        op.output("dead_letter_out", op.flat_map("rejects", summaries, _rejects), DeadLetterSink(kafka))
-    keyed = op.key_on("one_store", summaries, lambda _summary: STORE_KEY)
+        op.output("dead_letter_out", op.flat_map("rejects", summaries, _rejects), sinks.dead_letters)
+    counted = op.map("rejects_apart", summaries, BatchSummary.without_rejects)
+    keyed = op.key_on("one_store", counted, lambda _summary: STORE_KEY)
     updates = op.stateful_batch("windows", keyed, lambda resume: WindowLogic(reader, partitions, resume))
     outputs = op.branch("health_apart", op.map("drop_key", updates, lambda key_update: key_update[1]), _is_update)
     plain = outputs.trues
     health = op.map("health_only", outputs.falses, _as_health)
-    op.output("health_out", health, HealthRedisSink(settings.redis, settings.redis_ttl_s))
+    op.output("health_out", health, sinks.health)
     replay = reader.replay
     if replay is not None:
         # Only windows wholly inside the range hold all their events (flows/sources/replay_range.py).
         plain = op.filter("replay_range", plain, lambda u: replay.inside(u.window_start_ms, u.window_end_ms))
-    op.output("redis_out", plain, RedisWindowSink(settings.redis, settings.redis_ttl_s))
-    op.output("prometheus_out", plain, PrometheusWindowSink(reader.windows.fine_ms))
+    op.output("redis_out", plain, sinks.windows_redis)
+    op.output("prometheus_out", plain, sinks.windows_prometheus)
     if reader.metric_set == "all":  # the stream-starts-only benchmark configuration has nothing to detect on
         detections = detect_anomalies(plain, reader.windows.fine_ms)
         events = anomaly_events(detections)
         if live:
-            op.output("anomalies_kafka_out", events, AnomalyKafkaSink(kafka, kafka.anomalies_topic))
-        op.output("anomalies_redis_out", events, AnomalyRedisSink(settings.redis, settings.redis_ttl_s))
-        op.output("anomalies_prometheus_out", detections, AnomalyPrometheusSink())
+            op.output("anomalies_kafka_out", events, sinks.anomalies_kafka)
+        op.output("anomalies_redis_out", events, sinks.anomalies_redis)
+        op.output("anomalies_prometheus_out", detections, sinks.anomalies_prometheus)
     return flow

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from flows.health import pipeline_metrics
 from flows.partials import DeadLetter
 from settings.kafka import KafkaSettings
-from sinks.dead_letter import _DeadLetterPartition, dead_letter_limit, producer_config
+from sinks.dead_letter import DeadLetterWriter, dead_letter_limit, producer_config
 from sinks.dead_letter_fit import (
     MAX_TRUNCATED_KEY,
     STUB_VALUE_BYTES,
@@ -140,9 +140,9 @@ def undeliverable(error: str) -> float:
     )
 
 
-def partition_for_decisions() -> _DeadLetterPartition:
-    """A sink partition whose producer is never used (nothing is produced by these tests)."""
-    return _DeadLetterPartition(KafkaSettings("127.0.0.1:1", "p", "s", "d"), LIMIT)
+def partition_for_decisions() -> DeadLetterWriter:
+    """A dead-letter writer whose producer is never used (nothing is produced by these tests)."""
+    return DeadLetterWriter(KafkaSettings("127.0.0.1:1", "p", "s", "d"), LIMIT)
 
 
 def test_a_letter_refused_as_too_large_is_sent_again_as_a_stub_and_a_stub_refused_is_given_up() -> None:

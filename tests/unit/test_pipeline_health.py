@@ -83,3 +83,14 @@ def test_the_document_is_plain_json() -> None:
     document = orjson.loads(orjson.dumps(health.to_dict()))
     assert document["newest_windows"]["10s"] == {"start_ms": T0, "end_ms": T0 + 10_000, "final": False}
     assert document["kafka_reachable"] is True and document["consumer_lag"] is None
+
+
+def test_rejects_split_off_the_summary_count_the_same_as_rejects_still_attached() -> None:
+    attached, split = HealthTracker(started_ms=T0), HealthTracker(started_ms=T0)
+    batch = summary("p#0", 50, bad=("malformed_json", "bad_enum", "bad_enum"))
+    light = batch.without_rejects()
+    assert light.rejects == [] and light.rejected_by_reason == {"malformed_json": 1, "bad_enum": 2}
+    assert len(batch.rejects) == 3  # the original keeps its letters: the dead-letter branch reads them
+    attached.observe(batch)
+    split.observe(light)
+    assert attached.document(T0 + 1000, -1, 0, 0, []) == split.document(T0 + 1000, -1, 0, 0, [])
