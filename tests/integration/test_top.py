@@ -1,6 +1,6 @@
 """`streampulse top` against a real Redis filled by a real flow: the screen shows what `query` answers.
 
-Five minutes of load-generator traffic, anchored two hours back (nothing is
+Five minutes of load-generator traffic at a fixed time of day, yesterday (nothing is
 "from the future", nothing depends on the hour the test runs at), with one
 scripted incident (US TVs rebuffer ten times as often from minute 3 to the
 end, so its anomaly is still open), go through real Kafka and `streampulse
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +28,7 @@ from loadgen.api import generate, produce
 from settings.kafka import KafkaSettings
 from sinks.redis_layout import health_key
 from tests.conftest import Stack
-from tests.integration.helpers import REPO, create_topics, streampulse
+from tests.integration.helpers import REPO, create_topics, streampulse, yesterday_at
 from tests.services.terminal import Terminal, terminal_env
 
 pytestmark = pytest.mark.integration
@@ -56,8 +55,9 @@ class Filled:
 @pytest.fixture(scope="module")
 def filled(stack: Stack) -> Filled:
     name = uuid.uuid4().hex[:10]
-    hour = 3_600_000
-    start = (int(time.time() * 1000) // hour - 2) * hour
+    # A fixed time of day (21:00 UTC yesterday, as tests/integration/test_anomalies.py): the same traffic, and
+    # so the same countries in the newest window, whatever the hour the test runs at.
+    start = yesterday_at(21)
     generated = generate(seed=31, start_ms=start, span_ms=5 * MINUTE_MS, rate=300, incidents=[INCIDENT])
     kafka = KafkaSettings(
         bootstrap=stack.bootstrap,
