@@ -220,7 +220,8 @@ class KafkaPartitionReader(PartitionReader[ReaderSnapshot]):
 
     def complete(self, summary: BatchSummary) -> None:
         """The batch's dead letters, lag and client error; the duplicate and bad-event counters."""
-        rejects = self._rejects
+        # Handed over once: a later summary without a read of its own (a paced replay releasing) has none.
+        rejects, self._rejects = self._rejects, []
         summary.rejects = rejects
         summary.lag, summary.kafka_error = self._lag_messages, self._kafka_error
         self._reported_error = self._kafka_error
