@@ -60,7 +60,10 @@ CATEGORIES: tuple[tuple[str, Sequence[str]], ...] = (
         ("sinks/prometheus.py", "flows/windows/metric_values.py", "prometheus_client/"),
     ),
     ("dead letters (sinks/dead_letter.py)", ("sinks/dead_letter.py",)),
-    ("Kafka reader loop (flows/sources/kafka.py)", ("flows/sources/kafka.py",)),
+    (
+        "partition reader loop (flows/sources/reader_base.py, kafka.py)",
+        ("flows/sources/reader_base.py", "flows/sources/kafka.py"),
+    ),
     ("bytewax (Rust runtime and its Python)", ("_bytewax", "bytewax/")),
 )
 PROJECT_DIRS = ("flows/", "sinks/", "schemas/", "streampulse/")

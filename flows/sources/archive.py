@@ -18,23 +18,21 @@ writing at the same time cannot show a half-written chunk.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.inputs import FixedPartitionedSource
 
-from flows.fold.native import make_aggregator
 from flows.fold.partition_aggregator import Folder
 from flows.partials import BatchSummary
+from flows.sources.reader_base import PartitionReader, Records
 from flows.sources.reader_config import ReaderConfig
-from flows.sources.replay_range import ReplayFeed, ReplayRange, shared_progress
+from flows.sources.replay_range import ReplayRange
 from schemas.archive_layout import (
     HOUR_MS,
     ArchiveError,
@@ -121,8 +119,12 @@ class _RowsToEvents:
         return events
 
 
-class ArchivePartitionReader(StatefulSourcePartition[BatchSummary, int]):
-    """Replays one archived partition; state is the next offset (the offset after the last event fed)."""
+class ArchivePartitionReader(PartitionReader[int]):
+    """Replays one archived partition; state is the next offset (the offset after the last event fed).
+
+    What it adds to `PartitionReader`: the partition's rows in offset order, a slice of a chunk at a time. The
+    archive is finite, so the partition finishes at its end.
+    """
 
     def __init__(
         self, root: Path, plan: PartitionPlan, family: str, folder: Folder, config: ReaderConfig, resume: int | None
@@ -130,25 +132,20 @@ class ArchivePartitionReader(StatefulSourcePartition[BatchSummary, int]):
         replay = config.replay
         if replay is None:
             raise ValueError("the archive source serves replays only (ReaderConfig.replay is not set)")
-        name = f"{plan.topic}#{plan.partition}"
         self._root = root
         self._plan = plan
         self._family = family
-        self._config = config
+        self._batch_size = config.batch_size
         self._low = replay.low_ms(family)
-        self._next_offset = resume if resume is not None else 0
-        self._aggregator = make_aggregator(name, config.windows, folder)
-        # What the feed lets through is folded once per batch (`add_all`), not once per event.
-        self._replayed: list[Any] = []
-        self._feed = ReplayFeed(replay, family, name, self._replayed.append, shared_progress(replay))
+        name = f"{plan.topic}#{plan.partition}"
+        next_offset = resume if resume is not None else 0
+        super().__init__(name, family, folder, config, next_offset=next_offset, exit_at_end=True)
         self._to_events = _RowsToEvents(family)
         self._batches = self._events()
-        self._hold_until: float | None = None
-        self._finished = False
 
     def _events(self) -> Iterator[tuple[list[EventStruct], int]]:
         """Events in offset order, a slice of a chunk at a time, with the offset after the slice's last one."""
-        plan, size = self._plan, self._config.batch_size
+        plan, size = self._plan, self._batch_size
         for chunk, files in plan.chunks:
             if chunk.last_offset < self._next_offset or not files:
                 continue
@@ -169,41 +166,13 @@ class ArchivePartitionReader(StatefulSourcePartition[BatchSummary, int]):
                 end = min(start + size, len(events))
                 yield events[start:end], offsets_list[end - 1] + 1
 
-    def next_batch(self) -> list[BatchSummary]:
-        if self._finished:
-            raise StopIteration
-        feed = self._feed
-        # Paced: events held back go first; nothing new is read while some still wait.
-        self._hold_until = feed.release(time.time())
-        released = feed.released
-        read = 0
-        batch = None
-        if self._hold_until is None:
-            batch = next(self._batches, None)
-            if batch is not None:
-                events, self._next_offset = batch
-                read = len(events)
-                add = feed.add
-                for event in events:
-                    add(event)
-            self._hold_until = feed.release(time.time())
-            released += feed.released
-        if self._replayed:
-            self._aggregator.add_all(self._replayed)
-            self._replayed.clear()
-        finished = feed.past_range or (batch is None and not feed.holding)
-        feed.report(read, finished)
-        if not (read or released or finished):
-            return []
-        summary = self._aggregator.summary("finished" if finished else "active")
-        summary.consumed = read  # archived events read, for the health document's events/s
-        self._finished = finished
-        return [summary]
-
-    def next_awake(self) -> datetime | None:
-        if self._hold_until is not None:
-            return datetime.fromtimestamp(self._hold_until, UTC)
-        return None
+    def read_records(self) -> Records:
+        """The next slice of archived events; at the end once every planned chunk is read."""
+        batch = next(self._batches, None)
+        if batch is None:
+            return Records((), 0, self._next_offset, at_end=True)
+        events, next_offset = batch
+        return Records(events, len(events), next_offset, at_end=False)
 
     def snapshot(self) -> int:
         return self._next_offset

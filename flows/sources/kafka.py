@@ -32,27 +32,24 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.inputs import FixedPartitionedSource
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from connect.kafka_log import process_summary, with_logging
-from flows.fold.native import make_aggregator
 from flows.fold.partition_aggregator import Folder
 from flows.health import pipeline_metrics
 from flows.kafka_lag import lag_monitor
-from flows.partials import BatchSummary, DeadLetter, PartitionState
+from flows.partials import BatchSummary, DeadLetter
 from flows.sources.kafka_seek import seek_offset
+from flows.sources.reader_base import PartitionReader, Records
 from flows.sources.reader_config import ReaderConfig
-from flows.sources.replay_range import ReplayFeed, shared_progress
 from schemas.decoder import Event, EventDecoder, Rejection
 from settings.kafka import KafkaSettings
 
 log = logging.getLogger(__name__)
 
-IDLE_REPORT_INTERVAL_S = 5.0
 EMPTY_POLL_BACKOFF = timedelta(milliseconds=20)
 STATE_REPORT_INTERVAL_S = 5.0
 
@@ -87,8 +84,50 @@ def consumer_config(kafka: KafkaSettings, on_error: Callable[[KafkaError], None]
 ReaderSnapshot = tuple[int, bytes]
 
 
-class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]):
-    """Reads one partition of one topic; its state is the next offset and the aggregator's memory."""
+def dead_letter(topic: str, partition: int, message: Message, rejection: Rejection) -> DeadLetter:
+    """The dead letter of a message the decoder rejected: where it was, its bytes, and why."""
+    _kind, timestamp_ms = message.timestamp()
+    return DeadLetter(
+        topic=topic,
+        partition=partition,
+        offset=message.offset() or 0,
+        timestamp_ms=timestamp_ms,
+        key=message.key(),
+        value=message.value(),
+        reason=rejection.reason,
+        detail=rejection.detail,
+    )
+
+
+def split_messages(messages: list[Message], at_end: bool) -> tuple[list[Message], bool, list[KafkaError]]:
+    """What one `consume` returned: the messages that carry a record, whether the partition is now at its end, errors.
+
+    `at_end` is what was known before. An end-of-partition event sets it; records after the last such event
+    clear it (the end is the fetcher's event, not the high watermark: see the module docstring).
+    """
+    records: list[Message] = []
+    errors: list[KafkaError] = []
+    for message in messages:
+        error = message.error()
+        if error is None:
+            records.append(message)
+        elif error.code() == KafkaError._PARTITION_EOF:
+            at_end = True
+        else:
+            errors.append(error)
+    if records:
+        # At the end only if the end-of-partition event came after the last message.
+        last = messages[-1].error()
+        at_end = last is not None and last.code() == KafkaError._PARTITION_EOF
+    return records, at_end, errors
+
+
+class KafkaPartitionReader(PartitionReader[ReaderSnapshot]):
+    """Reads one partition of one topic; its state is the next offset and the aggregator's memory.
+
+    What it adds to `PartitionReader`: the consumer, decoding with dead letters, the end-of-partition event,
+    client errors for the health document, lag and the per-partition counters.
+    """
 
     def __init__(
         self,
@@ -102,7 +141,7 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
     ) -> None:
         self._topic = topic
         self._partition = partition
-        self._config = config
+        self._batch_size = config.batch_size
         # The last client error (broker down, ...) since a message last came: the health document's "Kafka reachable".
         self._kafka_error = ""
         self._reported_error = ""
@@ -117,27 +156,14 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
             if config.replay is not None:
                 # A replay starts at the first record that can hold an event of its lead (flows/sources/replay_range.py).
                 start = seek_offset(self._consumer, topic, partition, config.replay.seek_ms(family), low, high)
-        self._next_offset = start
         self._consumer.assign([TopicPartition(topic, partition, start)])
-        self._decoder = EventDecoder(family, config.max_message_bytes, config.max_future_skew_ms)
-        self._aggregator = make_aggregator(f"{topic}#{partition}", config.windows, folder)
+        super().__init__(
+            f"{topic}#{partition}", family, folder, config, next_offset=start, exit_at_end=config.exit_at_end
+        )
         if resume is not None:
             self._aggregator.restore(resume[1])
-        # In a replay, events reach the aggregator through the feed: range filter, stop, pacing, progress. What it
-        # lets through is folded once per batch (`add_all`), as in a live run, not once per event.
-        self._replayed: list[Any] = []
-        self._feed = (
-            ReplayFeed(
-                config.replay, family, f"{topic}#{partition}", self._replayed.append, shared_progress(config.replay)
-            )
-            if config.replay is not None
-            else None
-        )
-        self._hold_until: float | None = None
-        self._finished = False
-        self._at_end = False
-        self._last_message_at = time.monotonic()
-        self._last_report_at = 0.0
+        self._decoder = EventDecoder(family, config.max_message_bytes, config.max_future_skew_ms)
+        self._rejects: list[DeadLetter] = []
         self._last_state_at = 0.0
         self._bootstrap = kafka.bootstrap
         self._summary = process_summary()
@@ -153,109 +179,56 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
         self._ids_gauge = metrics.remembered_event_ids.labels(topic, str(partition))
         self._empty_poll = False
 
-    def next_batch(self) -> list[BatchSummary]:
-        if self._finished:
-            raise StopIteration
-        feed = self._feed
-        released = 0
-        if feed is not None:
-            # Paced replay: events held back go first; nothing new is read while some still wait.
-            self._hold_until = feed.release(time.time())
-            released = feed.released
-        held = self._hold_until is not None
-        messages = [] if held else self._consumer.consume(self._config.batch_size, 0)
-        now = time.monotonic()
+    def read_records(self) -> Records:
+        """The next messages of the partition, decoded as they are folded; rejects go to this batch's dead letters."""
+        messages = self._consumer.consume(self._batch_size, 0)
         self._empty_poll = not messages
         if messages:
             self._kafka_error = ""  # the broker answered (a partition error in them sets it again below)
-        rejects: list[DeadLetter] = []
-        records = self._records(messages)
-        valid = self._decoded(records, time.time_ns() // 1_000_000, rejects)
+        self._rejects = []
+        records, at_end, errors = split_messages(messages, self._at_end)
+        for error in errors:
+            self._on_error(error)
+        if not records:
+            return Records((), 0, self._next_offset, at_end)
+        self._consumed_counter.inc(len(records))
+        self._summary.reachable(self._bootstrap)  # ends an outage the log summary reported; a dict lookup
         # Events are folded as they are decoded, not gathered first: each is freed before the next is made, so
         # the allocator hands the same warm memory back (8-16 % less CPU for decode + fold in three A/B pairs).
-        if feed is None:
-            self._aggregator.add_all(valid)
-        else:
-            for event in valid:
-                feed.add(event)
-        consumed = len(records)
-        if records:
-            self._next_offset = (records[-1].offset() or 0) + 1
-            self._last_message_at = now
-            self._consumed_counter.inc(consumed)
-            self._summary.reachable(self._bootstrap)  # ends an outage the log summary reported; a dict lookup
-            # At the end only if the end-of-partition event came after the last message.
-            last = messages[-1].error()
-            self._at_end = last is not None and last.code() == KafkaError._PARTITION_EOF
+        events = self._decoded(records, time.time_ns() // 1_000_000, self._rejects)
+        return Records(events, len(records), (records[-1].offset() or 0) + 1, at_end)
+
+    def _decoded(self, records: list[Message], now_ms: int, rejects: list[DeadLetter]) -> Iterator[Event]:
+        """The valid events of `records`, in order; bad ones go to `rejects` as dead letters."""
+        decode = self._decoder.decode
+        topic, partition = self._topic, self._partition
+        for message in records:
+            event = decode(message.value(), now_ms)
+            if isinstance(event, Rejection):
+                rejects.append(dead_letter(topic, partition, message, event))
+            else:
+                yield event
+
+    def after_fold(self, now: float) -> None:
+        """Every `STATE_REPORT_INTERVAL_S`: the memory gauges, the lag, and whether a standing error has cleared."""
         if now - self._last_state_at > STATE_REPORT_INTERVAL_S:
             self._report_state(now)
-        if feed is not None and not held:
-            self._hold_until = feed.release(time.time())
-            released += feed.released
-        if self._replayed:
-            self._aggregator.add_all(self._replayed)
-            self._replayed.clear()
-        state = self._state(now)
-        if feed is not None:
-            feed.report(consumed, state == "finished")
-        error_changed = self._kafka_error != self._reported_error
-        if not consumed and not released and state == "active" and not error_changed:
-            return []
-        if (
-            state == "idle"
-            and not consumed
-            and not error_changed
-            and now - self._last_report_at < IDLE_REPORT_INTERVAL_S
-        ):
-            return []
-        self._last_report_at = now
-        summary = self._aggregator.summary(state)
+
+    def has_news(self) -> bool:
+        """A client error appeared or cleared since the last summary: the health document must hear it."""
+        return self._kafka_error != self._reported_error
+
+    def complete(self, summary: BatchSummary) -> None:
+        """The batch's dead letters, lag and client error; the duplicate and bad-event counters."""
+        # Handed over once: a later summary without a read of its own (a paced replay releasing) has none.
+        rejects, self._rejects = self._rejects, []
         summary.rejects = rejects
-        summary.consumed, summary.lag, summary.kafka_error = consumed, self._lag_messages, self._kafka_error
+        summary.lag, summary.kafka_error = self._lag_messages, self._kafka_error
         self._reported_error = self._kafka_error
         if summary.duplicates:
             self._duplicates_counter.inc(summary.duplicates)
         for letter in rejects:
             self._bad_counter.labels(self._topic, letter.reason).inc()
-        if state == "finished":
-            self._finished = True
-        return [summary]
-
-    def _records(self, messages: list[Message]) -> list[Message]:
-        """The messages that carry a record; notes an end-of-partition event, reports errors."""
-        records = []
-        for message in messages:
-            error = message.error()
-            if error is None:
-                records.append(message)
-            elif error.code() == KafkaError._PARTITION_EOF:
-                self._at_end = True
-            else:
-                self._on_error(error)
-        return records
-
-    def _decoded(self, records: list[Message], now_ms: int, rejects: list[DeadLetter]) -> Iterator[Event]:
-        """The valid events of `records`, in order; bad ones go to `rejects` as dead letters."""
-        decode = self._decoder.decode
-        for message in records:
-            event = decode(message.value(), now_ms)
-            if isinstance(event, Rejection):
-                rejects.append(self._dead_letter(message, event))
-            else:
-                yield event
-
-    def _state(self, now: float) -> PartitionState:
-        if self._feed is not None:
-            if self._feed.past_range:
-                return "finished"
-            if self._feed.holding:
-                return "active"
-        if not self._at_end:
-            return "active"
-        if self._config.exit_at_end:
-            return "finished"
-        quiet_ms = (now - self._last_message_at) * 1000
-        return "idle" if quiet_ms >= self._config.idle_after_ms else "active"
 
     def _report_state(self, now: float) -> None:
         self._last_state_at = now
@@ -287,24 +260,9 @@ class KafkaPartitionReader(StatefulSourcePartition[BatchSummary, ReaderSnapshot]
         process_summary().on_error(self._bootstrap, error)
         self._kafka_error = error.str()
 
-    def _dead_letter(self, message: object, rejection: Rejection) -> DeadLetter:
-        _kind, timestamp_ms = message.timestamp()  # type: ignore[attr-defined]
-        return DeadLetter(
-            topic=self._topic,
-            partition=self._partition,
-            offset=message.offset(),  # type: ignore[attr-defined]
-            timestamp_ms=timestamp_ms,
-            key=message.key(),  # type: ignore[attr-defined]
-            value=message.value(),  # type: ignore[attr-defined]
-            reason=rejection.reason,
-            detail=rejection.detail,
-        )
-
-    def next_awake(self) -> datetime | None:
-        if self._hold_until is not None:
-            return datetime.fromtimestamp(self._hold_until, UTC)
+    def poll_again_at(self) -> datetime | None:
+        """Shortly after an empty poll: polling an empty partition in a tight loop starves the worker's others."""
         if self._empty_poll:
-            # Polling an empty partition in a tight loop would starve the other partitions of this worker.
             return datetime.now(UTC) + EMPTY_POLL_BACKOFF
         return None
 
