@@ -36,9 +36,19 @@ class WindowConfig:
             raise ValueError("the publish interval must be positive")
 
     @property
+    def fine_name(self) -> str:
+        """The fine resolution's name in Redis keys, `query --resolution` and /metrics (`10s`)."""
+        return resolution_name(self.fine_ms)
+
+    @property
+    def coarse_name(self) -> str:
+        """The coarse resolution's name (`1m`)."""
+        return resolution_name(self.coarse_ms)
+
+    @property
     def resolutions(self) -> dict[str, int]:
         """Window sizes by the name used in Redis keys and `query --resolution`."""
-        return {resolution_name(self.fine_ms): self.fine_ms, resolution_name(self.coarse_ms): self.coarse_ms}
+        return {self.fine_name: self.fine_ms, self.coarse_name: self.coarse_ms}
 
 
 def resolution_name(size_ms: int) -> str:

@@ -56,3 +56,8 @@ def anomaly_key(namespace: str, anomaly_id: str) -> str:
 def health_key(namespace: str) -> str:
     """JSON document of the pipeline's health, rewritten at each publish (sinks/health_sink.py)."""
     return f"{PREFIX}:{namespace}:health"
+
+
+def replay_marker_key(namespace: str) -> str:
+    """Hash marking `namespace` as a replay's: what was replayed, from where, when (streampulse/replay.py)."""
+    return f"{PREFIX}:{namespace}:replay"

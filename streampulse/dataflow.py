@@ -85,7 +85,7 @@ def flow_sinks(settings: FlowSettings) -> FlowSinks:
         dead_letters=DeadLetterSink(kafka),
         health=HealthRedisSink(redis_settings, ttl_s),
         windows_redis=RedisWindowSink(redis_settings, ttl_s),
-        windows_prometheus=PrometheusWindowSink(settings.reader.windows.fine_ms),
+        windows_prometheus=PrometheusWindowSink(settings.reader.windows),
         anomalies_kafka=AnomalyKafkaSink(kafka, kafka.anomalies_topic),
         anomalies_redis=AnomalyRedisSink(redis_settings, ttl_s),
         anomalies_prometheus=AnomalyPrometheusSink(),
@@ -213,7 +213,7 @@ def build_dataflow(
     op.output("redis_out", plain, sinks.windows_redis)
     op.output("prometheus_out", plain, sinks.windows_prometheus)
     if reader.metric_set == "all":  # the stream-starts-only benchmark configuration has nothing to detect on
-        detections = detect_anomalies(plain, reader.windows.fine_ms)
+        detections = detect_anomalies(plain, reader.windows)
         events = anomaly_events(detections)
         if live:
             op.output("anomalies_kafka_out", events, sinks.anomalies_kafka)

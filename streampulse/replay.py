@@ -19,6 +19,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,11 +32,10 @@ from flows.sources.reader_config import ReaderConfig
 from flows.sources.replay_range import ReplayRange, replay_range, shared_progress
 from schemas.archive_layout import committed_chunks
 from settings.errors import ConfigError
-from settings.windows import resolution_name
-from sinks.redis_layout import PREFIX, index_key
+from sinks.redis_layout import index_key, replay_marker_key
 from sinks.redis_sink import connect
 from streampulse.archive import add_archive_dir_option
-from streampulse.configure import add_flow_options, add_kafka_options, add_redis_options, reader_config, redis_settings
+from streampulse.configure import add_flow_options, add_kafka_options, add_redis_options
 from streampulse.dataflow import FlowSettings, SourceFactory
 from streampulse.options import add_option, duration_ms
 from streampulse.run import (
@@ -45,6 +45,7 @@ from streampulse.run import (
     check_redis,
     execute,
     flow_settings,
+    process_settings,
 )
 
 log = logging.getLogger(__name__)
@@ -165,11 +166,6 @@ def replay_of(args: argparse.Namespace, reader: ReaderConfig, namespace: str, no
     )
 
 
-def replay_marker_key(namespace: str) -> str:
-    """The hash marking `namespace` as a replay's: what was replayed, from where, when."""
-    return f"{PREFIX}:{namespace}:replay"
-
-
 def claim_namespace(client: redis.Redis, settings: FlowSettings, replay: ReplayRange, source: str) -> None:
     """Mark the namespace as this replay's, or raise ConfigError if it holds windows no replay wrote."""
     namespace = settings.redis.namespace
@@ -221,23 +217,23 @@ def _describe(replay: ReplayRange, settings: FlowSettings, source: str) -> None:
         f" (Kafka records from {replay.timestamp_skew_ms} ms earlier)" if source == "kafka" else "",
         _iso(replay.stop_ms),
     )
-    for size in (windows.fine_ms, windows.coarse_ms):
+    for name, size in windows.resolutions.items():
         if replay.from_ms % size or replay.to_ms % size:
             log.warning(
                 "--from/--to are not on %s boundaries: the %s windows straddling them hold only part of their "
                 "events and are not written",
-                resolution_name(size),
-                resolution_name(size),
+                name,
+                name,
             )
 
 
 def run(args: argparse.Namespace) -> int:
     """Validate, claim the namespace, run the replay's dataflow to its end, report."""
     # The margins depend on the window settings, so those are validated first.
-    replay = replay_of(
-        args, reader_config(args, exit_at_end=True), redis_settings(args).namespace, int(time.time() * 1000)
-    )
-    settings = flow_settings(args, replay=replay)
+    # A replay ends like --exit-at-end: at the end of what it reads, every window finalized.
+    settings = flow_settings(args, exit_at_end=True)
+    replay = replay_of(args, settings.reader, settings.redis.namespace, int(time.time() * 1000))
+    settings = replace(settings, reader=replace(settings.reader, replay=replay))
     source_factory: SourceFactory | None = None
     if args.source == "archive":
         root = Path(args.archive_dir)
@@ -254,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
     client = connect(settings.redis)
     claim_namespace(client, settings, replay, args.source)
     _describe(replay, settings, args.source)
-    code = execute(settings, args, source_factory, job="replay")
+    code = execute(settings, process_settings(args), source_factory, job="replay")
     client.hset(
         replay_marker_key(settings.redis.namespace), mapping={"state": "done", "finished_ms": int(time.time() * 1000)}
     )

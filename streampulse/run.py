@@ -6,6 +6,7 @@ import argparse
 import gc
 import logging
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,7 +17,6 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from confluent_kafka.admin import AdminClient
 
 from connect.kafka_admin import ensure_topics, topic_partitions, wait_for_kafka
-from flows.sources.replay_range import ReplayRange
 from settings.errors import ConfigError
 from settings.kafka import KafkaSettings
 from sinks.prometheus import serve_metrics
@@ -96,16 +96,46 @@ def add_recovery_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def recovery_config(args: argparse.Namespace) -> RecoveryConfig | None:
+@dataclass(frozen=True)
+class ProcessSettings:
+    """This process's part in running a dataflow: where /metrics is served, its place in a cluster, snapshots."""
+
+    metrics_host: str
+    metrics_port: int
+    workers: int = 1
+    process_id: int | None = None
+    addresses: tuple[str, ...] | None = None
+    snapshot_interval_ms: int = 10_000
+    recovery: RecoveryConfig | None = None
+
+
+def process_settings(args: argparse.Namespace) -> ProcessSettings:
+    """Validated process settings from parsed options (the recovery store created on first use)."""
+    if (args.process_id is None) != (args.addresses is None):
+        raise ConfigError("--process-id and --addresses go together: give both to run as part of a cluster")
+    addresses = tuple(args.addresses.split(";")) if args.addresses else None
+    if addresses is not None and not 0 <= args.process_id < len(addresses):
+        raise ConfigError(f"--process-id {args.process_id} is not an index into --addresses")
+    return ProcessSettings(
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        workers=args.workers,
+        process_id=args.process_id,
+        addresses=addresses,
+        snapshot_interval_ms=getattr(args, "snapshot_interval", 10_000),
+        recovery=recovery_config(getattr(args, "recovery_dir", None), args.process_id, len(addresses or ("",))),
+    )
+
+
+def recovery_config(recovery_dir: str | None, process_id: int | None, processes: int) -> RecoveryConfig | None:
     """Bytewax's recovery settings, creating the snapshot store on first use; None without --recovery-dir."""
-    if getattr(args, "recovery_dir", None) is None:
+    if recovery_dir is None:
         return None
-    directory = Path(args.recovery_dir)
-    processes = len(args.addresses.split(";")) if args.addresses else 1
+    directory = Path(recovery_dir)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         if not any(directory.glob("part-*.sqlite3")):
-            if args.process_id in (None, 0):
+            if process_id in (None, 0):
                 init_db_dir(directory, processes)  # type: ignore[no-untyped-call]
             else:
                 # Process 0 creates the store; the others wait for it rather than race it.
@@ -119,17 +149,12 @@ def recovery_config(args: argparse.Namespace) -> RecoveryConfig | None:
     return RecoveryConfig(directory)  # type: ignore[no-untyped-call]
 
 
-def flow_settings(args: argparse.Namespace, replay: ReplayRange | None = None) -> FlowSettings:
-    """Validated settings of the flow (of a replay of `replay`); raises ConfigError saying what to fix."""
-    if (args.process_id is None) != (args.addresses is None):
-        raise ConfigError("--process-id and --addresses go together: give both to run as part of a cluster")
-    if args.addresses is not None and not 0 <= args.process_id < len(args.addresses.split(";")):
-        raise ConfigError(f"--process-id {args.process_id} is not an index into --addresses")
+def flow_settings(args: argparse.Namespace, exit_at_end: bool) -> FlowSettings:
+    """Validated settings of the flow; raises ConfigError saying what to fix."""
     return FlowSettings(
         kafka=kafka_settings(args),
         redis=redis_settings(args),
-        # A replay ends like --exit-at-end: at the end of what it reads, every window finalized.
-        reader=reader_config(args, exit_at_end=replay is not None or args.exit_at_end, replay=replay),
+        reader=reader_config(args, exit_at_end=exit_at_end),
         redis_ttl_s=max(args.redis_ttl // 1000, 1),
     )
 
@@ -170,43 +195,39 @@ def check_redis(settings: FlowSettings) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the dataflow until stopped, or to the end of the input with --exit-at-end."""
-    settings = flow_settings(args)
-    recovery = recovery_config(args)
+    settings = flow_settings(args, exit_at_end=args.exit_at_end)
+    process = process_settings(args)
     check_services(settings)
-    return execute(settings, args, recovery=recovery)
+    return execute(settings, process)
 
 
 def execute(
-    settings: FlowSettings,
-    args: argparse.Namespace,
-    source_factory: SourceFactory | None = None,
-    job: str = "run",
-    recovery: RecoveryConfig | None = None,
+    settings: FlowSettings, process: ProcessSettings, source_factory: SourceFactory | None = None, job: str = "run"
 ) -> int:
     """Serve /metrics and run the dataflow of `settings` (from Kafka, or `source_factory`'s source) to its end."""
     # Every event allocates a few short-lived key tuples; the default gen-0 threshold (700) would run the
     # collector every few hundred events. Long-lived state is frozen out of its scans.
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
-    server = serve_metrics(args.metrics_host, args.metrics_port)
+    server = serve_metrics(process.metrics_host, process.metrics_port)
     log.info(
         "streampulse %s: Kafka %s, Redis %s (namespace %s), /metrics on %s:%d",
         job,
         settings.kafka.bootstrap,
         settings.redis.display_url,
         settings.redis.namespace,
-        args.metrics_host,
+        process.metrics_host,
         server.port,
     )
     try:
         cli_main(  # type: ignore[no-untyped-call]
             build_dataflow(settings, source_factory),
-            workers_per_process=args.workers,
-            process_id=args.process_id,
-            addresses=args.addresses.split(";") if args.addresses else None,
+            workers_per_process=process.workers,
+            process_id=process.process_id,
+            addresses=list(process.addresses) if process.addresses else None,
             # Snapshots are taken at the end of each epoch.
-            epoch_interval=timedelta(milliseconds=getattr(args, "snapshot_interval", 10_000)),
-            recovery_config=recovery,
+            epoch_interval=timedelta(milliseconds=process.snapshot_interval_ms),
+            recovery_config=process.recovery,
         )
     except BytewaxRuntimeError as exc:
         # Ctrl-C (SIGINT) is bytewax's clean stop: every worker finishes its step and the process exits.
@@ -215,7 +236,7 @@ def execute(
         log.info(
             "streampulse %s: stopped by a signal; open windows stay partial%s",
             job,
-            " until a restart with the same --recovery-dir resumes them" if recovery is not None else "",
+            " until a restart with the same --recovery-dir resumes them" if process.recovery is not None else "",
         )
     finally:
         server.stop()

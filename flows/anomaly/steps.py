@@ -23,7 +23,7 @@ from flows.anomaly.config import DetectorConfig
 from flows.anomaly.detector import AnomalyDetector
 from flows.anomaly.events import AnomalyEvent, Detection
 from flows.windows.store import WindowUpdate
-from settings.windows import resolution_name
+from settings.windows import WindowConfig
 
 DETECTOR_KEY = "anomalies"
 
@@ -65,10 +65,10 @@ def is_final_fine(fine_resolution: str) -> Callable[[WindowUpdate], bool]:
 
 
 def detect_anomalies(
-    updates: Stream[WindowUpdate], fine_ms: int, config: DetectorConfig | None = None
+    updates: Stream[WindowUpdate], windows: WindowConfig, config: DetectorConfig | None = None
 ) -> Stream[Detection]:
     """The detector's output for a stream of window updates (all resolutions, partial and final)."""
-    finals = op.filter("final_fine_windows", updates, is_final_fine(resolution_name(fine_ms)))
+    finals = op.filter("final_fine_windows", updates, is_final_fine(windows.fine_name))
     keyed = op.key_on("one_detector", finals, lambda _update: DETECTOR_KEY)
     detections = op.stateful_batch("anomaly_detector", keyed, lambda resume: AnomalyLogic(resume, config))
     return op.map("drop_detector_key", detections, lambda key_detection: key_detection[1])

@@ -26,7 +26,7 @@ from flows.fold.partition_aggregator import Folder, PartitionAggregator, pack_sn
 from flows.fold.playback import EVENT_TYPES, ROW_LAYOUT, PlaybackFolder, StreamStartsFolder
 from flows.partials import BatchSummary, PartitionState
 from flows.windows.sketch import LOG_GAMMA
-from settings.windows import WindowConfig, resolution_name
+from settings.windows import WindowConfig
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ class NativePlaybackAggregator:
             0 if isinstance(folder, StreamStartsFolder) else folder.session_timeout_ms,
             starts_only,
             LOG_GAMMA,
-            resolution_name(windows.fine_ms),
-            resolution_name(windows.coarse_ms),
+            windows.fine_name,
+            windows.coarse_name,
             list(EVENT_TYPES),
         )
 

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from flows.fold.event_ids import EventIds
 from flows.partials import BatchSummary, Partials, PartitionState, RowLayout, Rows
-from settings.windows import WindowConfig, resolution_name
+from settings.windows import WindowConfig
 
 NO_EVENT_YET = -1
 SNAPSHOT_VERSION = 1
@@ -85,8 +85,8 @@ class PartitionAggregator:
         self._fine_ms = windows.fine_ms
         self._coarse_ms = windows.coarse_ms
         self._lateness_ms = windows.allowed_lateness_ms
-        self._fine_name = resolution_name(windows.fine_ms)
-        self._coarse_name = resolution_name(windows.coarse_ms)
+        self._fine_name = windows.fine_name
+        self._coarse_name = windows.coarse_name
         self._folder = folder
         self._layout = folder.row_layout
         self._width = len(self._layout)

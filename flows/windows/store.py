@@ -29,7 +29,7 @@ from flows.sources.reader_config import ReaderConfig
 from flows.windows.catalog import AT_WINDOW_END
 from flows.windows.concurrency import CONCURRENT, ConcurrencyBook
 from flows.windows.window import Window, WindowUpdate, WindowValues, add_row, add_to
-from settings.windows import WindowConfig, resolution_name
+from settings.windows import WindowConfig
 
 __all__ = ["CONCURRENT", "LATE_MEMORY_MS", "WindowStore", "WindowUpdate", "WindowValues"]
 
@@ -70,8 +70,8 @@ class WindowStore(ConcurrencyBook):
         still be open, so how far windows without data of their own are filled in.
         """
         self._sizes = windows.resolutions
-        self._fine = resolution_name(windows.fine_ms)
-        self._coarse = resolution_name(windows.coarse_ms)
+        self._fine = windows.fine_name
+        self._coarse = windows.coarse_name
         self._coarse_ms = windows.coarse_ms
         self._lateness_ms = windows.allowed_lateness_ms
         self._partitions: dict[str, _Partition] = {p: _Partition(-1, "active") for p in partitions}

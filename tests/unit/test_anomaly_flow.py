@@ -11,6 +11,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from flows.anomaly.events import AnomalyEvent, Detection
 from flows.anomaly.steps import AnomalyLogic, anomaly_events, detect_anomalies
 from flows.windows.store import WindowUpdate, WindowValues
+from settings.windows import WindowConfig
 
 T0 = 1_714_521_600_000
 FINE, COARSE = 10_000, 60_000
@@ -46,7 +47,9 @@ def test_the_step_feeds_final_fine_windows_and_publishes_their_anomalies() -> No
             updates.append(_update(w // 6, resolution="1m"))  # coarse: ignored
     updates.append(_update(3, complete=False))  # a late re-publish of a final window: no complete values
     flow = Dataflow("anomaly_step")
-    detections = detect_anomalies(op.input("in", flow, TestingSource(updates)), FINE)
+    detections = detect_anomalies(
+        op.input("in", flow, TestingSource(updates)), WindowConfig(fine_ms=FINE, coarse_ms=COARSE)
+    )
     got_detections: list[Detection] = []
     got_events: list[AnomalyEvent] = []
     op.output("detections", detections, TestingSink(got_detections))
