@@ -13,6 +13,7 @@ import base64
 import logging
 import os
 import shutil
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -234,6 +235,16 @@ class ApacheKafka(StartedService):
     def __repr__(self) -> str:
         return f"ApacheKafka(bootstrap={self.bootstrap!r}, work_dir={str(self.work_dir)!r})"
 
+    def restart(self, first_signal: signal.Signals = signal.SIGTERM) -> None:
+        """Stop the broker (SIGTERM: a controlled shutdown; SIGKILL: a crash) and start it again.
+
+        Same ports, same data: clients see the outage of a broker restart. Returns once an AdminClient can list
+        topics again.
+        """
+        self.process.stop(grace_s=self.stop_grace_s, first_signal=first_signal)
+        port = int(self.bootstrap.rsplit(":", 1)[1])
+        self.process = _launch_broker(_require_prerequisites(), kafka_jars_dir(), self.work_dir, port)
+
 
 def _admin_lists_topics(admin: AdminClient) -> bool:
     try:
@@ -242,6 +253,51 @@ def _admin_lists_topics(admin: AdminClient) -> bool:
         # KafkaException while the broker is still coming up (no leader, not yet registered).
         return False
     return bool(metadata.brokers)
+
+
+def _broker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Options meant for a developer's own JVMs must not change the test broker.
+    for name in ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS"):
+        env.pop(name, None)
+    return env
+
+
+def _launch_broker(java: str, libs: Path, work_dir: Path, broker_port: int) -> ManagedProcess:
+    """Start the broker of the formatted `work_dir`; return once an AdminClient can list topics."""
+    started = time.monotonic()
+    process = ManagedProcess(
+        "kafka",
+        [
+            java,
+            *_BROKER_JVM_OPTS,
+            f"-Dlog4j2.configurationFile={work_dir / 'log4j2.properties'}",
+            "-cp",
+            f"{libs}/*",
+            "kafka.Kafka",
+            str(work_dir / "server.properties"),
+        ],
+        log_path=work_dir / "logs" / "kafka.log",
+        env=_broker_env(),
+        cwd=work_dir,
+    )
+    try:
+        # The port opens before the broker can serve metadata; waiting for it first keeps
+        # librdkafka from logging a stream of "connection refused" errors.
+        process.wait_until(lambda: port_open("127.0.0.1", broker_port), _READY_TIMEOUT_S, "its broker port opened")
+        admin = AdminClient(
+            {
+                "bootstrap.servers": f"127.0.0.1:{broker_port}",
+                "socket.connection.setup.timeout.ms": 2000,
+                "log_level": 3,  # errors only: the first attempts may race the broker's start
+            }
+        )
+        remaining = max(1.0, _READY_TIMEOUT_S - (time.monotonic() - started))
+        process.wait_until(lambda: _admin_lists_topics(admin), remaining, "an AdminClient could list topics")
+    except BaseException:
+        process.stop()
+        raise
+    return process
 
 
 def start_apache_kafka(work_dir: Path, partitions_default: int = 1) -> ApacheKafka:
@@ -280,47 +336,11 @@ def start_apache_kafka(work_dir: Path, partitions_default: int = 1) -> ApacheKaf
     log4j_config = work_dir / "log4j2.properties"
     log4j_config.write_text(_LOG4J2_PROPERTIES, encoding="utf-8")
 
-    env = dict(os.environ)
-    # Options meant for a developer's own JVMs must not change the test broker.
-    for name in ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS"):
-        env.pop(name, None)
-
     started = time.monotonic()
     cluster_id = _random_cluster_id()
-    _format_storage(java, libs, config, cluster_id, work_dir, env)
+    _format_storage(java, libs, config, cluster_id, work_dir, _broker_env())
     formatted = time.monotonic()
-
-    process = ManagedProcess(
-        "kafka",
-        [
-            java,
-            *_BROKER_JVM_OPTS,
-            f"-Dlog4j2.configurationFile={log4j_config}",
-            "-cp",
-            f"{libs}/*",
-            "kafka.Kafka",
-            str(config),
-        ],
-        log_path=work_dir / "logs" / "kafka.log",
-        env=env,
-        cwd=work_dir,
-    )
-    try:
-        # The port opens before the broker can serve metadata; waiting for it first keeps
-        # librdkafka from logging a stream of "connection refused" errors.
-        process.wait_until(lambda: port_open("127.0.0.1", broker_port), _READY_TIMEOUT_S, "its broker port opened")
-        admin = AdminClient(
-            {
-                "bootstrap.servers": f"127.0.0.1:{broker_port}",
-                "socket.connection.setup.timeout.ms": 2000,
-                "log_level": 3,  # errors only: the first attempts may race the broker's start
-            }
-        )
-        remaining = max(1.0, _READY_TIMEOUT_S - (time.monotonic() - formatted))
-        process.wait_until(lambda: _admin_lists_topics(admin), remaining, "an AdminClient could list topics")
-    except BaseException:
-        process.stop()
-        raise
+    process = _launch_broker(java, libs, work_dir, broker_port)
     _log.info(
         "Apache Kafka %s ready on 127.0.0.1:%d in %.1f s (format %.1f s)",
         KAFKA_VERSION,
