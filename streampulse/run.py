@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import logging
 import time
 from datetime import timedelta
 from pathlib import Path
+from types import FrameType
 
 import redis
 from bytewax._bytewax import cli_main
@@ -19,6 +21,7 @@ from flows.dataflow import FlowSettings, SourceFactory, build_dataflow
 from flows.replay_range import ReplayRange
 from sinks.prometheus import serve_metrics
 from sinks.redis_sink import connect
+from streampulse.clean_stop import stop_between_steps
 from streampulse.kafka_admin import ensure_topics, topic_partitions, wait_for_kafka
 from streampulse.options import add_flag, add_option, port, positive_duration_ms, positive_int
 from streampulse.settings import (
@@ -176,6 +179,13 @@ def run(args: argparse.Namespace) -> int:
     return execute(settings, args, recovery=recovery)
 
 
+def _this_frame() -> FrameType:
+    """The caller's frame: the one Ctrl-C may interrupt."""
+    frame = inspect.currentframe()
+    assert frame is not None and frame.f_back is not None  # CPython always has frames
+    return frame.f_back
+
+
 def execute(
     settings: FlowSettings,
     args: argparse.Namespace,
@@ -199,21 +209,23 @@ def execute(
         server.port,
     )
     try:
-        cli_main(  # type: ignore[no-untyped-call]
-            build_dataflow(settings, source_factory),
-            workers_per_process=args.workers,
-            process_id=args.process_id,
-            addresses=args.addresses.split(";") if args.addresses else None,
-            # Snapshots are taken at the end of each epoch.
-            epoch_interval=timedelta(milliseconds=getattr(args, "snapshot_interval", 10_000)),
-            recovery_config=recovery,
-        )
-    except BytewaxRuntimeError as exc:
-        # Ctrl-C (SIGINT) is bytewax's clean stop: every worker finishes its step and the process exits.
-        if "signal received" not in str(exc):
+        # Ctrl-C lands between bytewax steps (see streampulse/clean_stop.py): no panic, no traceback.
+        with stop_between_steps(_this_frame()):
+            cli_main(  # type: ignore[no-untyped-call]
+                build_dataflow(settings, source_factory),
+                workers_per_process=args.workers,
+                process_id=args.process_id,
+                addresses=args.addresses.split(";") if args.addresses else None,
+                # Snapshots are taken at the end of each epoch.
+                epoch_interval=timedelta(milliseconds=getattr(args, "snapshot_interval", 10_000)),
+                recovery_config=recovery,
+            )
+    except (KeyboardInterrupt, BytewaxRuntimeError) as exc:
+        # Bytewax reports Ctrl-C as "signal received" once every worker has finished its step.
+        if isinstance(exc, BytewaxRuntimeError) and "signal received" not in str(exc):
             raise
         log.info(
-            "streampulse %s: stopped by a signal; open windows stay partial%s",
+            "streampulse %s: stopped by Ctrl-C; open windows stay partial%s",
             job,
             " until a restart with the same --recovery-dir resumes them" if recovery is not None else "",
         )
