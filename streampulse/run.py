@@ -20,7 +20,7 @@ from confluent_kafka.admin import AdminClient
 from flows.dataflow import FlowSettings, SourceFactory, build_dataflow
 from flows.replay_range import ReplayRange
 from sinks.prometheus import serve_metrics
-from sinks.redis_sink import connect
+from sinks.redis_sink import connect, unreachable
 from streampulse.clean_stop import stop_between_steps
 from streampulse.kafka_admin import ensure_topics, topic_partitions, wait_for_kafka
 from streampulse.options import add_flag, add_option, port, positive_duration_ms, positive_int
@@ -166,9 +166,7 @@ def check_redis(settings: FlowSettings) -> None:
     try:
         connect(settings.redis).ping()
     except redis.RedisError as exc:
-        raise ConfigError(
-            f"Redis at {settings.redis.display_url} is not reachable ({exc}). Check --redis-url / STREAMPULSE_REDIS_URL."
-        ) from None
+        raise ConfigError(unreachable(settings.redis, exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
