@@ -21,7 +21,7 @@ from flows.dataflow import FlowSettings, SourceFactory, build_dataflow
 from flows.replay_range import ReplayRange
 from sinks.prometheus import serve_metrics
 from sinks.redis_sink import connect, unreachable
-from streampulse.clean_stop import stop_between_steps
+from streampulse.clean_stop import interrupted, stop_between_steps
 from streampulse.kafka_admin import ensure_topics, topic_partitions, wait_for_kafka
 from streampulse.options import add_flag, add_option, port, positive_duration_ms, positive_int
 from streampulse.settings import (
@@ -220,7 +220,7 @@ def execute(
             )
     except (KeyboardInterrupt, BytewaxRuntimeError) as exc:
         # Bytewax reports Ctrl-C as "signal received" once every worker has finished its step.
-        if isinstance(exc, BytewaxRuntimeError) and "signal received" not in str(exc):
+        if not interrupted(exc):
             raise
         log.info(
             "streampulse %s: stopped by Ctrl-C; open windows stay partial%s",

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from streampulse.clean_stop import stop_between_steps
+from streampulse.clean_stop import interrupted, stop_between_steps
 
 
 def _step(seconds: float) -> str:
@@ -34,3 +34,11 @@ def test_ctrl_c_waits_for_the_step_then_stops_at_the_boundary() -> None:
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(0.05)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_only_an_interrupt_counts_as_a_stop() -> None:
+    wrapped = RuntimeError("error calling `next_batch`")
+    wrapped.__cause__ = KeyboardInterrupt()
+    assert interrupted(wrapped)
+    assert interrupted(RuntimeError("interrupt signal received, all processes have been shut down"))
+    assert not interrupted(RuntimeError("error writing output batch"))
