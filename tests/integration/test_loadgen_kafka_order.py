@@ -4,8 +4,13 @@ The ground truth assumes every partition holds the events in the order they were
 landing after later ones (a producer without idempotence, right after a topic is created or across a broker
 restart) makes the truth wrong. Checked against a `--out` file run with the same seed: no message lost, none
 doubled, none moved. Without idempotence, measured here on Apache Kafka 4.3.1: thousands of messages moved
-in a partition right after topic creation (4,787 of 12,763 in one), and 57 to 503 doubled by a kill -9 and
-restart of the broker.
+in a partition right after topic creation (3,800 to 4,787 of about 12,000-49,000 in one partition).
+
+The restart is a broker's controlled shutdown (SIGTERM) and start, as in a rolling restart. A kill -9 of the
+single broker is beyond what idempotence can promise: measured twice in three runs, even the idempotent
+producer then saw 559 of 400,000 acknowledged messages lost or 3,549 doubled, as the broker recovers its log
+and producer state from an unclean shutdown without fsync (Kafka relies on replicas, which a single test
+broker has none of).
 """
 
 from __future__ import annotations
@@ -15,11 +20,11 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from loadgen.api import Message, generate_config, produce
@@ -77,17 +82,6 @@ def _assert_send_order(bootstrap: str, topics: list[str], sent: list[bytes]) -> 
     assert received == len(sent), f"{received} messages in Kafka, {len(sent)} sent"
 
 
-def _produced(bootstrap: str, topic: str) -> int:
-    """Messages in `topic` so far (0 while its partitions have no leader yet)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{topic}"})
-    try:
-        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in range(PARTITIONS))
-    except KafkaException:
-        return 0
-    finally:
-        consumer.close()
-
-
 def _create_just_before(bootstrap: str, topics: list[str]) -> None:
     """Create the topics as `kafka-topics.sh --create` does, returning as soon as their metadata shows.
 
@@ -113,7 +107,7 @@ def _generated(args: list[str], bootstrap: str, topics: list[str]) -> tuple[list
     return generate_config(build_config(options), with_truth=False).messages, kafka_settings(options)
 
 
-def _produce(messages: list[Message], settings: KafkaSettings) -> None:
+def _produce(messages: Iterable[Message], settings: KafkaSettings) -> None:
     """Produce as the command line does (loadgen.sinks.KafkaSink), as fast as the broker takes them."""
     report = produce(messages, settings, flush_timeout_s=120)
     assert (report["failed"], report["unconfirmed"]) == (0, 0), report
@@ -140,24 +134,30 @@ def test_loadgen_order_survives_a_broker_restart(unique_name: str, tmp_path: Pat
         messages, settings = _generated(args, kafka.bootstrap, topics)
         _create_just_before(kafka.bootstrap, topics)
         failed: list[BaseException] = []
+        a_quarter_handed_over = threading.Event()
+
+        def handed_over() -> Iterator[Message]:
+            for i, message in enumerate(messages):
+                if i == len(messages) // 4:
+                    a_quarter_handed_over.set()
+                yield message
 
         def production() -> None:
             try:
-                _produce(messages, settings)
+                _produce(handed_over(), settings)
             except BaseException as exc:  # handed to the test's thread
                 failed.append(exc)
+            finally:
+                a_quarter_handed_over.set()
 
         # A daemon thread: if the broker does not come back, the test fails instead of hanging on the producer.
         producer = threading.Thread(target=production, daemon=True)
         producer.start()
-        # Some messages are in, most are still to come: the producer cannot finish without the broker.
-        deadline = time.monotonic() + 60
-        while (produced := _produced(kafka.bootstrap, topics[0])) < events // 20:
-            assert producer.is_alive(), failed
-            assert time.monotonic() < deadline, "the load generator produced nothing within 60 s"
-            time.sleep(0.05)
-        assert produced < events, "the production ended before the restart"
-        kafka.restart(signal.SIGKILL)
+        assert a_quarter_handed_over.wait(timeout=120), "the producer did not take the first quarter within 120 s"
+        # Three quarters still to send and the last acks to wait for: the restart cuts through the production.
+        # A controlled shutdown, as a rolling restart does (a kill -9: see the module docstring).
+        assert producer.is_alive(), failed
+        kafka.restart(signal.SIGTERM)
         producer.join(timeout=240)
         assert not producer.is_alive(), "the load generator did not finish within 240 s of the restart"
         assert not failed, failed
