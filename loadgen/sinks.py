@@ -157,6 +157,9 @@ class MemorySink:
 class KafkaSink:
     """Produces to the family topics, keyed by the family's key field, counting delivery reports.
 
+    Idempotent: every partition receives its messages exactly once and in the order they were written, also
+    across retries and broker restarts.
+
     The broker is checked with a metadata request (bounded by `timeout_s`) before anything is produced, so an
     unreachable broker is a clear error instead of a hang.
     """
@@ -192,6 +195,10 @@ class KafkaSink:
             "linger.ms": linger_ms,
             "batch.size": batch_size,
             "compression.type": compression,
+            # Idempotence numbers every batch, so a retry (no leader yet right after a topic is created, a
+            # broker restart) cannot land after a later batch: each partition keeps the send order, which the
+            # ground truth assumes. It needs (and librdkafka then enforces) acks=all and at most 5 in flight.
+            "enable.idempotence": True,
             "acks": "all",
         }
         try:

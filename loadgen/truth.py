@@ -56,6 +56,8 @@ _SIGNUP_COMPLETED = _ET_INDEX["signup_completed"]
 _SIGNUP_FAILED = _ET_INDEX["signup_failed"]
 _DECLINED = "payment_declined"
 _PLAYBACK_TYPES = frozenset(families()["playback"].event_types)
+# Events of a session that is playing: the first one opens the session for concurrency (see _Concurrency).
+_PLAYING_TYPES = frozenset({"play_start", "heartbeat", "rebuffer", "bitrate_change", "pause", "resume"})
 _FAMILY_OF = {et: f.name for f in families().values() for et in f.event_types}
 
 # Scalar metrics: (name in the file, slot).
@@ -215,8 +217,11 @@ def _fill_cell(out: dict[str, Any], cell: list[Any]) -> None:
 class _Concurrency:
     """Open sessions at each window end.
 
-    A session is open at window end W when its play_start is before W, it has neither stopped nor errored
-    before W, and its last event before W is at most the session timeout before W.
+    A session is open at window end W when it is playing before W (its play_start, or for a session already
+    playing when the run began, its first heartbeat, rebuffer, bitrate change, pause or resume), it has neither
+    stopped nor errored before W, and its last event before W is at most the session timeout before W. This
+    is the flows' rule (flows/fold/playback.py): a consumer that starts reading mid-stream counts the sessions
+    it finds playing, so concurrency is right from the first window instead of climbing from zero.
     """
 
     def __init__(self, timeout_ms: int) -> None:
@@ -235,12 +240,15 @@ class _Concurrency:
                 continue
             t = ev["event_time_ms"]
             sid = ev["session_id"]
-            if et == "play_start":
-                if sid not in sessions:
-                    sessions[sid] = [t, t, ev["country"], ev["device_type"], False]
-                continue
             rec = sessions.get(sid)
-            if rec is None or rec[4]:
+            if rec is None:
+                if et in _PLAYING_TYPES:
+                    sessions[sid] = [t, t, ev["country"], ev["device_type"], False]
+                elif et == "play_stop" or et == "play_error":
+                    # Ended before anything showed it playing: it never counts.
+                    sessions[sid] = [t, t, ev["country"], ev["device_type"], True]
+                continue
+            if rec[4]:
                 continue
             if t - rec[1] > timeout:
                 runs.append((rec[0], rec[1] + timeout, rec[2], rec[3]))

@@ -15,6 +15,8 @@ class RedisSettings:
     url: str
     namespace: str
     password: Secret | None = None
+    # CA certificate (PEM) that signed the server's certificate, for rediss:// URLs; None: the system's CAs.
+    ssl_ca_location: str | None = None
 
     @property
     def display_url(self) -> str:

@@ -29,8 +29,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (redis.ConnectionError, redi
 def connect(settings: RedisSettings) -> redis.Redis:
     """A client for the configured Redis; the password comes from settings, never from logs."""
     password = settings.password.reveal() if settings.password else None
+    tls = {"ssl_ca_certs": settings.ssl_ca_location} if settings.ssl_ca_location else {}
     client: redis.Redis = redis.Redis.from_url(
-        settings.url, password=password, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+        settings.url, password=password, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30, **tls
     )
     return client
 
@@ -38,6 +39,18 @@ def connect(settings: RedisSettings) -> redis.Redis:
 def redis_retry(what: str, metrics: PipelineMetrics, logger: logging.Logger) -> RetryUntilAccepted:
     """The retry every Redis write that must not be lost goes through: counted in redis_write_errors_total."""
     return RetryUntilAccepted(what, TRANSIENT_ERRORS, on_failure=metrics.redis_write_errors.inc, log=logger)
+
+
+def unreachable(settings: RedisSettings, exc: redis.RedisError) -> str:
+    """Why Redis cannot be used, and what to check: the message of a failure at start."""
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        where = (
+            f"the CA in --redis-ssl-ca-location {settings.ssl_ca_location} did not sign it"
+            if settings.ssl_ca_location
+            else "give the CA that signed it with --redis-ssl-ca-location (STREAMPULSE_REDIS_SSL_CA_LOCATION)"
+        )
+        return f"Redis at {settings.display_url}: its TLS certificate is not trusted ({exc}); {where}."
+    return f"Redis at {settings.display_url} is not reachable ({exc}). Check --redis-url / STREAMPULSE_REDIS_URL."
 
 
 class RedisWindowWriter(Writer[WindowUpdate]):

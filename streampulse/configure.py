@@ -71,6 +71,12 @@ def add_redis_options(parser: argparse.ArgumentParser) -> None:
     add_option(group, "--redis-url", default="redis://127.0.0.1:6379/0", help="Redis URL (redis:// or rediss://)")
     add_option(group, "--redis-password", secret=True, help="Redis password (prefer the -file form)")
     add_option(group, "--redis-password-file", help="file holding the Redis password")
+    add_option(
+        group,
+        "--redis-ssl-ca-location",
+        help="CA certificate file (PEM) that signed the Redis server's certificate, for rediss:// URLs "
+        "(default: the system's CAs)",
+    )
     add_option(group, "--namespace", default="live", help="Redis key namespace; replays use their own")
 
 
@@ -137,7 +143,32 @@ def redis_settings(args: argparse.Namespace) -> RedisSettings:
         raise ConfigError(
             f"--namespace {args.namespace!r}: use 1-64 letters, digits, '_', '.', '-', starting with a letter or digit"
         )
-    return RedisSettings(url=args.redis_url, namespace=args.namespace, password=_read_secret(args, "redis_password"))
+    return RedisSettings(
+        url=args.redis_url,
+        namespace=args.namespace,
+        password=_read_secret(args, "redis_password"),
+        ssl_ca_location=_redis_ca(args, parts.scheme),
+    )
+
+
+def _redis_ca(args: argparse.Namespace, scheme: str) -> str | None:
+    """The --redis-ssl-ca-location file, checked readable now rather than at the first connection."""
+    location: str | None = getattr(args, "redis_ssl_ca_location", None)
+    if not location:
+        return None
+    if scheme != "rediss":
+        raise ConfigError(
+            f"--redis-ssl-ca-location is for TLS: use a rediss:// --redis-url (got {scheme}://…), or drop the CA"
+        )
+    try:
+        with Path(location).open("rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"--redis-ssl-ca-location {location}: {exc.strerror}; give the CA certificate file (PEM) that signed "
+            "the Redis server's certificate"
+        ) from None
+    return location
 
 
 def add_decoder_options(group: argparse._ArgumentGroup) -> None:

@@ -11,7 +11,7 @@ import redis
 from flows.windows.catalog import METRICS
 from settings.errors import ConfigError
 from sinks.redis_query import QueryError, Row, query
-from sinks.redis_sink import connect
+from sinks.redis_sink import connect, unreachable
 from streampulse.configure import add_redis_options, redis_settings
 from streampulse.options import add_option, non_negative_int, positive_int
 
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     except QueryError as exc:
         raise ConfigError(str(exc)) from None
     except redis.RedisError as exc:
-        raise ConfigError(f"Redis at {settings.display_url} is not reachable ({exc})") from None
+        raise ConfigError(unreachable(settings, exc)) from None
     if args.format == "json":
         out = sys.stdout.buffer
         for row in rows:

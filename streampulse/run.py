@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import logging
 import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from types import FrameType
 
 import redis
 from bytewax._bytewax import cli_main
@@ -20,7 +22,8 @@ from connect.kafka_admin import ensure_topics, topic_partitions, wait_for_kafka
 from settings.errors import ConfigError
 from settings.kafka import KafkaSettings
 from sinks.prometheus import serve_metrics
-from sinks.redis_sink import connect
+from sinks.redis_sink import connect, unreachable
+from streampulse.clean_stop import interrupted, stop_between_steps
 from streampulse.configure import (
     add_flow_options,
     add_kafka_options,
@@ -188,9 +191,7 @@ def check_redis(settings: FlowSettings) -> None:
     try:
         connect(settings.redis).ping()
     except redis.RedisError as exc:
-        raise ConfigError(
-            f"Redis at {settings.redis.display_url} is not reachable ({exc}). Check --redis-url / STREAMPULSE_REDIS_URL."
-        ) from None
+        raise ConfigError(unreachable(settings.redis, exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -199,6 +200,13 @@ def run(args: argparse.Namespace) -> int:
     process = process_settings(args)
     check_services(settings)
     return execute(settings, process)
+
+
+def _this_frame() -> FrameType:
+    """The caller's frame: the one Ctrl-C may interrupt."""
+    frame = inspect.currentframe()
+    assert frame is not None and frame.f_back is not None  # CPython always has frames
+    return frame.f_back
 
 
 def execute(
@@ -220,21 +228,23 @@ def execute(
         server.port,
     )
     try:
-        cli_main(  # type: ignore[no-untyped-call]
-            build_dataflow(settings, source_factory),
-            workers_per_process=process.workers,
-            process_id=process.process_id,
-            addresses=list(process.addresses) if process.addresses else None,
-            # Snapshots are taken at the end of each epoch.
-            epoch_interval=timedelta(milliseconds=process.snapshot_interval_ms),
-            recovery_config=process.recovery,
-        )
-    except BytewaxRuntimeError as exc:
-        # Ctrl-C (SIGINT) is bytewax's clean stop: every worker finishes its step and the process exits.
-        if "signal received" not in str(exc):
+        # Ctrl-C lands between bytewax steps (see streampulse/clean_stop.py): no panic, no traceback.
+        with stop_between_steps(_this_frame()):
+            cli_main(  # type: ignore[no-untyped-call]
+                build_dataflow(settings, source_factory),
+                workers_per_process=process.workers,
+                process_id=process.process_id,
+                addresses=list(process.addresses) if process.addresses else None,
+                # Snapshots are taken at the end of each epoch.
+                epoch_interval=timedelta(milliseconds=process.snapshot_interval_ms),
+                recovery_config=process.recovery,
+            )
+    except (KeyboardInterrupt, BytewaxRuntimeError) as exc:
+        # Bytewax reports Ctrl-C as "signal received" once every worker has finished its step.
+        if not interrupted(exc):
             raise
         log.info(
-            "streampulse %s: stopped by a signal; open windows stay partial%s",
+            "streampulse %s: stopped by Ctrl-C; open windows stay partial%s",
             job,
             " until a restart with the same --recovery-dir resumes them" if process.recovery is not None else "",
         )

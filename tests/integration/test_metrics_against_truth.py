@@ -55,7 +55,8 @@ def generated() -> Generated:
         events=25_000,
         start_ms=start,
         span_ms=25 * 60_000,
-        params=ModelParams(warm_start=False),
+        # Warm start: sessions already playing count as concurrent from their first event, in flow and truth alike.
+        params=ModelParams(warm_start=True),
         faults=FAULTS,
         session_timeout_ms=SESSION_TIMEOUT_MS,
     )

@@ -34,6 +34,8 @@ def test_bad_environment_variable_is_reported_like_a_bad_flag(
         (["--process-id", "0"], "--addresses"),
         (["--kafka-security-protocol", "SASL_SSL"], "--kafka-sasl-mechanism"),
         (["--redis-url", "http://x"], "--redis-url"),
+        (["--redis-url", "rediss://127.0.0.1:1/0", "--redis-ssl-ca-location", "/no/such/ca.pem"], "No such file"),
+        (["--redis-ssl-ca-location", __file__], "use a rediss:// --redis-url"),
     ],
 )
 def test_invalid_configuration_stops_with_what_to_fix(

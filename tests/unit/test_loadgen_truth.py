@@ -19,6 +19,7 @@ START_MS = 1_714_521_600_000
 N = 40_000
 WINDOWS = {"10s": 10_000, "1m": 60_000}
 TIMEOUT_MS = 60_000
+PLAYING = {"play_start", "heartbeat", "rebuffer", "bitrate_change", "pause", "resume"}
 FAULTS = ["--jitter-ms", "3000", "--late-fraction", "0.01", "--late-by-ms", "90000"]
 FAULTS += ["--duplicate-fraction", "0.02", "--malformed-fraction", "0.01"]
 GENERATOR_ONLY = {"start_failures_by_cdn"}  # facts the events do not carry: not recountable from the file
@@ -122,13 +123,16 @@ def recount(
 
 
 def recount_concurrency(events: list[dict[str, Any]], window_ms: int) -> dict[tuple[int, str, str], int]:
-    """Open sessions at each window end W: started before W, not ended before W, last event within the timeout."""
+    """Open sessions at each window end W: playing before W, not ended before W, last event within the timeout.
+
+    Playing: its play_start, or (a session already playing when a warm start begins) any playing event.
+    """
     sessions: dict[str, dict[str, Any]] = {}
     for ev in events:  # in event-time order
         if "session_id" not in ev:
             continue
         sid = ev["session_id"]
-        if ev["event_type"] == "play_start":
+        if ev["event_type"] in PLAYING and sid not in sessions:
             sessions[sid] = {"times": [], "end": None, "where": (ev["country"], ev["device_type"])}
         if sid in sessions:
             sessions[sid]["times"].append(ev["event_time_ms"])
