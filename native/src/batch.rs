@@ -57,6 +57,9 @@ impl Batch {
     }
 
     /// Add (slot, value) pairs to a row: of a fine window if `on_time`, else of a coarse one.
+    // Per event: inlined into add_one, as it was before the split (left a call, it cost 0.7% more
+    // instructions in the fold, measured with callgrind).
+    #[inline(always)]
     pub(crate) fn add_to_row(&mut self, on_time: bool, window: i64, dims: u32, adds: [(usize, i64); 4]) {
         let rows = if on_time { &mut self.fine_rows } else { &mut self.coarse_rows };
         let row = rows.entry((window, dims)).or_insert([0; WIDTH]);
