@@ -31,7 +31,7 @@ from settings.windows import WindowConfig
 log = logging.getLogger(__name__)
 
 ENV_SWITCH = "STREAMPULSE_NATIVE"
-NATIVE_ROW_WIDTH = 16  # native/src/lib.rs WIDTH
+NATIVE_ROW_WIDTH = 16  # native/src/batch.rs WIDTH
 
 
 @cache
