@@ -16,11 +16,11 @@ the generator's speed.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import compress
 from typing import Any
 
+from loadgen.truth_concurrency import SessionConcurrency
 from schemas.contract import families
 
 FORMAT = "streampulse-loadgen-truth"
@@ -55,9 +55,6 @@ _PAYMENT_SUBMITTED = _ET_INDEX["payment_submitted"]
 _SIGNUP_COMPLETED = _ET_INDEX["signup_completed"]
 _SIGNUP_FAILED = _ET_INDEX["signup_failed"]
 _DECLINED = "payment_declined"
-_PLAYBACK_TYPES = frozenset(families()["playback"].event_types)
-# Events of a session that is playing: the first one opens the session for concurrency (see _Concurrency).
-_PLAYING_TYPES = frozenset({"play_start", "heartbeat", "rebuffer", "bitrate_change", "pause", "resume"})
 _FAMILY_OF = {et: f.name for f in families().values() for et in f.event_types}
 
 # Scalar metrics: (name in the file, slot).
@@ -214,80 +211,6 @@ def _fill_cell(out: dict[str, Any], cell: list[Any]) -> None:
             node[key[-1]] = dims[key]
 
 
-class _Concurrency:
-    """Open sessions at each window end.
-
-    A session is open at window end W when it is playing before W (its play_start, or for a session already
-    playing when the run began, its first heartbeat, rebuffer, bitrate change, pause or resume), it has neither
-    stopped nor errored before W, and its last event before W is at most the session timeout before W. This
-    is the flows' rule (flows/fold/playback.py): a consumer that starts reading mid-stream counts the sessions
-    it finds playing, so concurrency is right from the first window instead of climbing from zero.
-    """
-
-    def __init__(self, timeout_ms: int) -> None:
-        self.timeout_ms = timeout_ms
-        # session_id -> [open-run start, last event time, country, device_type, ended]
-        self.open: dict[str, list[Any]] = {}
-        self.runs: list[tuple[int, int, str, str]] = []  # (a, b, country, device): open at window ends in (a, b]
-
-    def add(self, events: list[Event]) -> None:
-        timeout = self.timeout_ms
-        sessions = self.open
-        runs = self.runs
-        for ev in events:
-            et = ev["event_type"]
-            if et not in _PLAYBACK_TYPES:
-                continue
-            t = ev["event_time_ms"]
-            sid = ev["session_id"]
-            rec = sessions.get(sid)
-            if rec is None:
-                if et in _PLAYING_TYPES:
-                    sessions[sid] = [t, t, ev["country"], ev["device_type"], False]
-                elif et == "play_stop" or et == "play_error":
-                    # Ended before anything showed it playing: it never counts.
-                    sessions[sid] = [t, t, ev["country"], ev["device_type"], True]
-                continue
-            if rec[4]:
-                continue
-            if t - rec[1] > timeout:
-                runs.append((rec[0], rec[1] + timeout, rec[2], rec[3]))
-                rec[0] = t
-                if et == "play_stop" or et == "play_error":
-                    rec[4] = True  # timed out just before its end: no run after it
-                    continue
-            if et == "play_stop" or et == "play_error":
-                runs.append((rec[0], t, rec[2], rec[3]))
-                rec[4] = True
-            rec[1] = t
-
-    def windows(self, window_ms: int) -> dict[tuple[int, str, str], int]:
-        """Open sessions per (window start, country, device_type), for windows whose end count is non-zero."""
-        runs = list(self.runs)
-        for a, last, country, device, ended in self.open.values():
-            if not ended:
-                runs.append((a, last + self.timeout_ms, country, device))
-        diff: dict[tuple[str, str], dict[int, int]] = {}
-        for a, b, country, device in runs:
-            first_end = (a // window_ms + 1) * window_ms
-            last_end = (b // window_ms) * window_ms
-            if last_end < first_end:
-                continue
-            d = diff.setdefault((country, device), {})
-            d[first_end] = d.get(first_end, 0) + 1
-            d[last_end + window_ms] = d.get(last_end + window_ms, 0) - 1
-        out: dict[tuple[int, str, str], int] = {}
-        for (country, device), changes in diff.items():
-            level = 0
-            points = sorted(changes)
-            for p, nxt in zip(points, [*points[1:], points[-1]], strict=True):
-                level += changes[p]
-                if level > 0:
-                    for end in range(p, nxt, window_ms):
-                        out[(end - window_ms, country, device)] = level
-        return out
-
-
 def _late_order(rec: LateRecord) -> int:
     return int(rec.event["event_time_ms"])
 
@@ -311,7 +234,7 @@ class TruthBuilder:
             base = math.gcd(base, w)
         self.base_ms = base
         self.aggregates = _Aggregates(base)
-        self.concurrency = _Concurrency(timeout_ms)
+        self.concurrency = SessionConcurrency(timeout_ms)
         self.hidden: dict[str, dict[str, str]] | None = None
         self.valid = 0
         self.by_event_type: dict[str, int] = dict.fromkeys(_EVENT_TYPES, 0)
@@ -459,60 +382,3 @@ class TruthBuilder:
         if delivery is not None:
             doc["delivery"] = delivery
         return doc
-
-
-@dataclass(frozen=True)
-class TruthRow:
-    """One value of the truth, shaped like a line of `streampulse query --format json`."""
-
-    metric: str
-    window_start_ms: int
-    window_end_ms: int
-    dims: dict[str, str]
-    value: int
-
-
-# Dimensions of the nested metrics, outermost first.
-NESTED_DIMS: dict[str, tuple[str, ...]] = {
-    "events": ("event_type",),
-    "stream_starts": ("cdn",),
-    "title_starts": ("title_id",),
-    "start_failures": ("error_code",),
-    "start_failures_by_cdn": ("cdn",),
-    "playback_errors": ("error_code",),
-    "signups_started": ("channel",),
-    "plans_selected": ("channel", "plan"),
-    "payments_submitted": ("payment_method",),
-    "signups_completed": ("channel", "plan"),
-    "signups_failed": ("channel", "failure_reason"),
-    "signups_failed_by_plan": ("plan",),
-    "payment_declines": ("payment_method",),
-    "new_subscription_value_cents": ("plan", "currency"),
-}
-
-
-def iter_rows(truth: dict[str, Any], resolution: str, section: str = "windows") -> Iterator[TruthRow]:
-    """Flatten one resolution (e.g. "10s") of a truth document into rows with all their dimensions.
-
-    `section` is "windows" for everything produced, or "late" for the late events only.
-    """
-    node = truth[section] if section == "windows" else truth[section]["windows"]
-    for window in node[resolution]["windows"]:
-        start, end = window["start_ms"], window["end_ms"]
-        for cell in window["cells"]:
-            base = {"country": cell["country"], "device_type": cell["device_type"]}
-            for metric, value in cell.items():
-                if metric in ("country", "device_type"):
-                    continue
-                dims_names = NESTED_DIMS.get(metric, ())
-                yield from _flatten(metric, start, end, base, dims_names, value)
-
-
-def _flatten(
-    metric: str, start: int, end: int, dims: dict[str, str], names: tuple[str, ...], value: Any
-) -> Iterator[TruthRow]:
-    if not names:
-        yield TruthRow(metric, start, end, dims, value)
-        return
-    for key, sub in value.items():
-        yield from _flatten(metric, start, end, {**dims, names[0]: key}, names[1:], sub)

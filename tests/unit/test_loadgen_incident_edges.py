@@ -26,7 +26,7 @@ import pytest
 from loadgen.api import Generated, generate
 from loadgen.config import ModelParams
 from loadgen.incidents import parse_incidents, place, rate_runs
-from loadgen.truth import TruthRow, iter_rows
+from loadgen.truth_rows import TruthRow, iter_rows
 
 START_MS = 1_714_564_800_000  # 2024-05-01T12:00:00Z: fixed, and the traffic is flat (no diurnal curve) anyway
 EDGE_MS = 10_000

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from loadgen.truth import iter_rows
+from loadgen.truth_rows import iter_rows
 from streampulse.loadgen_cli import add_arguments, run
 from tests.unit.test_loadgen_faults import classify
 
