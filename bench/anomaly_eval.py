@@ -254,7 +254,7 @@ def _source_digest() -> str:
     """What the cached inputs depend on: the traffic model and the detector's input extraction.
 
     The folding code is left out on purpose: it is being optimised, and its exactness against the load
-    generator's truth is what its own tests pin (and tests/unit/test_anomaly_eval.py checks the inputs).
+    generator's truth is what its own tests pin (and tests/unit/flows/anomaly/test_anomaly_eval.py checks the inputs).
     """
     digest = hashlib.blake2b(CACHE_VERSION.encode(), digest_size=8)
     for name in ("model.py", "world.py", "diurnal.py", "incidents.py", "config.py"):

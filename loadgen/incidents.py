@@ -18,7 +18,7 @@ over the part of a heartbeat interval it covers); a start fails, comes later
 or is dropped only when every event that changes (the attempt, the start, the
 failure) lies inside it; a payment is declined when its outcome is. Events just
 before the start and just after the end are those of a run without the
-incident (tests/unit/test_loadgen_incident_edges.py).
+incident (tests/unit/loadgen/test_loadgen_incident_edges.py).
 
 Effects (all optional; several incidents overlapping multiply):
 

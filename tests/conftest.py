@@ -28,6 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# No per-example deadline: a loaded machine makes an example slow, not wrong (timing checks do not belong in tests).
+hypothesis_settings.register_profile("streampulse", deadline=None)
+hypothesis_settings.load_profile("streampulse")
 
 STACKS_ENV = "STREAMPULSE_TEST_STACKS"
 KNOWN_STACKS = ("apache", "embedded", "external")

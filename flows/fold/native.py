@@ -6,7 +6,7 @@ event is a tenth. `streampulse_native.PlaybackCore` is the same fold —
 lateness, duplicate ids, rows, partials, sessions — in Rust, and
 `NativePlaybackAggregator` puts it behind `PartitionAggregator`'s interface.
 The Python modules stay the reference: the tests hold the two equal batch by
-batch (tests/unit/test_native_fold.py), and their snapshots share one layout,
+batch (tests/unit/flows/fold/test_native_fold.py), and their snapshots share one layout,
 so a recovery directory written by one is resumed by the other.
 
 `make_aggregator` picks the native fold for playback partitions when the

@@ -7,7 +7,7 @@ so the detector warms up within the first minute, run with `streampulse run
 and in Redis under the namespace, for the right series, country and device
 type, opened soon after the incident's start; every anomaly raised must be
 explained by it. The traffic starts at 21:00 UTC yesterday, the same time of
-day on every run; tests/unit/test_anomaly_every_hour.py shows the detector's
+day on every run; tests/unit/flows/anomaly/test_anomaly_every_hour.py shows the detector's
 verdict on it is the same at every hour of the day.
 """
 

@@ -1,6 +1,6 @@
 """Playback traffic with a gap in event time, and its concurrent streams counted by brute force.
 
-Shared by tests/unit/test_event_time_gaps.py and tests/integration/test_event_time_gaps.py.
+Shared by tests/unit/flows/fold/test_event_time_gaps.py and tests/integration/test_event_time_gaps.py.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ truth rely on `generate(...)` giving the same messages for the same arguments. T
 the diurnal curve, every incident effect and every delivery fault.
 
 A change to the traffic model that is meant to change the bytes updates the digests here, and says so in its
-commit message: run `python -m tests.unit.test_loadgen_golden` to print them.
+commit message: run `python -m tests.unit.loadgen.test_loadgen_golden` to print them.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import pytest
 
 from loadgen.truth_rows import iter_rows
 from streampulse.loadgen_cli import add_arguments, run
-from tests.unit.test_loadgen_faults import classify
+from tests.unit.loadgen.test_loadgen_faults import classify
 
 START_MS = 1_714_521_600_000
 N = 40_000

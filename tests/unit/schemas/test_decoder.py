@@ -42,7 +42,7 @@ NOW_MS = 1_700_000_000_000
 # For property tests: a clock so late that no valid event_time_ms is "in the future".
 LATE_NOW_MS = 2**62
 ALL_EVENT_TYPES = [(f.name, et) for f in families().values() for et in f.event_types]
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def other_family(family: str) -> str:

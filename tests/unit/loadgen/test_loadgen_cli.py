@@ -184,5 +184,5 @@ def test_same_bytes_in_another_process_with_another_hash_seed(tmp_path: Path) ->
     out, truth = tmp_path / "there.jsonl", tmp_path / "there.json"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     cmd = [sys.executable, "-m", "streampulse.loadgen_cli", *argv, "--out", str(out), "--truth", str(truth)]
-    subprocess.run(cmd, check=True, env=env, cwd=Path(__file__).resolve().parents[2])
+    subprocess.run(cmd, check=True, env=env, cwd=Path(__file__).resolve().parents[3])
     assert (out.read_bytes(), truth.read_bytes()) == here
