@@ -116,6 +116,19 @@ WINDOW_COUNTERS: tuple[WindowCounter, ...] = (
     ),
 )
 
+# How many values each label takes: a series per combination with country and device type (docs/metrics.md).
+LABEL_VALUES: dict[str, str] = {
+    "country": "the ISO 3166-1 codes seen (14 in the load generator)",
+    "device_type": "6 (contract enum)",
+    "cdn": "the CDNs in use (a free string in the contract; 4 in the load generator)",
+    "error_code": "the player's error codes (a free string; 5 start-failure and 4 playback codes in the load generator)",
+    "channel": "5 (contract enum)",
+    "plan": "4 (contract enum)",
+    "payment_method": "4 (contract enum)",
+    "failure_reason": "4 (contract enum)",
+    "currency": "ISO 4217 codes in use, about one per country",
+}
+
 STARTUP_SKETCH = "startup_ms_sketch"
 
 # Histogram bounds in ms: dense where startups are (medians 1.4-2.5 s by device, p90 3-5 s), sparse in the tail.
