@@ -77,6 +77,7 @@ REQUIRED_KEYS = (
     "quix_eps",
     "freshness_p50_ms",
     "freshness_p99_ms",
+    "freshness_prometheus_p99_ms",
     "peak_rss_mb_1m_sessions",
 )
 # --quick, and the full run's defaults.
@@ -121,7 +122,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--freshness-rate", type=float, default=20_000.0, help="live load, events/s")
     parser.add_argument("--freshness-seconds", type=float, help="how long markers are sent")
     parser.add_argument(
-        "--freshness-drain", type=float, default=50.0, help="wait for final windows on /metrics (0: skip)"
+        "--freshness-drain", type=float, default=50.0, help="wait at most this long for the last markers (0: skip)"
     )
     parser.add_argument("--memory-steps", help="open sessions per memory step, comma-separated")
     parser.add_argument("--no-memory-split", action="store_true", help="skip the one-id-per-session memory run")
@@ -370,6 +371,8 @@ class Bench:
         self.results["freshness"] = result.as_dict()
         self.results["freshness_p50_ms"] = result.as_dict()["redis_partial_p50_ms"]
         self.results["freshness_p99_ms"] = result.as_dict()["redis_partial_p99_ms"]
+        self.results["freshness_prometheus_p50_ms"] = result.as_dict()["metrics_counter_p50_ms"]
+        self.results["freshness_prometheus_p99_ms"] = result.as_dict()["metrics_counter_p99_ms"]
 
     def _memory(self, target: c.Target) -> None:
         args = self.args

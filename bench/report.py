@@ -44,6 +44,7 @@ TARGETS: tuple[tuple[str, str, str, float], ...] = (
     ),
     ("2 processes >= 1.6 x 1 process", "streampulse_all_2p_vs_all_1p", ">=", 1.6),
     ("freshness p99 <= 2 s at 20 000 events/s (Redis, partial)", "freshness_p99_ms", "<=", 2000.0),
+    ("freshness p99 <= 3 s at 20 000 events/s (/metrics counter)", "freshness_prometheus_p99_ms", "<=", 3000.0),
     ("memory per open session <= 300 bytes", "bytes_per_open_session", "<=", 300.0),
 )
 
@@ -165,9 +166,9 @@ def render(results: dict[str, Any]) -> str:
             f"| Redis (`streampulse query`) | partial window including the marker | "
             f"{_n(fresh['redis_partial_p50_ms'])} ms | {_n(fresh['redis_partial_p99_ms'])} ms | "
             f"{_n(fresh['redis_partial_max_ms'])} ms |",
-            f"| /metrics `streampulse_stream_starts_total` | final window including the marker (by design: "
-            f"window end + 30 s lateness) | {_n(fresh['metrics_final_p50_ms'])} ms | "
-            f"{_n(fresh['metrics_final_p99_ms'])} ms | – |",
+            f"| /metrics `streampulse_stream_starts_total` | the counter including the marker (advances at every "
+            f"publish, scraped every 0.1 s) | {_n(fresh.get('metrics_counter_p50_ms'))} ms | "
+            f"{_n(fresh.get('metrics_counter_p99_ms'))} ms | {_n(fresh.get('metrics_counter_max_ms'))} ms |",
             f"| /metrics `streampulse_watermark_delay_seconds` | wall clock − watermark, sampled every 0.1 s | "
             f"{_n(fresh['watermark_delay_p50_s'], 2)} s | {_n(fresh['watermark_delay_p99_s'], 2)} s | – |",
             "",

@@ -5,12 +5,16 @@ Names follow `streampulse_<what>_<unit>`; labels are bounded: `country`
 set), `event_type` (contract enum), `topic`/`partition` (the configured
 topics), `series` (the anomaly detector's 7 series) and `severity`
 (warning, critical); the anomaly metrics add `country="all"` and
-`device_type="all"` for roll-ups. Titles are never labels. The catalogue is
-rendered in docs/metrics.md.
+`device_type="all"` for roll-ups. Titles are never labels, except the top
+10 of the newest final window. The catalogue is rendered in docs/metrics.md.
 
-Window values are those of the newest *final* fine window: a partial window
-would read as a dip on every scrape. `streampulse_stream_starts_total` adds
-each final fine window once, so `rate()` works and totals can be checked.
+Window aggregates are counters that advance at every publish by what the
+windows counted since the previous one, and startup time is a histogram
+(flows/window_counters.py): query them with `rate()`/`increase()`, ratios
+of summed rates and `histogram_quantile()`, exact for any roll-up. Gauges of
+the newest *final* fine window are kept only where a counter cannot serve:
+`streampulse_concurrent_streams` (a level, not a count) and
+`streampulse_top_title_stream_starts` (titles are too many for labels).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from flows.anomaly.events import Detection
 from flows.anomaly.series import SERIES_IDS, SEVERITIES
+from flows.window_counters import WindowCounters
 from flows.windows.catalog import METRICS
 from flows.windows.metric_values import roll_up, top, value_of
 from flows.windows.store import WindowUpdate
@@ -39,28 +44,10 @@ BY_COUNTRY_DEVICE = ("country", "device_type")
 TOP_TITLES = 10
 
 
-# (Prometheus name, metric id, help, factor to the exported unit), newest final fine window.
-WINDOW_GAUGES: tuple[tuple[str, str, str, float], ...] = (
-    ("streampulse_window_stream_starts", "stream_starts", "Stream starts (play_start)", 1.0),
-    ("streampulse_stream_starts_per_second", "sps", "SPS: stream starts per second", 1.0),
-    ("streampulse_window_play_attempts", "play_attempts", "Play attempts", 1.0),
-    ("streampulse_window_start_failures", "start_failures", "Video start failures", 1.0),
-    ("streampulse_video_start_failure_ratio", "vsf_rate", "VSF: start failures / (starts + failures)", 1.0),
-    ("streampulse_rebuffer_ratio", "rebuffer_ratio", "Rebuffer time / (played + rebuffer time)", 1.0),
-    ("streampulse_window_playback_errors", "playback_errors", "Fatal playback errors", 1.0),
-    ("streampulse_average_bitrate_bits_per_second", "avg_bitrate_kbps", "Played-time weighted bitrate", 1000.0),
-    ("streampulse_concurrent_streams", "concurrent_streams", "Open sessions at the window end", 1.0),
-    ("streampulse_window_signups_started", "signups_started", "Sign-ups started", 1.0),
-    ("streampulse_window_signups_completed", "signups_completed", "Sign-ups completed", 1.0),
-    ("streampulse_signup_completion_ratio", "signup_completion_ratio", "Sign-ups completed / started", 1.0),
-    ("streampulse_payment_failure_ratio", "payment_failure_rate", "Payment declines / payments submitted", 1.0),
+# Gauges of the newest final fine window: (Prometheus name, metric id, help).
+WINDOW_GAUGES: tuple[tuple[str, str, str], ...] = (
+    ("streampulse_concurrent_streams", "concurrent_streams", "Open sessions at the end of the newest final window"),
 )
-
-
-_SCALES = {metric_id: scale for _name, metric_id, _help, scale in WINDOW_GAUGES}
-
-
-_STREAM_STARTS = METRICS["stream_starts"]
 
 
 class PipelineMetrics:
@@ -72,24 +59,14 @@ class PipelineMetrics:
         # Window values of the newest final fine window, by country and device type.
         self.window_gauges = {
             metric_id: Gauge(name, help_text, ["country", "device_type"], registry=registry)
-            for name, metric_id, help_text, _scale in WINDOW_GAUGES
+            for name, metric_id, help_text in WINDOW_GAUGES
         }
-        self.startup_seconds = Gauge(
-            "streampulse_startup_seconds",
-            "Startup time percentiles (sketch, ±1 %) in the newest final fine window",
-            ["country", "device_type", "quantile"],
-            registry=registry,
-        )
+        # Every additive aggregate as a counter, startup time as a histogram.
+        self.window_counters = WindowCounters(registry)
         self.top_titles = Gauge(
             "streampulse_top_title_stream_starts",
             "Stream starts of the top titles (all countries) in the newest final fine window",
             ["rank", "title_id"],
-            registry=registry,
-        )
-        self.stream_starts_total = Counter(
-            "streampulse_stream_starts",
-            "Stream starts counted in final fine windows, each window added once",
-            ["country", "device_type"],
             registry=registry,
         )
         self.final_window_end = Gauge(
@@ -248,7 +225,9 @@ class PipelineMetrics:
                 self.anomaly_active.labels(*labels, event.severity).set(1)
 
     def observe_windows(self, updates: Iterable[WindowUpdate], fine_resolution: str, fine_seconds: float) -> None:
-        """Export the window values of freshly published updates."""
+        """Advance the window counters by freshly published updates; export the newest final window's gauges."""
+        updates = list(updates)
+        self.window_counters.observe(updates, fine_resolution)
         newest_final: WindowUpdate | None = None
         for update in updates:
             self.windows_emitted.labels(update.resolution, "final" if update.final else "partial").inc()
@@ -260,8 +239,6 @@ class PipelineMetrics:
                 self.final_window_end.labels(update.resolution).set(update.window_end_ms / 1000)
             if update.resolution != fine_resolution:
                 continue
-            for (country, device), group in roll_up(_STREAM_STARTS, update.complete, BY_COUNTRY_DEVICE).items():
-                self.stream_starts_total.labels(country, device).inc(group.sums.get("stream_starts", 0))
             if update.window_end_ms >= self._newest_final_end_ms[update.resolution] and (
                 newest_final is None or update.window_start_ms > newest_final.window_start_ms
             ):
@@ -273,19 +250,11 @@ class PipelineMetrics:
         # Clear first so a (country, device) absent from the newest window does not keep an old value.
         for metric_id, gauge in self.window_gauges.items():
             gauge.clear()
-            scale = _SCALES[metric_id]
             spec = METRICS[metric_id]
             for (country, device), group in roll_up(spec, values, BY_COUNTRY_DEVICE).items():
                 value = value_of(spec, group, seconds)
                 if value is not None:
-                    gauge.labels(country, device).set(value * scale)
-        self.startup_seconds.clear()
-        for label, metric_id in (("0.5", "startup_ms_p50"), ("0.9", "startup_ms_p90"), ("0.99", "startup_ms_p99")):
-            spec = METRICS[metric_id]
-            for (country, device), group in roll_up(spec, values, BY_COUNTRY_DEVICE).items():
-                value = value_of(spec, group, seconds)
-                if value is not None:
-                    self.startup_seconds.labels(country, device, label).set(value / 1000)
+                    gauge.labels(country, device).set(value)
         self.top_titles.clear()
         for group in roll_up(METRICS["top_titles"], values, ()).values():
             for rank, (title, starts) in enumerate(top(group, TOP_TITLES), start=1):

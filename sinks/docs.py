@@ -9,6 +9,7 @@ import sys
 
 from prometheus_client import CollectorRegistry
 
+from flows import window_counters
 from flows.health import PipelineMetrics
 from flows.windows.catalog import AGGREGATES, METRICS, dims_of
 from schemas.docs import write_or_print
@@ -69,6 +70,8 @@ def metrics_markdown() -> str:
     registry = CollectorRegistry()
     PipelineMetrics(registry)
     lines += _metrics_table(registry)
+    lines += ["", "### Window counters and the startup histogram", "", (window_counters.__doc__ or "").strip(), ""]
+    lines += _window_counters_table()
     lines += ["", "### `streampulse archive`", "", (sys.modules[ArchiveMetrics.__module__].__doc__ or "").strip(), ""]
     lines += _metrics_table(ArchiveMetrics().registry)
     return "\n".join(lines) + "\n"
@@ -86,6 +89,27 @@ def _metrics_table(registry: CollectorRegistry) -> list[str]:
         labels = declared.get(family.name, ())
         name = f"{family.name}_total" if family.type == "counter" else family.name
         lines.append(f"| `{name}` | {family.type} | {', '.join(labels)} | {family.documentation} |")
+    return lines
+
+
+def _window_counters_table() -> list[str]:
+    lines = ["| name | from the aggregate | labels |", "|---|---|---|"]
+    for spec in window_counters.WINDOW_COUNTERS:
+        scale = f" × {spec.scale:g}" if spec.scale != 1 else ""
+        labels = ", ".join((*window_counters.BASE_LABELS, *spec.labels))
+        lines.append(f"| `{spec.name}_total` | `{spec.aggregate}`{scale} | {labels} |")
+    bounds = ", ".join(f"{ms / 1000:g}" for ms in window_counters.STARTUP_BUCKETS_MS)
+    lines += [
+        f"| `{window_counters.StartupHistogram.name}` | `{window_counters.STARTUP_SKETCH}` | "
+        f"{', '.join(window_counters.StartupHistogram.labelnames)}, le |",
+        "",
+        f"Startup histogram bucket bounds (`le`, seconds): {bounds}, +Inf.",
+        "",
+        "Label values: each counter has a series per combination that occurs; the histogram has "
+        f"{len(window_counters.STARTUP_BUCKETS_MS) + 3} per country and device type (the buckets, +Inf, _sum, _count).",
+        "",
+    ]
+    lines += [f"- `{label}`: {values}" for label, values in window_counters.LABEL_VALUES.items()]
     return lines
 
 

@@ -5,7 +5,9 @@ hand-made events that holds every event type in every window go to Kafka; `strea
 /metrics; Debian's `prometheus` binary (`apt-get install prometheus`) scrapes it every second with
 the shipped config and alert rules. Once the newest final window has been scraped a few times, each
 panel's PromQL (template variables set to `.*`, then to a real value) and each alert expression is
-sent to Prometheus's HTTP API.
+sent to Prometheus's HTTP API. Then a last stretch of traffic in a coarse window of its own: over a range
+holding just it, the dashboard's all-countries VSF and rebuffer ratio equal `streampulse query` for that window
+within 1 %, and its p90 startup lies in the histogram bucket of `query`'s p90.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,13 +27,14 @@ import orjson
 import pytest
 import yaml
 
+from flows.window_counters import STARTUP_BUCKETS_MS
 from loadgen.api import generate
 from loadgen.api import produce as produce_generated
 from loadgen.config import FaultConfig, ModelParams
 from settings.kafka import KafkaSettings
 from streampulse.processes import ManagedProcess, free_port
 from tests.conftest import Stack
-from tests.integration.helpers import REPO, create_topics, produce
+from tests.integration.helpers import REPO, create_topics, produce, streampulse
 from tests.services.binaries import missing_prometheus_message, prometheus_tool
 from tests.unit.test_alert_rules import (
     ALERTS,
@@ -39,7 +43,7 @@ from tests.unit.test_alert_rules import (
     declared_metric_names,
     promql_metric_names,
 )
-from tests.unit.test_deploy_grafana import Query, dashboards, queries, substitute, variable_queries
+from tests.unit.test_deploy_grafana import Query, dashboards, panels, queries, substitute, variable_queries
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -247,6 +251,115 @@ def _wait_for(what: str, check: Callable[[], T | None], processes: list[ManagedP
     pytest.fail(f"timed out waiting for {what}\n{logs}")
 
 
+# The stretch the dashboard is compared with `streampulse query` on: after everything else, inside one coarse
+# window of its own, only the label values the first hand-made stretch already created (a counter series born
+# inside a range loses its first value to `increase()`).
+CHECK_SECONDS = 30
+COARSE_MS = 60_000
+
+
+def _checked_stretch(start_ms: int) -> Keyed:
+    """Each second from `start_ms`: a BR session that plays and rebuffers, a US one that starts and errors, a DE
+    attempt that fails to start, and every third second one more DE failure; startup times spread over seconds."""
+    playback: Keyed = []
+    for second in range(CHECK_SECONDS):
+        t = start_ms + second * 1000
+        playing, failing, not_starting = (3 * (1000 + second) + k for k in range(3))
+        extra = 3 * (2000 + second) + 2
+        events = [
+            (playing, _playback(f"c{playing}-0", "play_attempt", t, playing)),
+            (playing, _playback(f"c{playing}-1", "play_start", t + 100, playing, startup_ms=700 + 37 * second,
+                                cdn="c1")),
+            (playing, _playback(f"c{playing}-2", "heartbeat", t + 200, playing, played_ms=1000 + 10 * second,
+                                bitrate_kbps=4000)),
+            (playing, _playback(f"c{playing}-3", "rebuffer", t + 300, playing, rebuffer_ms=50 + second)),
+            (failing, _playback(f"c{failing}-0", "play_attempt", t + 100, failing)),
+            (failing, _playback(f"c{failing}-1", "play_start", t + 200, failing, startup_ms=1500 + 50 * second,
+                                cdn="c2")),
+            (not_starting, _playback(f"c{not_starting}-0", "play_attempt", t + 200, not_starting)),
+            (not_starting, _playback(f"c{not_starting}-1", "start_failure", t + 600, not_starting,
+                                     error_code="SF_TEST")),
+        ]  # fmt: skip
+        if second % 3 == 0:
+            events += [
+                (extra, _playback(f"c{extra}-0", "play_attempt", t + 300, extra)),
+                (extra, _playback(f"c{extra}-1", "start_failure", t + 700, extra, error_code="SF_TEST")),
+            ]
+        playback += [(session % PARTITIONS, event) for session, event in events]
+    return playback
+
+
+def _panel_expr(uid: str, title: str, legend: str = "") -> str:
+    """The PromQL of one dashboard panel's target (by its legend when the panel has several)."""
+    (board,) = [board for board in dashboards().values() if board["uid"] == uid]
+    (panel,) = [panel for panel in panels(board) if panel["title"] == title]
+    (target,) = [t for t in panel["targets"] if len(panel["targets"]) == 1 or t.get("legendFormat") == legend]
+    return str(target["expr"])
+
+
+def _query_all(redis_url: str, namespace: str, metric: str, window_start_ms: int) -> float:
+    """`streampulse query METRIC` for one coarse window, every country and device together."""
+    result = streampulse(
+        "query", metric, "--resolution", "1m", "--from", str(window_start_ms), "--to", str(window_start_ms + 1),
+        "--format", "json", "--redis-url", redis_url, "--namespace", namespace,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (row,) = [orjson.loads(line) for line in result.stdout.splitlines()]
+    return float(row["value"])
+
+
+def _bucket_around(seconds: float) -> tuple[float, float]:
+    """The startup histogram's bucket holding `seconds`: what histogram_quantile interpolates inside."""
+    bounds = [0.0, *(ms / 1000 for ms in STARTUP_BUCKETS_MS), float("inf")]
+    upper = next(i for i, bound in enumerate(bounds) if bound >= seconds)
+    return bounds[max(upper - 1, 0)], bounds[upper]
+
+
+def _dashboard_equals_query(
+    prometheus: Prometheus, stack: Stack, kafka: KafkaSettings, namespace: str, after_ms: int, running: list[Any]
+) -> None:
+    """Traffic in one coarse window of its own, then the all-countries VSF, rebuffer ratio and p90 startup of the
+    dashboard over a range holding just that traffic against `streampulse query` for that window."""
+    window_ms = after_ms + COARSE_MS - after_ms % COARSE_MS
+    stretch = _checked_stretch(window_ms)
+    # What the stretch adds to a counter of each kind; some reach the windows only when their session's window
+    # closes or its partition goes idle, so all of them are waited for.
+    grows = {
+        "streampulse_play_attempts_total": sum(1 for _, e in stretch if e["event_type"] == "play_attempt"),
+        "streampulse_startup_seconds_count": sum(1 for _, e in stretch if e["event_type"] == "play_start"),
+        "streampulse_rebuffers_total": sum(1 for _, e in stretch if e["event_type"] == "rebuffer"),
+        "streampulse_heartbeat_played_seconds_total": sum(
+            int(str(e["played_ms"])) for _, e in stretch if e["event_type"] == "heartbeat"
+        )
+        / 1000,
+    }
+    before = {name: float(prometheus.query(f"sum({name})")[0]["value"][1]) for name in grows}
+    time.sleep(2)  # a scrape between `before` and the first new count
+    range_start_s = time.time()
+    produce(stack.bootstrap, kafka.playback_topic, [(p, str(e["session_id"]).encode(), orjson.dumps(e))
+                                                    for p, e in stretch])  # fmt: skip
+    for name, grown in grows.items():
+        reached = f"sum({name}) >= {before[name] + grown - 1e-6}"
+        _wait_for(f"the checked stretch in {name}", partial(prometheus.query, reached), running)
+    time.sleep(2)  # scrapes of the counters standing still again: the range ends after the last growth
+    # Every panel evaluated at the same moment, over a range holding the whole stretch and nothing else.
+    at_s = time.time()
+    values = {"country": ".*", "device_type": ".*", "__rate_interval": f"{int(at_s - range_start_s) + 2}s"}
+
+    def dashboard(uid: str, title: str, legend: str = "") -> float:
+        expr = substitute(_panel_expr(uid, title, legend), values)
+        (sample,) = prometheus.api("query", query=expr, time=str(at_s))["result"]
+        return float(sample["value"][1])
+
+    for title, metric in (("Video start failures", "vsf_rate"), ("Rebuffer ratio", "rebuffer_ratio")):
+        shown, stored = dashboard("streampulse-ops", title), _query_all(stack.redis_url, namespace, metric, window_ms)
+        assert abs(shown - stored) <= 0.01 * stored, (title, shown, stored)
+    p90 = dashboard("streampulse-playback", "Startup time percentiles", "p90")
+    stored_p90 = _query_all(stack.redis_url, namespace, "startup_ms_p90", window_ms) / 1000
+    low, high = _bucket_around(stored_p90)
+    assert low <= p90 <= high, (p90, stored_p90)
+
+
 def _may_be_empty(query: Query) -> bool:
     return any(key in query.expr for key in MAY_BE_EMPTY)
 
@@ -337,6 +450,8 @@ def test_every_dashboard_and_alert_query_works_on_a_live_flow(stack: Stack, uniq
         assert {group["file"] for group in prometheus.api("rules")["groups"]} == {str(ALERTS)}
         # The rules select the scrape job by name: it must be the one Prometheus scrapes.
         assert prometheus.query('up{job="streampulse"} == 1')
+
+        _dashboard_equals_query(prometheus, stack, kafka, f"dashboards-{unique_name}", end_ms, running)
     finally:
         if prometheus is not None:
             prometheus.stop()

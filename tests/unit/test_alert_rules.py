@@ -146,7 +146,8 @@ def test_declared_names_come_from_the_registry() -> None:
     # One of each kind, so a change in how prometheus_client names things shows up here.
     assert {
         "streampulse_stream_starts_total",
-        "streampulse_window_stream_starts",
+        "streampulse_concurrent_streams",
+        "streampulse_startup_seconds_bucket",
         "streampulse_redis_write_seconds_bucket",
         "streampulse_redis_write_seconds_count",
     } <= names

@@ -18,7 +18,14 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tests.unit.test_alert_rules import PROMETHEUS_CONFIG, PROMETHEUS_OWN, declared_metric_names, promql_metric_names
+from flows.window_counters import WINDOW_COUNTERS
+from tests.unit.test_alert_rules import (
+    PROMETHEUS_CONFIG,
+    PROMETHEUS_OWN,
+    alert_rules,
+    declared_metric_names,
+    promql_metric_names,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 GRAFANA_DIR = REPO / "deploy" / "grafana"
@@ -302,3 +309,21 @@ def test_ops_overview_shows_the_anomaly_detector() -> None:
 )
 def test_substitute_replaces_every_variable_form(expr: str, values: dict[str, str], expected: str) -> None:
     assert substitute(expr, values) == expected
+
+
+def test_window_counters_are_read_as_rates_only() -> None:
+    """Counters and the startup histogram only make sense through rate()/increase(): a raw value depends on when
+    the process started, and summing raw values over processes or averaging them over time is wrong."""
+    names = [f"{spec.name}_total" for spec in WINDOW_COUNTERS] + ["streampulse_startup_seconds_bucket"]
+    exprs = [query.expr for query in queries()] + [rule["expr"] for rule in alert_rules()]
+    used = set()
+    for expr in exprs:
+        for name in names:
+            raw = len(re.findall(rf"\b{name}\b", expr))
+            as_rate = len(re.findall(rf"\b(?:rate|increase)\(\s*{name}\b", expr))
+            assert raw == as_rate, f"{name} outside rate()/increase() in: {expr}"
+            used |= {name} if raw else set()
+    # The dashboards show every MISSION §2 count and ratio from the counters and the histogram.
+    for needed in ("play_attempts", "stream_starts", "start_failures", "played_seconds", "rebuffer_seconds"):
+        assert f"streampulse_{needed}_total" in used, needed
+    assert "streampulse_startup_seconds_bucket" in used
