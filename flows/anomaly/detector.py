@@ -57,6 +57,7 @@ incident does not become the new normal within minutes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -85,6 +86,17 @@ from flows.anomaly.series import (
 )
 from flows.anomaly.state import SeriesArrays
 
+_DAY_MS = 86_400_000
+# 2: a dispersion per horizon, the seasonal profiles; version 1 snapshots still restore (SeriesArrays.load).
+SNAPSHOT_VERSION = 2
+
+
+def _bins(at_ms: float, bin_ms: int) -> tuple[int, float]:
+    """The profile bin whose centre is at or before `at_ms` (an absolute bin number), and how far towards the next."""
+    position = at_ms / bin_ms - 0.5
+    lower = math.floor(position)
+    return lower, position - lower
+
 
 class AnomalyDetector:
     """Online baselines and anomaly life cycles for every key series; see the module docstring."""
@@ -93,7 +105,7 @@ class AnomalyDetector:
         self.config = config or DetectorConfig()
         self._ring = self.config.horizons[-1]
         self._horizons: Ints = np.array(self.config.horizons, np.int64)
-        self._state = SeriesArrays(self._ring, len(self.config.horizons))
+        self._state = SeriesArrays(self.config.horizons, _DAY_MS // self.config.season_bin_ms)
         self._keys: list[tuple[int, str, str]] = []  # per series number: (SERIES index, country, device_type)
         self._rows: dict[tuple[int, str, str], int] = {}  # the inverse
         self._open: dict[int, OpenAnomaly] = {}  # series number -> its open anomaly
@@ -176,7 +188,7 @@ class AnomalyDetector:
         k_table, n_table = observations(inputs)
         k, n = k_table[s.group, s.index], n_table[s.group, s.index]
         cell = inputs[s.group]
-        mean, var = self._expected(n)
+        mean, var = self._expected(n, self._seasonal_ratio(start_ms, end_ms))
         # Judged only on a baseline learned from earlier windows; the horizons hold only windows so judged
         # (a window from before there was a baseline would count as "nothing expected").
         ready = self._ready()
@@ -200,7 +212,7 @@ class AnomalyDetector:
         s.hits = np.where(rare, s.hits, (s.hits << 1) & ((1 << config.confirm_m) - 1))
         s.cooldown = np.where(rare | (s.cooldown <= 0), s.cooldown, s.cooldown - 1)
         suspect = self._one_by_one(rare, ready, (z, inflate, phi, shape), score, start_ms, end_ms, detection.events)
-        self._learn(k, n, mean, var, cell, suspect)
+        self._learn(k, n, mean, var, cell, suspect, (start_ms, end_ms))
         if scores:
             scored = self._order[ready[self._order]]
             for row, value in zip(scored.tolist(), score[scored].tolist(), strict=True):
@@ -242,7 +254,7 @@ class AnomalyDetector:
             s.sums[:, :, rare_rows].transpose(2, 0, 1).reshape(len(rows), s.sums.shape[0] * SLOT).tolist(),
             z[:, rare_rows].T.tolist(),
             inflate[:, rare_rows].T.tolist(),
-            phi[rare_rows].tolist(),
+            phi[:, rare_rows].T.tolist(),
             shape[rare_rows].tolist(),
         )
         for row, is_ready, series in zip(rows, ready[rare_rows].tolist(), views, strict=True):
@@ -251,6 +263,8 @@ class AnomalyDetector:
             verdict = score_series(self.config, series, index, spec) if is_ready else None
             life_cycle(self.config, series, index, spec, verdict, start_ms, end_ms, window_s, events, (country, device))
             s.hits[row], s.quiet[row], s.cooldown[row] = series.hits, series.quiet, series.cooldown
+            if series.accepted:
+                s.accept(row)
             if series.open is None:
                 self._open.pop(row, None)
             else:
@@ -296,17 +310,20 @@ class AnomalyDetector:
 
     # --- every series, one window: the common path, as arrays ---------------------------------------
 
-    def _expected(self, n: Floats) -> tuple[Floats, Floats]:
-        """Expected k and its variance for this window, from the baseline before it learns this window."""
+    def _expected(self, n: Floats, seasonal: Floats) -> tuple[Floats, Floats]:
+        """Expected k and its variance for this window, from the baseline before it learns this window.
+
+        `seasonal` scales a count's short-term level to this window (`_seasonal_ratio`).
+        """
         s = self._state
         with np.errstate(divide="ignore", invalid="ignore"):  # b = 0: nothing learned, masked below
             ratio = s.a / s.b
-            mean = np.where(s.count, s.a, np.where(s.b > 0, ratio * n, 0.0))
+            mean = np.where(s.count, s.a * seasonal, np.where(s.b > 0, ratio * n, 0.0))
             share_var = n * ratio * (1.0 - ratio)
             lognormal_var = np.maximum(s.c / s.b - ratio * ratio, 1e-9) * n  # per-start variance x starts
             var = np.where(
                 s.count,
-                s.a,
+                mean,
                 np.where(s.b <= 0, 0.0, np.where(s.rate, mean, np.where(s.share, share_var, lognormal_var))),
             )
         return mean, var
@@ -350,7 +367,7 @@ class AnomalyDetector:
         the dispersion and the negative binomial's shape (per series).
         """
         config, s = self.config, self._state
-        phi = np.minimum(np.maximum(s.phi, 1.0), config.phi_max)
+        phi = self._dispersion()
         # How many events the baseline rests on (∞ = Poisson): a level remembers at most 1 / alpha windows.
         shape = np.maximum(s.a, 1e-9) * np.where(s.count, np.minimum(s.t, 1.0 / config.alpha_count), 1.0)
         sk, sn, sm, sv = (s.sums[:, j] for j in range(4))
@@ -364,10 +381,106 @@ class AnomalyDetector:
         judged = ready & (self._horizons[:, None] <= s.filled)
         return np.where(judged, z, 0.0), judged, inflate, phi, shape
 
-    def _learn(self, k: Floats, n: Floats, mean: Floats, var: Floats, cell: Floats, suspect: Bools) -> None:
+    def _dispersion(self) -> Floats:
+        """The dispersion each horizon's test uses (horizons x series): learned, >= 1, never below a shorter one's.
+
+        A sum over more windows is at least as overdispersed as a shorter one (bursts last several windows),
+        so each horizon takes the largest learned below it; a horizon not learned yet (a sparse series' short
+        ones: too few events to learn from) takes the nearest learned longer one's, else Poisson's 1.
+        """
+        s = self._state
+        learned = s.phi_n > 0
+        phi = np.maximum.accumulate(np.where(learned, s.phi, 1.0), axis=0)
+        later = np.ones(len(s))
+        for h in range(phi.shape[0] - 1, -1, -1):
+            later = np.where(learned[h], s.phi[h], later)
+            phi[h] = np.where(learned[: h + 1].any(axis=0), phi[h], later)
+        used: Floats = np.maximum(phi, 1.0)
+        return used
+
+    def _seasonal_ratio(self, start_ms: int, end_ms: int) -> Floats:
+        """How much more a count should be in this window than its short-term level says (1 without a profile).
+
+        The level is an EWMA of the counts: it stands for the season as it was about its mean age (1 / alpha
+        windows) ago. So the expected count is the level times the profile now over the profile then: the
+        same hour of the week (of the day, until the week's bins are learned) blended with the short-term
+        level. Both from the one profile (weekly only where every bin involved has been seen), so a profile
+        switching on or from daily to weekly never makes a jump.
+        """
+        s, config = self._state, self.config
+        size = end_ms - start_ms
+        lag_ms = round((1.0 - config.alpha_count) / config.alpha_count * size)
+        now, then = (
+            _bins((start_ms + end_ms) / 2, config.season_bin_ms),
+            _bins((start_ms + end_ms) / 2 - lag_ms, config.season_bin_ms),
+        )
+        seen = 0.5 * config.season_bin_ms / size  # half a visit's windows
+        ratio = np.ones(len(s))
+        for num, den, weight, bins in (
+            (s.day_num, s.day_den, s.day_w, s.day_num.shape[0]),
+            (s.week_num, s.week_den, s.week_w, s.week_num.shape[0]),
+        ):
+            slots = [i % bins for i in (now[0], now[0] + 1, then[0], then[0] + 1)]
+            ok = (weight[slots] >= seen).all(axis=0) & (den[slots] > 0).all(axis=0)
+            if not ok.any():
+                continue
+            with np.errstate(divide="ignore", invalid="ignore"):
+                profile = num[slots] / den[slots]
+                value = (profile[0] * (1 - now[1]) + profile[1] * now[1]) / (
+                    profile[2] * (1 - then[1]) + profile[3] * then[1]
+                )
+            ratio = np.where(ok & np.isfinite(value) & (value > 0), value, ratio)  # the weekly profile wins
+        return ratio
+
+    def _learn_season(self, k: Floats, weight: Floats, start_ms: int, end_ms: int) -> None:
+        """Counts: the slow level learns this window (deseasonalized), the profile's two nearest bins learn k / it."""
+        config, s = self.config, self._state
+        if not s.count.any():
+            return
+        size = end_ms - start_ms
+        at, upper = _bins((start_ms + end_ms) / 2, config.season_bin_ms)
+        per_bin = config.season_bin_ms / size
+        # The profile as it stands (for deseasonalizing the slow level): without one, 1.
+        factor = np.ones(len(s))
+        for num, den, seen in ((s.day_num, s.day_den, s.day_w), (s.week_num, s.week_den, s.week_w)):
+            slots = [at % num.shape[0], (at + 1) % num.shape[0]]
+            ok = (seen[slots] >= 0.5 * per_bin).all(axis=0) & (den[slots] > 0).all(axis=0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                value = (num[slots[0]] / den[slots[0]]) * (1 - upper) + (num[slots[1]] / den[slots[1]]) * upper
+            factor = np.where(ok & np.isfinite(value) & (value > 0), value, factor)
+        slow = np.where(s.b > 0, s.b, s.a)  # a new series (or one restored from version 1) starts at its level
+        alpha = np.maximum(config.alpha_slow, 1.0 / s.t) * weight
+        reference = slow  # the profile is k against the slow level before this window moves it
+        s.b = np.where(s.count, slow + alpha * (k / factor - slow), s.b)
+        for num, den, seen, halflife in (
+            (s.day_num, s.day_den, s.day_w, config.season_halflife_days),
+            (s.week_num, s.week_den, s.week_w, config.season_halflife_weeks),
+        ):
+            bins = num.shape[0]
+            # Discounted per window of the bin, so what a visit (a day, a week: per_bin windows) taught halves
+            # in `halflife` visits.
+            forget = 1.0 - 0.5 ** (1.0 / (halflife * per_bin))
+            for slot, share in ((at % bins, 1.0 - upper), ((at + 1) % bins, upper)):
+                w = np.where(s.count, share * weight, 0.0)
+                keep = 1.0 - forget * w
+                num[slot] = num[slot] * keep + w * k
+                den[slot] = den[slot] * keep + w * reference
+                seen[slot] = seen[slot] * keep + w
+
+    def _learn(
+        self,
+        k: Floats,
+        n: Floats,
+        mean: Floats,
+        var: Floats,
+        cell: Floats,
+        suspect: Bools,
+        window: tuple[int, int],
+    ) -> None:
         """Every baseline learns this window; a suspect one (or one with an open anomaly) ten times slower."""
         config, s = self.config, self._state
         weight = np.where(suspect, config.slow_factor, 1.0)
+        self._learn_season(k, weight, *window)
         # count: a running mean at first, then the EWMA.
         level = s.a + np.maximum(config.alpha_count, 1.0 / s.t) * weight * (k - s.a)
         keep = 1.0 - config.alpha_rate * weight
@@ -376,14 +489,31 @@ class AnomalyDetector:
         s.c = np.where(s.lognormal, s.c * keep + weight * cell[:, STARTUP_B2], s.c)
         s.d_num = np.where(s.rebuffer, s.d_num * keep + weight * cell[:, REBUFFER_MS], s.d_num)
         s.d = np.where(s.rebuffer, s.d * keep + weight * (cell[:, PLAYED_MS] + cell[:, REBUFFER_MS]), s.d)
-        rows = np.flatnonzero(~suspect & (mean >= config.phi_min_expected) & (var > 0))
-        if rows.size:
-            # Quasi-likelihood dispersion: the mean squared Pearson residual, 1 for pure Poisson/binomial noise.
-            # Squared by Python's ** (the C library's pow), not numpy's x * x: they differ in the last bit about
-            # once in a thousand, and the detector's outputs stay bit for bit what they were.
-            squares = np.array([x**2 for x in (k[rows] - mean[rows]).tolist()])
-            pearson = np.minimum(squares / var[rows], 25.0)
-            s.phi[rows] += config.alpha_phi * (pearson - s.phi[rows])
+        self._learn_dispersion(k, mean, var, suspect)
+
+    def _learn_dispersion(self, k: Floats, mean: Floats, var: Floats, suspect: Bools) -> None:
+        """Quasi-likelihood dispersion per horizon: the mean squared Pearson residual of its sums (1: Poisson).
+
+        The one-window horizon learns from every window, warm-up included (so a series is judged with its
+        spread already known); longer ones from their sums once judged. Ten times slower while suspect (an
+        incident is not noise, but a spread learned too narrow must not hold a series suspect for ever). A
+        running mean at first, then an EWMA; each residual winsorized at `phi_clip` times the current value,
+        so one outlier moves it a bounded step and no cap stops a truly wide spread.
+        """
+        config, s = self.config, self._state
+        sk, sm, sv = s.sums[:, 0], s.sums[:, 2], s.sums[:, 3]
+        judged = self._horizons[:, None] <= s.filled
+        residual, expected, variance = sk - sm, sm.copy(), sv.copy()
+        residual[0], expected[0], variance[0] = k - mean, mean, var
+        judged[0] = True
+        learn = judged & (expected >= config.phi_min_expected) & (variance > 0)
+        if not learn.any():
+            return
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pearson = np.minimum(residual * residual / variance, config.phi_clip * np.maximum(s.phi, 1.0))
+            alpha = np.maximum(config.alpha_phi, 1.0 / (s.phi_n + 1.0)) * np.where(suspect, config.slow_factor, 1.0)
+            s.phi = np.where(learn, s.phi + alpha * (pearson - s.phi), s.phi)
+        s.phi_n = np.where(learn, s.phi_n + 1.0, s.phi_n)
 
     # --- one rare series, one window ----------------------------------------------------------------
 
@@ -402,7 +532,7 @@ class AnomalyDetector:
     def snapshot(self) -> dict[str, Any]:
         """The whole state as plain data (lists, dicts, numbers, strings)."""
         return {
-            "version": 1,
+            "version": SNAPSHOT_VERSION,
             "config": {**asdict(self.config), "horizons": list(self.config.horizons)},
             "next_start": self._next_start,
             "window_ms": self._window_ms,
@@ -416,7 +546,8 @@ class AnomalyDetector:
     @classmethod
     def restore(cls, snapshot: Mapping[str, Any], config: DetectorConfig | None = None) -> AnomalyDetector:
         """A detector continuing exactly from `snapshot` (with `config`, or the one it was taken with)."""
-        if snapshot.get("version") != 1:
+        version = snapshot.get("version")
+        if version not in (1, SNAPSHOT_VERSION):
             raise ValueError(f"unknown anomaly detector snapshot version {snapshot.get('version')!r}")
         saved = dict(snapshot["config"])
         saved["horizons"] = tuple(saved["horizons"])
@@ -434,5 +565,5 @@ class AnomalyDetector:
                 keys.append((index_of[series_id], country, device))
                 records.append(state)
         detector._add_series(keys)
-        detector._open = detector._state.load(records)
+        detector._open = detector._state.load(records, version)
         return detector
