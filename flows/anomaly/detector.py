@@ -87,6 +87,14 @@ from flows.anomaly.series import (
 from flows.anomaly.state import SeriesArrays
 
 _DAY_MS = 86_400_000
+# The minute-of-the-hour profile: 60 bins of a minute, used once each has been seen in 12 hours (it learns
+# from a few windows an hour), its memory halving in 48 hours.
+_MINUTE_MS = 60_000
+# A fresh dispersion starts at Poisson's 1 weighted as this many windows: a running mean from the first residual
+# alone would let one early outlier (or one early quiet window) set it.
+_PHI_PRIOR_WINDOWS = 6.0
+_MINUTE_VISITS = 12.0
+_MINUTE_HALFLIFE = 48.0
 # 2: a dispersion per horizon, the seasonal profiles; version 1 snapshots still restore (SeriesArrays.load).
 SNAPSHOT_VERSION = 2
 
@@ -105,7 +113,7 @@ class AnomalyDetector:
         self.config = config or DetectorConfig()
         self._ring = self.config.horizons[-1]
         self._horizons: Ints = np.array(self.config.horizons, np.int64)
-        self._state = SeriesArrays(self.config.horizons, _DAY_MS // self.config.season_bin_ms)
+        self._state = SeriesArrays(self.config.horizons, _DAY_MS // self.config.season_bin_ms, 3_600_000 // _MINUTE_MS)
         self._keys: list[tuple[int, str, str]] = []  # per series number: (SERIES index, country, device_type)
         self._rows: dict[tuple[int, str, str], int] = {}  # the inverse
         self._open: dict[int, OpenAnomaly] = {}  # series number -> its open anomaly
@@ -398,73 +406,123 @@ class AnomalyDetector:
         used: Floats = np.maximum(phi, 1.0)
         return used
 
+    def _profiles(self) -> tuple[tuple[Floats, Floats, Floats, int, float], ...]:
+        """The seasonal profiles: (Σk, Σ slow level, weight, bin ms, visits before use), as `SeriesArrays` holds them.
+
+        The hour of the day and of the week are one profile (the week's where learned, else the day's); the
+        minute of the hour is another (the top of the hour is busier), learned over many hours before use.
+        """
+        s, config = self._state, self.config
+        return (
+            (s.day_num, s.day_den, s.day_w, config.season_bin_ms, 0.5),
+            (s.week_num, s.week_den, s.week_w, config.season_bin_ms, 0.5),
+            (s.minute_num, s.minute_den, s.minute_w, _MINUTE_MS, _MINUTE_VISITS),
+        )
+
+    def _profile_at(
+        self, profile: tuple[Floats, Floats, Floats, int, float], at_ms: float, size: int, learned_only: bool = True
+    ) -> Floats:
+        """One profile's value at `at_ms` per series (interpolated between bin centres); NaN where not learned.
+
+        With `learned_only` False, its value wherever it has any (NaN only where nothing was seen).
+        """
+        num, den, seen, bin_ms, visits = profile
+        lower, upper = _bins(at_ms, bin_ms)
+        slots = [lower % num.shape[0], (lower + 1) % num.shape[0]]
+        learned = (den[slots] > 0).all(axis=0)
+        if learned_only:
+            learned &= (seen[slots] >= visits * bin_ms / size).all(axis=0)
+        state = self._state
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            value = num[slots[0]] / den[slots[0]] * (1.0 - upper) + num[slots[1]] / den[slots[1]] * upper
+            # Shrunk towards 1 by how sure it is: a bin rests on `seen` windows of about value x the slow level
+            # events each, spread phi times Poisson's, so its relative variance is about phi / (that many events).
+            # A deviation of d is kept in the share d² / (d² + 4 x variance): one well beyond two standard errors
+            # (the top of the hour on a big series) nearly whole, one within them (noise) mostly not.
+            events = value * state.b * (seen[slots[0]] * (1.0 - upper) + seen[slots[1]] * upper)
+            variance = np.maximum(state.phi[0], 1.0) / events
+            deviation = (value - 1.0) ** 2
+            value = 1.0 + (value - 1.0) * deviation / (deviation + 4.0 * variance)
+        result: Floats = np.where(learned & (value > 0) & np.isfinite(value), value, np.nan)
+        return result
+
+    def _hour_factors(self, times: Sequence[float], size: int) -> list[Floats]:
+        """The hour-of-the-day-or-week factor at each of `times`, 1 where not learned.
+
+        The weekly profile only where learned at every one of `times`, else the daily one where learned at every
+        one: a ratio of two factors is then always taken within one profile, so one switching on makes no jump.
+        """
+        day, week, _ = self._profiles()
+        main = [np.ones(len(self._state)) for _ in times]
+        for profile in (day, week):  # the weekly profile wins
+            values = [self._profile_at(profile, at, size) for at in times]
+            usable = np.logical_and.reduce([np.isfinite(v) for v in values])
+            main = [np.where(usable, v, m) for v, m in zip(values, main, strict=True)]
+        return main
+
+    def _minute_factor(self, at_ms: float, size: int) -> tuple[Floats, Bools]:
+        """The minute-of-the-hour factor at `at_ms` as learned so far (1 where nothing), and where learned enough."""
+        minute = self._profiles()[2]
+        value = self._profile_at(minute, at_ms, size, learned_only=False)
+        learned = np.isfinite(self._profile_at(minute, at_ms, size))
+        return np.where(np.isfinite(value), value, 1.0), learned
+
     def _seasonal_ratio(self, start_ms: int, end_ms: int) -> Floats:
         """How much more a count should be in this window than its short-term level says (1 without a profile).
 
-        The level is an EWMA of the counts: it stands for the season as it was about its mean age (1 / alpha
-        windows) ago. So the expected count is the level times the profile now over the profile then: the
-        same hour of the week (of the day, until the week's bins are learned) blended with the short-term
-        level. Both from the one profile (weekly only where every bin involved has been seen), so a profile
-        switching on or from daily to weekly never makes a jump.
+        The level is an EWMA of the counts. The hour of the day or week changes smoothly, so the level stands
+        for it as it was about the level's mean age (1 / alpha windows) ago: the hour factor now over the one
+        then. The minute of the hour changes sharply (the top of the hour), so the level's own EWMA of it is
+        kept (`minute_level`, same weights): the minute factor now over that. So the expected count is the
+        same hour of the week (of the day, until the week's bins are learned) and minute of the hour,
+        blended with the short-term level.
         """
-        s, config = self._state, self.config
+        config, s = self.config, self._state
         size = end_ms - start_ms
-        lag_ms = round((1.0 - config.alpha_count) / config.alpha_count * size)
-        now, then = (
-            _bins((start_ms + end_ms) / 2, config.season_bin_ms),
-            _bins((start_ms + end_ms) / 2 - lag_ms, config.season_bin_ms),
-        )
-        seen = 0.5 * config.season_bin_ms / size  # half a visit's windows
-        ratio = np.ones(len(s))
-        for num, den, weight, bins in (
-            (s.day_num, s.day_den, s.day_w, s.day_num.shape[0]),
-            (s.week_num, s.week_den, s.week_w, s.week_num.shape[0]),
-        ):
-            slots = [i % bins for i in (now[0], now[0] + 1, then[0], then[0] + 1)]
-            ok = (weight[slots] >= seen).all(axis=0) & (den[slots] > 0).all(axis=0)
-            if not ok.any():
-                continue
-            with np.errstate(divide="ignore", invalid="ignore"):
-                profile = num[slots] / den[slots]
-                value = (profile[0] * (1 - now[1]) + profile[1] * now[1]) / (
-                    profile[2] * (1 - then[1]) + profile[3] * then[1]
-                )
-            ratio = np.where(ok & np.isfinite(value) & (value > 0), value, ratio)  # the weekly profile wins
+        lag_ms = (1.0 - config.alpha_count) / config.alpha_count * size
+        middle = (start_ms + end_ms) / 2
+        now, then = self._hour_factors((middle, middle - lag_ms), size)
+        minute, learned = self._minute_factor(middle, size)
+        # Used once learned enough; its level's EWMA followed the profile all along, so it starts without a jump.
+        ratio: Floats = now / then * np.where(learned, minute / s.minute_level, 1.0)
         return ratio
 
     def _learn_season(self, k: Floats, weight: Floats, start_ms: int, end_ms: int) -> None:
-        """Counts: the slow level learns this window (deseasonalized), the profile's two nearest bins learn k / it."""
+        """Counts: the slow level learns this window (deseasonalized); each profile's two nearest bins learn k / it.
+
+        Each profile learns k over the slow level times the other profile's factor, so each learns only its own
+        shape; the level's EWMA of the minute factor moves with the level.
+        """
         config, s = self.config, self._state
         if not s.count.any():
             return
         size = end_ms - start_ms
-        at, upper = _bins((start_ms + end_ms) / 2, config.season_bin_ms)
-        per_bin = config.season_bin_ms / size
-        # The profile as it stands (for deseasonalizing the slow level): without one, 1.
-        factor = np.ones(len(s))
-        for num, den, seen in ((s.day_num, s.day_den, s.day_w), (s.week_num, s.week_den, s.week_w)):
-            slots = [at % num.shape[0], (at + 1) % num.shape[0]]
-            ok = (seen[slots] >= 0.5 * per_bin).all(axis=0) & (den[slots] > 0).all(axis=0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                value = (num[slots[0]] / den[slots[0]]) * (1 - upper) + (num[slots[1]] / den[slots[1]]) * upper
-            factor = np.where(ok & np.isfinite(value) & (value > 0), value, factor)
+        middle = (start_ms + end_ms) / 2
+        (main,) = self._hour_factors((middle,), size)
+        raw_minute, learned = self._minute_factor(middle, size)
+        minute = np.where(learned, raw_minute, 1.0)
+        level_alpha = np.maximum(config.alpha_count, 1.0 / s.t) * weight
+        s.minute_level = s.minute_level + level_alpha * (raw_minute - s.minute_level)
         slow = np.where(s.b > 0, s.b, s.a)  # a new series (or one restored from version 1) starts at its level
         alpha = np.maximum(config.alpha_slow, 1.0 / s.t) * weight
-        reference = slow  # the profile is k against the slow level before this window moves it
-        s.b = np.where(s.count, slow + alpha * (k / factor - slow), s.b)
-        for num, den, seen, halflife in (
-            (s.day_num, s.day_den, s.day_w, config.season_halflife_days),
-            (s.week_num, s.week_den, s.week_w, config.season_halflife_weeks),
+        s.b = np.where(s.count, slow + alpha * (k / (main * minute) - slow), s.b)
+        day, week, minute_profile = self._profiles()
+        for profile, halflife, other in (
+            (day, config.season_halflife_days, minute),
+            (week, config.season_halflife_weeks, minute),
+            (minute_profile, _MINUTE_HALFLIFE, main),
         ):
+            num, den, seen, bin_ms, _ = profile
             bins = num.shape[0]
-            # Discounted per window of the bin, so what a visit (a day, a week: per_bin windows) taught halves
-            # in `halflife` visits.
-            forget = 1.0 - 0.5 ** (1.0 / (halflife * per_bin))
-            for slot, share in ((at % bins, 1.0 - upper), ((at + 1) % bins, upper)):
+            lower, upper = _bins(middle, bin_ms)
+            # Discounted per window of the bin, so what a visit (bin_ms / size windows) taught halves in
+            # `halflife` visits.
+            forget = 1.0 - 0.5 ** (size / (halflife * bin_ms))
+            for slot, share in ((lower % bins, 1.0 - upper), ((lower + 1) % bins, upper)):
                 w = np.where(s.count, share * weight, 0.0)
                 keep = 1.0 - forget * w
-                num[slot] = num[slot] * keep + w * k
-                den[slot] = den[slot] * keep + w * reference
+                num[slot] = num[slot] * keep + w * k / other
+                den[slot] = den[slot] * keep + w * slow
                 seen[slot] = seen[slot] * keep + w
 
     def _learn(
@@ -511,7 +569,9 @@ class AnomalyDetector:
             return
         with np.errstate(divide="ignore", invalid="ignore"):
             pearson = np.minimum(residual * residual / variance, config.phi_clip * np.maximum(s.phi, 1.0))
-            alpha = np.maximum(config.alpha_phi, 1.0 / (s.phi_n + 1.0)) * np.where(suspect, config.slow_factor, 1.0)
+            alpha = np.maximum(config.alpha_phi, 1.0 / (s.phi_n + _PHI_PRIOR_WINDOWS)) * np.where(
+                suspect, config.slow_factor, 1.0
+            )
             s.phi = np.where(learn, s.phi + alpha * (pearson - s.phi), s.phi)
         s.phi_n = np.where(learn, s.phi_n + 1.0, s.phi_n)
 

@@ -46,7 +46,17 @@ _INTS: tuple[str, ...] = ("t", "pos", "filled", "hits", "quiet", "cooldown")
 _PER_HORIZON: tuple[str, ...] = ("phi", "phi_n")
 # A count series' seasonal profile (bin x series; see SeriesArrays): in its record after _RECORD, as flat lists;
 # other series hold none (empty lists), so a snapshot carries profiles only for the few series that use them.
-_SEASON: tuple[str, ...] = ("day_num", "day_den", "day_w", "week_num", "week_den", "week_w")
+_SEASON: tuple[str, ...] = (
+    "day_num",
+    "day_den",
+    "day_w",
+    "week_num",
+    "week_den",
+    "week_w",
+    "minute_num",
+    "minute_den",
+    "minute_w",
+)
 
 
 class SeriesArrays:
@@ -63,7 +73,7 @@ class SeriesArrays:
     Its own slot i is shared slot (i + at - pos) % ring size, and a window's push is whole slices of the ring.
     """
 
-    def __init__(self, horizons: tuple[int, ...], day_bins: int) -> None:
+    def __init__(self, horizons: tuple[int, ...], day_bins: int, minute_bins: int) -> None:
         self.horizons = horizons
         ring_size = horizons[-1]
         self.index: Ints = np.zeros(0, np.int64)  # the series' SERIES index
@@ -90,6 +100,11 @@ class SeriesArrays:
         self.week_num: Floats = np.zeros((7 * day_bins, 0))
         self.week_den: Floats = np.zeros((7 * day_bins, 0))
         self.week_w: Floats = np.zeros((7 * day_bins, 0))
+        self.minute_num: Floats = np.zeros((minute_bins, 0))  # and per minute of the hour
+        self.minute_den: Floats = np.zeros((minute_bins, 0))
+        self.minute_w: Floats = np.zeros((minute_bins, 0))
+        # count series: the short-term level's EWMA of the minute factor (its weights), 1 while none is learned
+        self.minute_level: Floats = np.ones(0)
         # Last windows, newest at slot at - 1: k, n, expected k, variance of k, and rebuffer_ms for
         # rebuffer_ratio's displayed value; ring slot x SLOT x series.
         self.ring: Floats = np.zeros((ring_size, SLOT, 0))
@@ -123,6 +138,7 @@ class SeriesArrays:
         fresh["phi_n"] = np.zeros((self.phi.shape[0], added))
         for name in _SEASON:
             fresh[name] = np.zeros((getattr(self, name).shape[0], added))
+        fresh["minute_level"] = np.ones(added)
         fresh["ring"] = np.zeros((*self.ring.shape[:-1], added))
         fresh["sums"] = np.zeros((*self.sums.shape[:-1], added))
         fresh["index"] = np.array(index, np.int64)
@@ -154,6 +170,7 @@ class SeriesArrays:
         columns.update({name: getattr(self, name).T.tolist() for name in _PER_HORIZON})
         columns.update({name: getattr(self, name).tolist() for name in _RECORD if name not in columns})
         seasonal = self.count.tolist()
+        minute_level = self.minute_level.tolist()
         season = {name: getattr(self, name).T.tolist() for name in _SEASON}
         for row, index in enumerate(self.index.tolist()):
             # The ring held each window's counts as the ints they are (k, the trials n, rebuffer_ms): snapshot them
@@ -168,6 +185,7 @@ class SeriesArrays:
                 *(columns[name][row] for name in _RECORD),
                 opened[row].to_dict() if row in opened else None,
                 *(season[name][row] if seasonal[row] else [] for name in _SEASON),
+                minute_level[row],
             ]
             for row in range(count)
         ]
@@ -190,6 +208,7 @@ class SeriesArrays:
             elif name not in ("ring", "sums"):
                 setattr(self, name, np.array(columns[name], getattr(self, name).dtype).reshape(count))
         at_season = len(_RECORD) + 1
+        self.minute_level = np.array([record[at_season + len(_SEASON)] for record in records], np.float64)
         for offset, name in enumerate(_SEASON):
             profile = getattr(self, name)
             for row, record in enumerate(records):
@@ -239,4 +258,4 @@ def _from_version_1(record: list[Any]) -> list[Any]:
     at = _RECORD.index("phi")
     phi, t = record[at], record[_RECORD.index("t")]
     horizons = len(record[_RECORD.index("sums") - 1]) // SLOT  # v1 has no phi_n: sums sits one place earlier
-    return [*record[:at], [phi] * horizons, [float(t)] * horizons, *record[at + 1 :], *([] for _ in _SEASON)]
+    return [*record[:at], [phi] * horizons, [float(t)] * horizons, *record[at + 1 :], *([] for _ in _SEASON), 1.0]
