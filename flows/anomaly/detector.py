@@ -428,22 +428,26 @@ class AnomalyDetector:
         """
         num, den, seen, bin_ms, visits = profile
         lower, upper = _bins(at_ms, bin_ms)
-        slots = [lower % num.shape[0], (lower + 1) % num.shape[0]]
-        learned = (den[slots] > 0).all(axis=0)
-        if learned_only:
-            learned &= (seen[slots] >= visits * bin_ms / size).all(axis=0)
         state = self._state
+        # Only count series have profiles: the arithmetic runs on their columns alone.
+        cols = state.count_rows
+        slots = np.ix_([lower % num.shape[0], (lower + 1) % num.shape[0]], cols)
+        num_, den_, seen_ = num[slots], den[slots], seen[slots]
+        learned = (den_ > 0).all(axis=0)
+        if learned_only:
+            learned &= (seen_ >= visits * bin_ms / size).all(axis=0)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            value = num[slots[0]] / den[slots[0]] * (1.0 - upper) + num[slots[1]] / den[slots[1]] * upper
+            value = num_[0] / den_[0] * (1.0 - upper) + num_[1] / den_[1] * upper
             # Shrunk towards 1 by how sure it is: a bin rests on `seen` windows of about value x the slow level
             # events each, spread phi times Poisson's, so its relative variance is about phi / (that many events).
             # A deviation of d is kept in the share d² / (d² + 4 x variance): one well beyond two standard errors
             # (the top of the hour on a big series) nearly whole, one within them (noise) mostly not.
-            events = value * state.b * (seen[slots[0]] * (1.0 - upper) + seen[slots[1]] * upper)
-            variance = np.maximum(state.phi[0], 1.0) / events
+            events = value * state.b[cols] * (seen_[0] * (1.0 - upper) + seen_[1] * upper)
+            variance = np.maximum(state.phi[0, cols], 1.0) / events
             deviation = (value - 1.0) ** 2
             value = 1.0 + (value - 1.0) * deviation / (deviation + 4.0 * variance)
-        result: Floats = np.where(learned & (value > 0) & np.isfinite(value), value, np.nan)
+        result: Floats = np.full(len(state), np.nan)
+        result[cols] = np.where(learned & (value > 0) & np.isfinite(value), value, np.nan)
         return result
 
     def _hour_factors(self, times: Sequence[float], size: int) -> list[Floats]:
@@ -507,6 +511,7 @@ class AnomalyDetector:
         alpha = np.maximum(config.alpha_slow, 1.0 / s.t) * weight
         s.b = np.where(s.count, slow + alpha * (k / (main * minute) - slow), s.b)
         day, week, minute_profile = self._profiles()
+        cols = s.count_rows  # only count series have profiles
         for profile, halflife, other in (
             (day, config.season_halflife_days, minute),
             (week, config.season_halflife_weeks, minute),
@@ -519,11 +524,11 @@ class AnomalyDetector:
             # `halflife` visits.
             forget = 1.0 - 0.5 ** (size / (halflife * bin_ms))
             for slot, share in ((lower % bins, 1.0 - upper), ((lower + 1) % bins, upper)):
-                w = np.where(s.count, share * weight, 0.0)
+                w = share * weight[cols]
                 keep = 1.0 - forget * w
-                num[slot] = num[slot] * keep + w * k / other
-                den[slot] = den[slot] * keep + w * slow
-                seen[slot] = seen[slot] * keep + w
+                num[slot, cols] = num[slot, cols] * keep + w * k[cols] / other[cols]
+                den[slot, cols] = den[slot, cols] * keep + w * slow[cols]
+                seen[slot, cols] = seen[slot, cols] * keep + w
 
     def _learn(
         self,

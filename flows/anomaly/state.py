@@ -125,6 +125,7 @@ class SeriesArrays:
     def _derive(self) -> None:
         """The per-series constants that follow from the SERIES index."""
         self.count, self.rate = IS_COUNT[self.index], IS_RATE[self.index]
+        self.count_rows: Ints = np.flatnonzero(self.count)
         self.share, self.lognormal = IS_SHARE[self.index], IS_LOGNORMAL[self.index]
         self.rebuffer = self.index == REBUFFER
         self.up_only, self.down_only = UP_ONLY[self.index], DOWN_ONLY[self.index]
