@@ -3,8 +3,8 @@
 Fed every *final* fine window in order (`observe`, with the window's complete
 aggregates), the detector keeps one small record per series — series id ×
 country × device type, plus the roll-ups `country="all"` and/or
-`device_type="all"` — and returns the anomalies that opened, escalated or
-resolved in that window, and every series' current score. No I/O; its whole
+`device_type="all"` — and returns the anomalies that opened, escalated,
+resolved or were accepted as the new normal in that window, and every series' current score. No I/O; its whole
 state is plain data (`snapshot` / `restore`), so it rides in bytewax
 recovery snapshots. In memory the records are arrays over all series
 (numpy, struct of arrays): each window's common path — observations, the
@@ -15,12 +15,14 @@ and life cycles.
 
 Series (`SERIES`) and the statistics that score them:
 
-- `sps` (stream starts): a Poisson count per window against an EWMA level
-  with an 8-minute memory, so the diurnal curve is tracked rather than
-  flagged (it moves at most ~0.7 % a minute: the level lags it by < 5 %,
-  far inside the 30 % a drop must reach; a trend term was tried and
-  dropped — it doubles the noise of small series and, held while a series
-  is suspect, runs away); both directions (an outage drops starts).
+- `sps` (stream starts): a Poisson count per window (overdispersed: see
+  `phi`) against an EWMA level with an 8-minute memory times seasonal
+  factors — the hour of the week (of the day until a week is learned) and
+  the minute of the hour, learned online (`_seasonal_ratio`) — so daily
+  ramps, weekends and the top of the hour are expected, not flagged (a
+  trend term was tried and dropped — it doubles the noise of small series
+  and, held while a series is suspect, runs away); both directions (an
+  outage drops starts).
 - `vsf_rate`, `payment_failure_rate`: k of n attempts against a baseline
   share q (binomial); `signup_completion_ratio` likewise as completed out of
   (completed + started), the exact conditional test for a ratio of two
@@ -33,6 +35,10 @@ Series (`SERIES`) and the statistics that score them:
   sketch buckets) against a baseline mean and per-start variance; startup
   time is log-normal, so this is a z-test; the value shown is the geometric
   mean (≈ the median).
+
+Overdispersion: the spread beyond Poisson/binomial (`phi`) is learned per
+horizon, robustly and with no upper bound (`_learn_dispersion`), so a series
+of a million starts a window is judged against its own noise.
 
 Volume awareness: each score is the exact tail probability (Poisson,
 binomial; flows/anomaly/stats.py) turned into a z-like number, and the
@@ -52,7 +58,9 @@ on a rate, -30 % on starts, …) and there is volume behind it (at least
 (`resolve_horizon`), and the series then rests for `cooldown` windows, so
 one incident is one anomaly. While a series looks suspicious (any horizon beyond
 `z_learn`) or is anomalous, its baseline learns ten times slower, so an
-incident does not become the new normal within minutes.
+incident does not become the new normal within minutes; one still open after
+`accept_after` windows is accepted as the new normal (published as such, the
+baseline adopts its level), so every anomaly ends.
 """
 
 from __future__ import annotations
