@@ -28,7 +28,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from flows.anomaly.events import Detection
+from flows.anomaly.events import CLOSED_STATES, Detection
 from flows.anomaly.series import SERIES_IDS, SEVERITIES
 from flows.window_counters import WindowCounters
 from flows.windows.catalog import METRICS
@@ -221,7 +221,7 @@ class PipelineMetrics:
             for severity in SEVERITIES:
                 with contextlib.suppress(KeyError):
                     self.anomaly_active.remove(*labels, severity)
-            if event.state != "resolved":
+            if event.state not in CLOSED_STATES:
                 self.anomaly_active.labels(*labels, event.severity).set(1)
 
     def observe_windows(self, updates: Iterable[WindowUpdate], fine_resolution: str, fine_seconds: float) -> None:

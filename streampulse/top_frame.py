@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 import redis
 
+from flows.anomaly.events import CLOSED_STATES
 from sinks.anomaly_sink import recent_anomalies
 from sinks.redis_layout import health_key, index_key, window_key
 from sinks.redis_query import Row, query
@@ -126,7 +127,7 @@ def open_anomalies(documents: Sequence[Mapping[str, Any]], where: Mapping[str, s
     """The anomalies not resolved, within the filter (roll-ups over a filtered dimension stay), worst first."""
     rows = []
     for doc in documents:
-        if doc.get("state") == "resolved":
+        if doc.get("state") in CLOSED_STATES:
             continue
         if any(doc.get(dim) not in (value, "all") for dim, value in where.items()):
             continue

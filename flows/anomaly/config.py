@@ -26,7 +26,20 @@ class DetectorConfig:
     slow_factor: float = 0.1
     alpha_phi: float = 0.01
     phi_min_expected: float = 5.0
-    phi_max: float = 5.0
+    # The dispersion is learned per horizon with no upper bound (a million starts a window can vary by
+    # thousands of times Poisson); one window's squared residual counts at most this many times the current
+    # dispersion, so a single outlier moves it by a bounded step (winsorized) while a real spread still grows it.
+    phi_clip: float = 16.0
+    # An anomaly still open this many windows after it opened (1 hour of 10 s windows) is the new normal:
+    # published as "accepted", the baseline adopts the level of its last windows, and it closes.
+    accept_after: int = 360
+    # sps: a seasonal profile (hour of the day, and of the week once a week has been seen) times the
+    # short-term level. Bins of this many ms, linearly interpolated; each learns with this half-life in visits.
+    season_bin_ms: int = 3_600_000
+    season_halflife_days: float = 3.0
+    season_halflife_weeks: float = 2.0
+    # The slow level the profile is learned against (deseasonalized, ~a day's memory, in windows of 10 s).
+    alpha_slow: float = 1.0 / 8640
     min_baseline_events: float = 10.0
     min_baseline_starts: float = 200.0
     min_events: float = 3.0
@@ -46,3 +59,9 @@ class DetectorConfig:
             raise ValueError("learning rates must be in (0, 1)")
         if not self.z_resolve < self.z_open:
             raise ValueError("z_resolve must be below z_open")
+        if self.phi_clip <= 1 or self.accept_after < self.resolve_after:
+            raise ValueError("need phi_clip > 1 and accept_after >= resolve_after")
+        if self.season_bin_ms <= 0 or 86_400_000 % self.season_bin_ms:
+            raise ValueError("season_bin_ms must divide a day")
+        if not 0 < self.alpha_slow < 1 or self.season_halflife_days <= 0 or self.season_halflife_weeks <= 0:
+            raise ValueError("the seasonal memories must be positive (alpha_slow in (0, 1))")

@@ -7,10 +7,15 @@ from typing import Any, Literal
 
 from flows.anomaly.series import Direction, Severity
 
+State = Literal["open", "escalated", "resolved", "accepted"]
+CLOSED_STATES: frozenset[str] = frozenset({"resolved", "accepted"})
+"""The states that end an anomaly: its effect is gone (`resolved`), or it lasted long enough to be the new
+normal (`accepted`: the baseline took its level; `DetectorConfig.accept_after`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class AnomalyEvent:
-    """A change in an anomaly's life: it opened, escalated to critical, or resolved.
+    """A change in an anomaly's life: it opened, escalated to critical, resolved, or was accepted as the new normal.
 
     `window_*` is the final window this change happened in; `onset_ms` the start of the evidence that
     opened it. `score` is the anomaly's strongest score so far (signed: negative for a drop), and
@@ -20,7 +25,7 @@ class AnomalyEvent:
     """
 
     anomaly_id: str
-    state: Literal["open", "escalated", "resolved"]
+    state: State
     series: str
     country: str
     device_type: str

@@ -1,11 +1,12 @@
-"""An anomaly's life: opened after enough alarms, escalated, resolved once quiet, then a cooldown."""
+"""An anomaly's life: opened after enough alarms, escalated, closed, then a cooldown.
+
+It closes as resolved once quiet, or as accepted (the new normal) once open for `accept_after` windows.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
-
 from flows.anomaly.config import DetectorConfig
-from flows.anomaly.events import AnomalyEvent, OpenAnomaly
+from flows.anomaly.events import AnomalyEvent, OpenAnomaly, State
 from flows.anomaly.scoring import SeriesView, Verdict
 from flows.anomaly.series import REBUFFER, Direction, SeriesSpec, Severity, metric_value
 
@@ -63,8 +64,13 @@ def life_cycle(
             opened.severity = "critical"
             keep_peak(opened, verdict)
             events.append(anomaly_event(series, index, spec, opened, "escalated", start_ms, end_ms, window_s, group))
-    if series.quiet >= config.resolve_after:
-        events.append(anomaly_event(series, index, spec, opened, "resolved", start_ms, end_ms, window_s, group))
+    # Open this long, it is how the series is now (a CDN degraded for good, a new app version): it closes as
+    # accepted and the baseline adopts its level, so no anomaly outlives its cause by more than this.
+    accepted = (end_ms - opened.opened_ms) >= config.accept_after * (end_ms - start_ms)
+    if series.quiet >= config.resolve_after or accepted:
+        closing: State = "resolved" if series.quiet >= config.resolve_after else "accepted"
+        events.append(anomaly_event(series, index, spec, opened, closing, start_ms, end_ms, window_s, group))
+        series.accepted = closing == "accepted"
         series.open = None
         series.quiet = 0
         series.hits = 0
@@ -89,7 +95,7 @@ def anomaly_event(
     index: int,
     spec: SeriesSpec,
     opened: OpenAnomaly,
-    state: Literal["open", "escalated", "resolved"],
+    state: State,
     start_ms: int,
     end_ms: int,
     window_s: float,
@@ -118,7 +124,7 @@ def anomaly_event(
         window_end_ms=end_ms,
         onset_ms=opened.onset_ms,
         opened_ms=opened.opened_ms,
-        resolved_ms=end_ms if state == "resolved" else None,
+        resolved_ms=end_ms if state in ("resolved", "accepted") else None,
         observed=_round(observed),
         expected=_round(expected),
         observed_count=round(k, 3),

@@ -31,8 +31,9 @@ class SeriesView:
     sums: list[float]  # SLOT numbers per horizon, as SeriesArrays.sums
     z: list[float]  # the screen's normal z per horizon
     inflate: list[float]  # shares: the variance inflation per horizon
-    phi: float  # the dispersion as the tests use it (clamped)
+    phi: list[float]  # the dispersion per horizon, as the tests use it
     shape: float  # counts and rates: the negative binomial's shape
+    accepted: bool = False  # set by the life cycle: its anomaly became the new normal (the baseline adopts it)
 
 
 @dataclass(slots=True)
@@ -70,14 +71,14 @@ def score_series(config: DetectorConfig, series: SeriesView, index: int, spec: S
     opened = series.open
     quiet_limit = max(opened.horizon, config.resolve_horizon) if opened is not None else 0
     at = 0
-    for horizon, normal_z, inflate in zip(config.horizons, series.z, series.inflate, strict=True):
+    for horizon, normal_z, inflate, phi in zip(config.horizons, series.z, series.inflate, series.phi, strict=True):
         if horizon > series.filled:
             break
         sk, sn, sm = sums[at], sums[at + 1], sums[at + 2]
         z = normal_z
         beyond = z >= screen or z <= -screen
         if beyond and poisson_like:
-            z = _negative_binomial_score(sk / series.phi, sm / series.phi, series.shape)
+            z = _negative_binomial_score(sk / phi, sm / phi, series.shape)
         elif beyond and kind == "share":
             z = binomial_score(sk, sn, sm / sn, inflate)
         elif not poisson_like and (z > MAX_SCORE or z < -MAX_SCORE):

@@ -75,5 +75,5 @@ def detect_anomalies(
 
 
 def anomaly_events(detections: Stream[Detection]) -> Stream[AnomalyEvent]:
-    """The anomaly events (open, escalated, resolved) of every detection, in window order."""
+    """The anomaly events (open, escalated, resolved, accepted) of every detection, in window order."""
     return op.flat_map("anomaly_events", detections, lambda detection: detection.events)

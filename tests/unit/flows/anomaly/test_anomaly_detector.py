@@ -314,7 +314,9 @@ def test_state_is_one_small_record_per_series_and_does_not_grow() -> None:
     # 3 countries x 2 devices + 3 + 2 + 1 roll-ups, 7 series each
     assert detector.series_count == series_early == 12 * len(SERIES)
     assert len(pickle.dumps(detector.snapshot())) <= size_early * 1.05
-    assert len(pickle.dumps(detector.snapshot())) / detector.series_count < 2500  # bytes per series
+    # Bytes per series: ~1.6 KB, and each sps series' seasonal profiles (hour of the day and of the week,
+    # minute of the hour: 252 bins x 3 numbers, ~7 KB; issue 15) spread over its group's 7 series.
+    assert len(pickle.dumps(detector.snapshot())) / detector.series_count < 3500
 
 
 def test_snapshot_restores_to_an_identical_continuation() -> None:
