@@ -9,7 +9,7 @@ touches live keys:
 | `sp:{ns}:win:{res}:{window_start_ms}` | hash | `final` (0/1), `end_ms`, `watermark_ms`, `updated_ms`, `late:{event_type}` counts |
 | `sp:{ns}:windows:{res}` | sorted set | member and score = window_start_ms of every window written |
 | `sp:{ns}:anomalies` | sorted set | recent anomalies: member = anomaly id (`series:country:device_type:direction:onset_ms`), score = end of the window it opened in (ms); the newest 1000 are kept |
-| `sp:{ns}:anomaly:{anomaly_id}` | string | JSON of the anomaly's latest event (`state` open, escalated or resolved; fields in docs/anomalies.md) |
+| `sp:{ns}:anomaly:{anomaly_id}` | string | JSON of the anomaly's latest event (`state` open, escalated, resolved or accepted as the new normal; fields in docs/anomalies.md) |
 | `sp:{ns}:health` | string | JSON of the pipeline-health document the flow rewrites at each publish (fields below), what `streampulse top` shows in its header |
 
 Values are absolute per window: each publish rewrites, whole, every
