@@ -18,21 +18,20 @@ from pathlib import Path
 
 import pytest
 
-from loadgen.api import Generated, generate, produce
-from loadgen.config import ModelParams
+from loadgen.api import Generated, produce
 from streampulse.processes import free_port
 from tests.conftest import Stack
-from tests.integration.helpers import REPO, create_topics, scrape, streampulse, yesterday_at
+from tests.integration.helpers import REPO, create_topics, scrape, streampulse
 from tests.integration.helpers import produce as produce_messages
 from tests.integration.test_metrics_against_truth import (
     CLOSE_MS,
-    FAULTS,
     PARTITIONS,
-    SESSION_TIMEOUT_MS,
     _assert_equal_to_truth,
     _closing_events,
     _connection,
     _kafka,
+    closing_point,
+    faulty_traffic,
 )
 
 pytestmark = pytest.mark.integration
@@ -43,15 +42,7 @@ SLICES = 12
 
 @pytest.fixture(scope="module")
 def generated() -> Generated:
-    return generate(
-        seed=4711,
-        events=20_000,
-        start_ms=yesterday_at(18),  # a fixed time of day: the same traffic whenever the test runs
-        span_ms=20 * 60_000,
-        params=ModelParams(warm_start=False),
-        faults=FAULTS,
-        session_timeout_ms=SESSION_TIMEOUT_MS,
-    )
+    return faulty_traffic(seed=4711, events=20_000, hour=18, minutes=20)
 
 
 def _start_live(connection: list[str], recovery: list[str], log: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -83,8 +74,7 @@ def test_kill_9_at_random_moments_under_live_load_then_finish_equals_truth(
     recovery = ["--recovery-dir", str(tmp_path / "recovery"), "--snapshot-interval", "1"]
     messages = generated.messages
     # Closing events go after every message the truth counts (tests/integration/test_metrics_against_truth.py).
-    cut = max(i for i, m in enumerate(messages) if m.kind in ("valid", "duplicate")) + 1
-    close_ms = max(m.event["event_time_ms"] for m in messages if m.event is not None) + 15 * 60_000
+    cut, close_ms = closing_point(messages)
     CLOSE_MS[namespace] = close_ms - close_ms % 60_000
 
     failures: list[str] = []

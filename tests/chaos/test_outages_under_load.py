@@ -23,21 +23,20 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from loadgen.api import Generated, Message, generate
-from loadgen.config import ModelParams
+from loadgen.api import Generated, Message
 from settings.kafka import KafkaSettings
 from sinks.redis_layout import index_key, window_key
 from streampulse.processes import free_port
 from tests.conftest import Stack
-from tests.integration.helpers import REPO, create_topics, scrape, yesterday_at
+from tests.integration.helpers import REPO, create_topics, scrape
 from tests.integration.test_metrics_against_truth import (
     CLOSE_MS,
-    FAULTS,
     PARTITIONS,
-    SESSION_TIMEOUT_MS,
     _assert_equal_to_truth,
     _closing_events,
     _connection,
+    closing_point,
+    faulty_traffic,
 )
 from tests.services.apache_kafka import start_apache_kafka
 from tests.services.redis_server import start_redis_server
@@ -51,15 +50,7 @@ SLICES = 20
 
 @pytest.fixture(scope="module")
 def generated() -> Generated:
-    return generate(
-        seed=8128,
-        events=15_000,
-        start_ms=yesterday_at(19),  # a fixed time of day: the same traffic whenever the test runs
-        span_ms=15 * 60_000,
-        params=ModelParams(warm_start=False),
-        faults=FAULTS,
-        session_timeout_ms=SESSION_TIMEOUT_MS,
-    )
+    return faulty_traffic(seed=8128, events=15_000, hour=19, minutes=15)
 
 
 def _producer(bootstrap: str) -> Producer:
@@ -112,8 +103,7 @@ def test_redis_then_broker_outages_under_live_load_lose_and_double_nothing(
     try:
         create_topics(stack.bootstrap, {kafka.playback_topic: PARTITIONS, kafka.signup_topic: PARTITIONS})
         messages = generated.messages
-        cut = max(i for i, m in enumerate(messages) if m.kind in ("valid", "duplicate")) + 1
-        close_ms = max(m.event["event_time_ms"] for m in messages if m.event is not None) + 15 * 60_000
+        cut, close_ms = closing_point(messages)
         CLOSE_MS[namespace] = close_ms - close_ms % 60_000
 
         port = free_port()

@@ -22,7 +22,7 @@ import orjson
 import pytest
 import redis
 
-from loadgen.api import Generated, generate, produce
+from loadgen.api import Generated, Message, generate, produce
 from loadgen.config import FaultConfig, ModelParams
 from settings.kafka import KafkaSettings
 from sinks.redis_layout import window_key
@@ -77,6 +77,29 @@ def _closing_events(family: str, time_ms: int) -> list[tuple[int, bytes | None, 
     return messages
 
 
+def closing_point(messages: list[Message], everything: list[Message] | None = None) -> tuple[int, int]:
+    """(index after the last message the truth counts, event time of the closing events) of a generated stream.
+
+    The messages from the index on are those held back past the stream's end: they go after the closing events.
+    """
+    cut = max(i for i, m in enumerate(messages) if m.kind in ("valid", "duplicate")) + 1
+    close_ms: int = max(m.event["event_time_ms"] for m in (everything or messages) if m.event is not None) + 15 * 60_000
+    return cut, close_ms
+
+
+def faulty_traffic(seed: int, events: int, hour: int, minutes: int) -> Generated:
+    """Generated traffic with every delivery fault (FAULTS), starting yesterday at `hour`:00 UTC, cold start."""
+    return generate(
+        seed=seed,
+        events=events,
+        start_ms=yesterday_at(hour),  # a fixed time of day: the same traffic whenever the test runs
+        span_ms=minutes * 60_000,
+        params=ModelParams(warm_start=False),
+        faults=FAULTS,
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+    )
+
+
 def _produce_closed(generated: Generated, kafka: KafkaSettings, all_messages: Generated | None = None) -> int:
     """Produce the generated stream, closing it before the events held back past its end; returns the close time.
 
@@ -84,9 +107,7 @@ def _produce_closed(generated: Generated, kafka: KafkaSettings, all_messages: Ge
     nothing newer, its window still open, and rightly be counted: the generator's truth calls it late.
     """
     messages = generated.messages
-    cut = max(i for i, m in enumerate(messages) if m.kind in ("valid", "duplicate")) + 1
-    everything = (all_messages or generated).messages
-    close_ms: int = max(m.event["event_time_ms"] for m in everything if m.event is not None) + 15 * 60_000
+    cut, close_ms = closing_point(messages, (all_messages or generated).messages)
     assert produce(messages[:cut], kafka)["failed"] == 0
     produce_messages(kafka.bootstrap, kafka.playback_topic, _closing_events("playback", close_ms))
     produce_messages(kafka.bootstrap, kafka.signup_topic, _closing_events("signup", close_ms))
