@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from functools import cache
@@ -32,7 +33,7 @@ from flows.anomaly.events import CLOSED_STATES, Detection
 from flows.anomaly.series import SERIES_IDS, SEVERITIES
 from flows.window_counters import WindowCounters
 from flows.windows.catalog import METRICS
-from flows.windows.metric_values import roll_up, top, value_of
+from flows.windows.metric_values import roll_up, value_of
 from flows.windows.store import WindowUpdate
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -56,6 +57,10 @@ class PipelineMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self._newest_final_end_ms: dict[str, int] = {}
+        # What each shard of this process last exported as window gauges and title counts (flows/sharding.py).
+        self._gauge_cells: dict[int, dict[str, set[tuple[str, str]]]] = {}
+        self._shard_titles: dict[int, dict[str, int]] = {}
+        self._export_lock = threading.Lock()
         # Window values of the newest final fine window, by country and device type.
         self.window_gauges = {
             metric_id: Gauge(name, help_text, ["country", "device_type"], registry=registry)
@@ -244,21 +249,40 @@ class PipelineMetrics:
             ):
                 newest_final = update
         if newest_final is not None and newest_final.complete is not None:
-            self._export_window(newest_final.complete, fine_seconds)
+            with self._export_lock:  # the workers of a process export their shards' cells side by side
+                self._export_window(newest_final.shard, newest_final.complete, fine_seconds)
 
-    def _export_window(self, values: Mapping[str, Mapping[tuple[Any, ...], int]], seconds: float) -> None:
-        # Clear first so a (country, device) absent from the newest window does not keep an old value.
+    def _export_window(self, shard: int, values: Mapping[str, Mapping[tuple[Any, ...], int]], seconds: float) -> None:
+        # A shard replaces only its own cells: a (country, device) absent from its newest window loses its old value,
+        # and the other shards of the process keep theirs.
+        before = self._gauge_cells.get(shard, {})
+        now: dict[str, set[tuple[str, str]]] = {}
         for metric_id, gauge in self.window_gauges.items():
-            gauge.clear()
             spec = METRICS[metric_id]
+            cells = now[metric_id] = set()
             for (country, device), group in roll_up(spec, values, BY_COUNTRY_DEVICE).items():
                 value = value_of(spec, group, seconds)
                 if value is not None:
                     gauge.labels(country, device).set(value)
+                    cells.add((str(country), str(device)))
+            for gone in before.get(metric_id, set()) - cells:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*gone)
+        self._gauge_cells[shard] = now
+        # Top titles of the process: each of its shards' newest titles added up (exact when it holds every shard).
+        self._shard_titles[shard] = {
+            str(title): starts
+            for group in roll_up(METRICS["top_titles"], values, ()).values()
+            for title, starts in group.detail.items()
+        }
+        titles: dict[str, int] = {}
+        for counts in self._shard_titles.values():
+            for title, starts in counts.items():
+                titles[title] = titles.get(title, 0) + starts
         self.top_titles.clear()
-        for group in roll_up(METRICS["top_titles"], values, ()).values():
-            for rank, (title, starts) in enumerate(top(group, TOP_TITLES), start=1):
-                self.top_titles.labels(str(rank), title).set(starts)
+        ranked = sorted(titles.items(), key=lambda item: (-item[1], item[0]))[:TOP_TITLES]
+        for rank, (title, starts) in enumerate(ranked, start=1):
+            self.top_titles.labels(str(rank), title).set(starts)
 
 
 @cache

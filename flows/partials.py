@@ -89,6 +89,8 @@ class BatchSummary:
     consumed: int = 0  # messages in this batch, valid or not
     lag: int = -1  # messages between the next offset and the partition's end when last measured; -1: not yet
     kafka_error: str = ""  # the last Kafka error since the reader last got a message from its partition
+    # The window-store shard this part of the batch is for (flows/sharding.py); 0 when there is one.
+    shard: int = 0
 
     def without_rejects(self) -> BatchSummary:
         """This summary with its rejected messages left out and counted by reason instead (the summary is unchanged)."""

@@ -21,8 +21,9 @@ width. `_count` is exact; `_sum` adds the representatives (±1 %).
 prometheus_client (0.26) has no native histograms to expose: it can parse
 them, but neither its Histogram nor its text exposition produces them.
 
-Each process exports what its own windows counted (one window is published
-by one process), so a sum over processes is the total. A restart starts the
+Each process exports what its own shards counted (a cell of a window is
+published by the one shard that owns it, flows/sharding.py), so a sum over
+processes is the total, nothing counted twice. A restart starts the
 counters at 0 (Prometheus' `rate`/`increase` handle the reset); windows open
 at the restart are exported again from 0 by the new process, so an
 `increase` across a restart can count them twice.
@@ -204,8 +205,9 @@ class WindowCounters:
         self._sketch_positions = _positions(STARTUP_SKETCH, ())
         self.startup = StartupHistogram()
         registry.register(self.startup)
-        # window start -> aggregate -> dims -> the value last exported; fine windows still open only.
-        self._exported: dict[int, dict[str, Mapping[tuple[Any, ...], int]]] = {}
+        # (shard, window start) -> aggregate -> dims -> the value last exported; fine windows still open only. Per
+        # shard: the workers of a process publish their own cells of the same window.
+        self._exported: dict[tuple[int, int], dict[str, Mapping[tuple[Any, ...], int]]] = {}
         self._lock = threading.Lock()
 
     def observe(self, updates: Iterable[WindowUpdate], fine_resolution: str) -> None:
@@ -216,7 +218,8 @@ class WindowCounters:
                     self._advance(update)
 
     def _advance(self, update: WindowUpdate) -> None:
-        exported = self._exported.setdefault(update.window_start_ms, {})
+        window = (update.shard, update.window_start_ms)
+        exported = self._exported.setdefault(window, {})
         for aggregate, values in update.changes.items():
             if aggregate == STARTUP_SKETCH:
                 self.startup.add(self._sketch_growth(values, exported.get(aggregate, {})))
@@ -227,7 +230,7 @@ class WindowCounters:
             # The update's values are a copy made for the writers: safe to keep as they are.
             exported[aggregate] = values
         if update.final:
-            del self._exported[update.window_start_ms]
+            del self._exported[window]
 
     def _add_growth(
         self, aggregate: str, values: Mapping[tuple[Any, ...], int], before: Mapping[tuple[Any, ...], int]

@@ -5,14 +5,16 @@ touches live keys:
 
 | key | type | content |
 |---|---|---|
-| `sp:{ns}:agg:{res}:{aggregate}:{window_start_ms}` | string | JSON array of rows `[dim1, dim2, …, value]`: dimension values in the aggregate's order (flows/windows/catalog.py), then the integer value |
-| `sp:{ns}:win:{res}:{window_start_ms}` | hash | `final` (0/1), `end_ms`, `watermark_ms`, `updated_ms`, `late:{event_type}` counts |
+| `sp:{ns}:aggs:{res}:{aggregate}:{window_start_ms}` | hash | field `{shard}`: the JSON array of that shard's rows `[dim1, dim2, …, value]`: dimension values in the aggregate's order (flows/windows/catalog.py), then the integer value. Shards own disjoint (country, device_type) cells, so the window's rows are every field's rows together |
+| `sp:{ns}:win:{res}:{window_start_ms}` | hash | `end_ms`, `watermark_ms`, `updated_ms`, and per shard `final:{shard}` (0/1) and `late:{event_type}:{shard}` counts (a window's late count: their sum) |
+| `sp:{ns}:shards` | hash | `count`: the shards (workers) of the cluster writing; `through:{shard}`: every window ending at or before it is final in that shard. A window is final once its end is at or before every shard's `through` (sinks/window_read.py), so a reader never takes a window half the shards have finished for final |
 | `sp:{ns}:windows:{res}` | sorted set | member and score = window_start_ms of every window written |
 | `sp:{ns}:anomalies` | sorted set | recent anomalies: member = anomaly id (`series:country:device_type:direction:onset_ms`), score = end of the window it opened in (ms); the newest 1000 are kept |
 | `sp:{ns}:anomaly:{anomaly_id}` | string | JSON of the anomaly's latest event (`state` open, escalated, resolved or accepted as the new normal; fields in docs/anomalies.md) |
 | `sp:{ns}:health` | string | JSON of the pipeline-health document the flow rewrites at each publish (fields below), what `streampulse top` shows in its header |
 
-Values are absolute per window: each publish rewrites, whole, every
+Each shard of the window state (one per worker of the cluster, flows/sharding.py) writes only the cells it
+owns, under its own field. Values are absolute per window: each publish rewrites, whole, every
 aggregate of a window that changed since its last publish, inside MULTI/EXEC,
 so a retry, restart or replay writes the same value (never an increment) and
 a reader never sees half an update. One JSON document per (window,
@@ -29,8 +31,18 @@ PREFIX = "sp"
 
 
 def aggregate_key(namespace: str, resolution: str, aggregate: str, window_start_ms: int) -> str:
-    """Hash of one aggregate's values in one window."""
+    """Hash of one aggregate's values in one window: a JSON document of rows per shard."""
+    return f"{PREFIX}:{namespace}:aggs:{resolution}:{aggregate}:{window_start_ms}"
+
+
+def legacy_aggregate_key(namespace: str, resolution: str, aggregate: str, window_start_ms: int) -> str:
+    """One aggregate's rows in one window as the versions before sharding wrote them (a string): still read."""
     return f"{PREFIX}:{namespace}:agg:{resolution}:{aggregate}:{window_start_ms}"
+
+
+def shards_key(namespace: str) -> str:
+    """Hash of the shard count and each shard's progress (`through:{shard}`): which windows are final."""
+    return f"{PREFIX}:{namespace}:shards"
 
 
 def window_key(namespace: str, resolution: str, window_start_ms: int) -> str:

@@ -1,6 +1,7 @@
 """Reading window aggregates back from Redis and rolling them up (used by `streampulse query`).
 
-Aggregates are stored at their finest dimensions; a query adds them up over
+Aggregates are stored at their finest dimensions, each shard's cells apart
+(sinks/window_read.py puts them together); a query adds them up over
 the dimensions it does not group by, then computes the metric from the
 sums, so a ratio is always recomputed from its parts.
 """
@@ -15,7 +16,8 @@ import redis
 
 from flows.windows.catalog import METRICS, dims_of
 from flows.windows.metric_values import Group, detail_dim, parts_of, roll_up, top, value_of
-from sinks.redis_layout import aggregate_key, index_key, window_key
+from sinks.redis_layout import index_key
+from sinks.window_read import read_windows
 
 DEFAULT_LAST_WINDOWS = 30
 DEFAULT_TOP_N = 10
@@ -94,27 +96,12 @@ def query(
     parts = parts_of(spec)
     inner = detail_dim(spec)
     starts = window_starts(client, namespace, resolution, from_ms, to_ms)
-    pipe = client.pipeline(transaction=False)
-    for start in starts:
-        pipe.hgetall(window_key(namespace, resolution, start))
-        for part in parts:
-            pipe.get(aggregate_key(namespace, resolution, part, start))
-    replies = pipe.execute()
     rows: list[Row] = []
-    stride = 1 + len(parts)
-    for i, start in enumerate(starts):
-        meta = replies[i * stride]
-        end_ms = int(meta.get(b"end_ms", 0)) or None
-        if end_ms is None:
-            continue  # expired between the index read and now
-        values: dict[str, dict[tuple[object, ...], int]] = {}
-        for part, document in zip(parts, replies[i * stride + 1 : (i + 1) * stride], strict=True):
-            if document is not None:
-                values[part] = {tuple(row[:-1]): row[-1] for row in orjson.loads(document)}
+    for window in read_windows(client, namespace, resolution, starts, parts):
+        start, end_ms, final, values = window.start_ms, window.end_ms, window.final, window.values
         groups = roll_up(spec, values, by, where)
         if not groups and not by and spec.kind != "top":
             groups[()] = Group()
-        final = meta.get(b"final") == b"1"
         for group_key, group in sorted(groups.items()):
             dims = dict(zip(by, group_key, strict=True))
             if spec.kind == "top":

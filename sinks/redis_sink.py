@@ -15,10 +15,10 @@ import orjson
 import redis
 
 from flows.health import PipelineMetrics, pipeline_metrics
-from flows.windows.store import WindowUpdate
+from flows.windows.store import ShardProgress, WindowUpdate
 from settings.redis import RedisSettings
 from sinks.base import RetryUntilAccepted, WorkerSink, Writer
-from sinks.redis_layout import aggregate_key, index_key, window_key
+from sinks.redis_layout import aggregate_key, index_key, shards_key, window_key
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,8 @@ def unreachable(settings: RedisSettings, exc: redis.RedisError) -> str:
     return f"Redis at {settings.display_url} is not reachable ({exc}). Check --redis-url / STREAMPULSE_REDIS_URL."
 
 
-class RedisWindowWriter(Writer[WindowUpdate]):
-    """Writes batches of window updates in one MULTI/EXEC round trip."""
+class RedisWindowWriter(Writer[WindowUpdate | ShardProgress]):
+    """Writes batches of one shard's window updates and progress in one MULTI/EXEC round trip."""
 
     def __init__(self, client: redis.Redis, namespace: str, ttl_s: int, metrics: PipelineMetrics | None = None) -> None:
         self._client = client
@@ -63,7 +63,7 @@ class RedisWindowWriter(Writer[WindowUpdate]):
         self._metrics = metrics or pipeline_metrics()
         self._retry = redis_retry("Redis write", self._metrics, log)
 
-    def write(self, items: Sequence[WindowUpdate]) -> None:
+    def write(self, items: Sequence[WindowUpdate | ShardProgress]) -> None:
         """Write `items`, retrying until Redis accepts them."""
         if items:
             self._retry.run(lambda: self._timed_write(items))
@@ -71,29 +71,40 @@ class RedisWindowWriter(Writer[WindowUpdate]):
     def close(self) -> None:
         self._client.close()
 
-    def _timed_write(self, updates: Sequence[WindowUpdate]) -> None:
+    def _timed_write(self, updates: Sequence[WindowUpdate | ShardProgress]) -> None:
         started = time.perf_counter()
         self._write_once(updates)
         # Only attempts that went through: a failed one's time says how long Redis took to refuse.
         self._metrics.redis_write_seconds.observe(time.perf_counter() - started)
 
-    def _write_once(self, updates: Sequence[WindowUpdate]) -> None:
+    def _write_once(self, items: Sequence[WindowUpdate | ShardProgress]) -> None:
         ns, ttl = self._namespace, self._ttl_s
         now_ms = time.time_ns() // 1_000_000
         pipe = self._client.pipeline(transaction=True)
-        for update in updates:
-            res, start = update.resolution, update.window_start_ms
+        updates: list[WindowUpdate] = []
+        for update in items:
+            if isinstance(update, ShardProgress):
+                # After its updates, in the same transaction: once every shard's progress passes a window's end,
+                # every shard's final values of it are in (sinks/window_read.py).
+                progress = {"count": update.shards, f"through:{update.shard}": update.final_through_ms}
+                pipe.hset(shards_key(ns), mapping=progress)  # type: ignore[arg-type]
+                pipe.expire(shards_key(ns), ttl)
+                continue
+            updates.append(update)
+            res, start, shard = update.resolution, update.window_start_ms, str(update.shard)
             for aggregate, values in update.changes.items():
-                # The aggregate's whole content in this window, one document: writing it again changes nothing.
+                # The shard's whole content of the aggregate in this window, one document: written again, the same.
                 document = orjson.dumps([[*dims, value] for dims, value in values.items()])
-                pipe.set(aggregate_key(ns, res, aggregate, start), document, ex=ttl)
+                key = aggregate_key(ns, res, aggregate, start)
+                pipe.hset(key, shard, document)
+                pipe.expire(key, ttl)
             meta: dict[str, int] = {
-                "final": int(update.final),
+                f"final:{shard}": int(update.final),
                 "end_ms": update.window_end_ms,
                 "watermark_ms": update.watermark_ms,
                 "updated_ms": now_ms,
             }
-            meta.update({f"late:{event_type}": count for event_type, count in update.late.items()})
+            meta.update({f"late:{event_type}:{shard}": count for event_type, count in update.late.items()})
             win_key = window_key(ns, res, start)
             pipe.hset(win_key, mapping=meta)  # type: ignore[arg-type]
             pipe.expire(win_key, ttl)
@@ -103,7 +114,7 @@ class RedisWindowWriter(Writer[WindowUpdate]):
         pipe.execute()
 
 
-class RedisWindowSink(WorkerSink[WindowUpdate]):
+class RedisWindowSink(WorkerSink[WindowUpdate | ShardProgress]):
     """Bytewax sink: each worker writes the updates routed to it through a Redis client of its own."""
 
     def __init__(self, settings: RedisSettings, ttl_s: int) -> None:

@@ -41,9 +41,10 @@ from flows.fold.signup import IgnoreFolder, SignupFolder
 from flows.health import pipeline_metrics
 from flows.partials import BatchSummary, DeadLetter
 from flows.pipeline_health import HealthTracker, PipelineHealth
+from flows.sharding import ShardRouter
 from flows.sources.kafka import KafkaEventSource
 from flows.sources.reader_config import ReaderConfig
-from flows.windows.store import WindowStore, WindowUpdate
+from flows.windows.store import ShardProgress, WindowStore, WindowUpdate
 from settings.kafka import KafkaSettings
 from settings.redis import RedisSettings
 from sinks.anomaly_sink import AnomalyKafkaSink, AnomalyPrometheusSink, AnomalyRedisSink
@@ -51,8 +52,6 @@ from sinks.dead_letter import DeadLetterSink
 from sinks.health_sink import HealthRedisSink
 from sinks.prometheus_sink import PrometheusWindowSink
 from sinks.redis_sink import RedisWindowSink
-
-STORE_KEY = "windows"
 
 
 @dataclass(frozen=True)
@@ -63,6 +62,8 @@ class FlowSettings:
     redis: RedisSettings
     reader: ReaderConfig
     redis_ttl_s: int = 7 * 24 * 3600
+    # Window-state shards: one per worker of the whole cluster (processes x --workers), flows/sharding.py.
+    shards: int = 1
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class FlowSinks:
 
     dead_letters: Sink[DeadLetter]
     health: Sink[PipelineHealth]
-    windows_redis: Sink[WindowUpdate]
+    windows_redis: Sink[WindowUpdate | ShardProgress]
     windows_prometheus: Sink[WindowUpdate]
     anomalies_kafka: Sink[AnomalyEvent]
     anomalies_redis: Sink[AnomalyEvent]
@@ -92,16 +93,18 @@ def flow_sinks(settings: FlowSettings) -> FlowSinks:
     )
 
 
-# What the window step emits: window updates, and after each publish the pipeline-health document.
-WindowOutput = WindowUpdate | PipelineHealth
+# What the window step emits: window updates, then the shard's progress and (shard 0) the pipeline-health document.
+WindowOutput = WindowUpdate | ShardProgress | PipelineHealth
 
 
 class WindowLogic(StatefulBatchLogic[BatchSummary, WindowOutput, WindowStore]):
-    """Merges summaries into the window store and publishes it (and the health) every publish interval."""
+    """One shard's window store: merges its summaries and publishes it (and the health) every publish interval."""
 
-    def __init__(self, reader: ReaderConfig, partitions: list[str], resume: WindowStore | None) -> None:
+    def __init__(self, reader: ReaderConfig, partitions: list[str], shards: int, resume: WindowStore | None) -> None:
         self._store = (
-            resume if resume is not None else WindowStore(reader.windows, partitions, reader.session_timeout_ms)
+            resume
+            if resume is not None
+            else WindowStore(reader.windows, partitions, reader.session_timeout_ms, shards=shards)
         )
         self._store.expect(partitions)
         self._store.session_timeout_ms = reader.session_timeout_ms  # a restart may change it
@@ -114,8 +117,10 @@ class WindowLogic(StatefulBatchLogic[BatchSummary, WindowOutput, WindowStore]):
         self._health = HealthTracker(time.time_ns() // 1_000_000, self._store.late_events)
 
     def on_batch(self, values: list[BatchSummary]) -> tuple[list[WindowOutput], bool]:
+        store = self._store
         for summary in values:
-            self._store.merge(summary)
+            store.shard = summary.shard  # the shard this key is: every summary it gets says so
+            store.merge(summary)
             self._health.observe(summary)
         return [], StatefulBatchLogic.RETAIN
 
@@ -131,16 +136,20 @@ class WindowLogic(StatefulBatchLogic[BatchSummary, WindowOutput, WindowStore]):
 
     def _published(self, updates: list[WindowUpdate]) -> list[WindowOutput]:
         store, metrics = self._store, self._metrics
-        metrics.observe_watermark(store.watermark_ms)
-        metrics.open_windows.set(store.open_windows)
+        outputs: list[WindowOutput] = [*updates, store.progress()]
         for resolution, total in store.late_by_resolution.items():
             if total > self._late_reported.get(resolution, 0):
                 metrics.late_events.labels(resolution).inc(total - self._late_reported.get(resolution, 0))
                 self._late_reported[resolution] = total
+        if store.shard != 0:
+            return outputs
+        # Shard 0 gets every batch's progress and health figures (flows/sharding.py): it speaks for the pipeline.
+        metrics.observe_watermark(store.watermark_ms)
+        metrics.open_windows.set(store.open_windows)
         health = self._health.document(
             time.time_ns() // 1_000_000, store.watermark_ms, store.late_events, store.duplicates, updates
         )
-        return [*updates, health]
+        return [*outputs, health]
 
     def notify_at(self) -> datetime | None:
         return self._next_publish
@@ -162,12 +171,16 @@ def _rejects(summary: BatchSummary) -> list[DeadLetter]:
     return summary.rejects
 
 
-def _is_update(item: WindowOutput) -> TypeGuard[WindowUpdate]:
+def _is_health(item: WindowOutput) -> TypeGuard[PipelineHealth]:
+    return isinstance(item, PipelineHealth)
+
+
+def _is_update(item: WindowUpdate | ShardProgress) -> TypeGuard[WindowUpdate]:
     return isinstance(item, WindowUpdate)
 
 
-def _as_health(item: WindowOutput) -> PipelineHealth:
-    assert isinstance(item, PipelineHealth)  # the branch's other side holds every WindowUpdate
+def _as_window_output(item: WindowOutput) -> WindowUpdate | ShardProgress:
+    assert not isinstance(item, PipelineHealth)  # the branch's other side holds the health documents
     return item
 
 
@@ -200,20 +213,27 @@ def build_dataflow(
     if live:
         op.output("dead_letter_out", op.flat_map("rejects", summaries, _rejects), sinks.dead_letters)
     counted = op.map("rejects_apart", summaries, BatchSummary.without_rejects)
-    keyed = op.key_on("one_store", counted, lambda _summary: STORE_KEY)
-    updates = op.stateful_batch("windows", keyed, lambda resume: WindowLogic(reader, partitions, resume))
-    outputs = op.branch("health_apart", op.map("drop_key", updates, lambda key_update: key_update[1]), _is_update)
-    plain = outputs.trues
-    health = op.map("health_only", outputs.falses, _as_health)
-    op.output("health_out", health, sinks.health)
+    router = ShardRouter(settings.shards)
+    # Split on the reader's worker: only each shard's own cells (and every partition's progress) travel.
+    keyed = op.flat_map("by_shard", counted, router.split)
+    shards = settings.shards
+    published = op.stateful_batch("windows", keyed, lambda resume: WindowLogic(reader, partitions, shards, resume))
+    outputs = op.branch("health_apart", op.map("drop_key", published, lambda key_item: key_item[1]), _is_health)
+    op.output("health_out", outputs.trues, sinks.health)
+    window_outputs = op.map("windows_only", outputs.falses, _as_window_output)
     replay = reader.replay
     if replay is not None:
         # Only windows wholly inside the range hold all their events (flows/sources/replay_range.py).
-        plain = op.filter("replay_range", plain, lambda u: replay.inside(u.window_start_ms, u.window_end_ms))
-    op.output("redis_out", plain, sinks.windows_redis)
+        window_outputs = op.filter(
+            "replay_range",
+            window_outputs,
+            lambda u: not isinstance(u, WindowUpdate) or replay.inside(u.window_start_ms, u.window_end_ms),
+        )
+    op.output("redis_out", window_outputs, sinks.windows_redis)
+    plain = op.filter_map("updates_only", window_outputs, lambda item: item if _is_update(item) else None)
     op.output("prometheus_out", plain, sinks.windows_prometheus)
     if reader.metric_set == "all":  # the stream-starts-only benchmark configuration has nothing to detect on
-        detections = detect_anomalies(plain, reader.windows)
+        detections = detect_anomalies(window_outputs, reader.windows, router.keys)
         events = anomaly_events(detections)
         if live:
             op.output("anomalies_kafka_out", events, sinks.anomalies_kafka)

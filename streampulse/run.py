@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import inspect
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -126,19 +127,36 @@ def process_settings(args: argparse.Namespace) -> ProcessSettings:
         process_id=args.process_id,
         addresses=addresses,
         snapshot_interval_ms=getattr(args, "snapshot_interval", 10_000),
-        recovery=recovery_config(getattr(args, "recovery_dir", None), args.process_id, len(addresses or ("",))),
+        recovery=recovery_config(
+            getattr(args, "recovery_dir", None), args.process_id, len(addresses or ("",)), shard_count(args)
+        ),
     )
 
 
-def recovery_config(recovery_dir: str | None, process_id: int | None, processes: int) -> RecoveryConfig | None:
-    """Bytewax's recovery settings, creating the snapshot store on first use; None without --recovery-dir."""
+def shard_count(args: argparse.Namespace) -> int:
+    """The cluster's window-state shards: one per worker of every process (flows/sharding.py)."""
+    addresses = getattr(args, "addresses", None)
+    return int(getattr(args, "workers", 1)) * (len(addresses.split(";")) if addresses else 1)
+
+
+def recovery_config(
+    recovery_dir: str | None, process_id: int | None, processes: int, shards: int = 1
+) -> RecoveryConfig | None:
+    """Bytewax's recovery settings, creating the snapshot store on first use; None without --recovery-dir.
+
+    The store remembers how many window-state shards wrote it: a restart with another count is refused, since a
+    cell's shard depends on the count (flows/sharding.py) and bytewax would resume each shard's state as it was.
+    """
     if recovery_dir is None:
         return None
     directory = Path(recovery_dir)
+    marker = directory / CLUSTER_MARKER
     try:
         directory.mkdir(parents=True, exist_ok=True)
         if not any(directory.glob("part-*.sqlite3")):
             if process_id in (None, 0):
+                # The marker first: a process that sees the store sees what wrote it.
+                marker.write_text(json.dumps({"shards": shards}) + "\n", encoding="utf-8")
                 init_db_dir(directory, processes)  # type: ignore[no-untyped-call]
             else:
                 # Process 0 creates the store; the others wait for it rather than race it.
@@ -147,9 +165,32 @@ def recovery_config(recovery_dir: str | None, process_id: int | None, processes:
                     if time.monotonic() > deadline:
                         raise ConfigError(f"--recovery-dir {directory}: process 0 did not create the snapshot store")
                     time.sleep(0.2)
+        _check_shards(directory, marker, shards)
     except OSError as exc:
         raise ConfigError(f"--recovery-dir {directory} is not usable ({exc}): give a writable directory") from None
     return RecoveryConfig(directory)  # type: ignore[no-untyped-call]
+
+
+CLUSTER_MARKER = "streampulse-cluster.json"
+
+
+def _check_shards(directory: Path, marker: Path, shards: int) -> None:
+    fresh_start = (
+        f"or move {directory} away to start afresh (the flow then re-reads its topics from the earliest offset "
+        "and rewrites every window in Redis with the same absolute values)"
+    )
+    if not marker.exists():
+        raise ConfigError(
+            f"--recovery-dir {directory} holds snapshots of a streampulse from before the window state was sharded "
+            f"(one window store); this version cannot resume them: {fresh_start}."
+        )
+    written_by = int(json.loads(marker.read_text(encoding="utf-8"))["shards"])
+    if written_by != shards:
+        raise ConfigError(
+            f"--recovery-dir {directory} holds the snapshots of a cluster of {written_by} workers in all "
+            f"(processes x --workers); this run has {shards}. Each worker owns a shard of the window state, so "
+            f"restart with {written_by} workers in all, {fresh_start}."
+        )
 
 
 def flow_settings(args: argparse.Namespace, exit_at_end: bool) -> FlowSettings:
@@ -159,6 +200,7 @@ def flow_settings(args: argparse.Namespace, exit_at_end: bool) -> FlowSettings:
         redis=redis_settings(args),
         reader=reader_config(args, exit_at_end=exit_at_end),
         redis_ttl_s=max(args.redis_ttl // 1000, 1),
+        shards=shard_count(args),
     )
 
 

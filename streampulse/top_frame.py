@@ -24,8 +24,9 @@ import redis
 
 from flows.anomaly.events import CLOSED_STATES
 from sinks.anomaly_sink import recent_anomalies
-from sinks.redis_layout import health_key, index_key, window_key
+from sinks.redis_layout import health_key, index_key
 from sinks.redis_query import Row, query
+from sinks.window_read import StoredWindow, read_windows
 
 # The country table's columns, in order.
 COUNTRY_METRICS: tuple[str, ...] = (
@@ -112,11 +113,9 @@ class Frame:
         return asdict(self)
 
 
-def _shown_window(
-    metas: Sequence[tuple[int, Mapping[bytes, bytes]]], watermark_ms: int
-) -> tuple[int, int, bool] | None:
+def _shown_window(windows: Sequence[StoredWindow], watermark_ms: int) -> tuple[int, int, bool] | None:
     """(start, end, final) of the window to show among windows starting at or before the watermark, newest first."""
-    stored = [(start, int(meta[b"end_ms"]), meta.get(b"final") == b"1") for start, meta in metas if meta.get(b"end_ms")]
+    stored = [(w.start_ms, w.end_ms, w.final) for w in windows]
     for window in stored:
         if window[1] <= watermark_ms:
             return window
@@ -169,16 +168,12 @@ def _read(client: redis.Redis, frame: Frame) -> Frame:
     index = index_key(ns, res)
     newest: list[bytes] = client.zrevrange(index, 0, 0)  # type: ignore[assignment]
     watermark = int((health or {}).get("watermark_ms", -1))
-    if newest:
-        meta: dict[bytes, bytes] = client.hgetall(window_key(ns, res, int(newest[0])))  # type: ignore[assignment]
-        watermark = max(watermark, int(meta.get(b"watermark_ms", -1)))
+    for window in read_windows(client, ns, res, [int(n) for n in newest]):
+        watermark = max(watermark, window.watermark_ms)
     high = watermark if watermark >= 0 else "+inf"
     candidates: list[bytes] = client.zrevrangebyscore(index, high, "-inf", start=0, num=HISTORY_WINDOWS + 4)  # type: ignore[assignment]
     starts = [int(m) for m in candidates or newest]
-    pipe = client.pipeline(transaction=False)
-    for start in starts:
-        pipe.hgetall(window_key(ns, res, start))
-    shown = _shown_window(list(zip(starts, pipe.execute(), strict=True)), watermark)
+    shown = _shown_window(read_windows(client, ns, res, starts), watermark)
     if shown is None:
         return Frame(ns, res, where, frame.read_ms, anomalies=anomalies, health=health)
     start, end, final = shown

@@ -108,8 +108,14 @@ SNAPSHOT_VERSION = 2
 class AnomalyDetector(BaselineLearning):
     """Online baselines and anomaly life cycles for every key series; see the module docstring."""
 
-    def __init__(self, config: DetectorConfig | None = None) -> None:
+    def __init__(self, config: DetectorConfig | None = None, roll_up: bool = True) -> None:
+        """A detector; `roll_up=False` watches the groups fed as they are, without their roll-ups.
+
+        Without roll-ups it adds no (country, all), (all, device_type) or (all, all) series: for a shard's cells,
+        or for roll-ups already summed over the shards (flows/anomaly/steps.py).
+        """
         self.config = config or DetectorConfig()
+        self._roll_up = roll_up
         self._ring = self.config.horizons[-1]
         self._horizons: Ints = np.array(self.config.horizons, np.int64)
         self._state = SeriesArrays(self.config.horizons, _DAY_MS // self.config.season_bin_ms, 3_600_000 // _MINUTE_MS)
@@ -174,7 +180,7 @@ class AnomalyDetector(BaselineLearning):
 
     def _step(self, start_ms: int, end_ms: int, cells: Cells, scores: bool) -> Detection:
         # The window's cells and their roll-ups: (country, all), (all, device_type) and (all, all).
-        roll_ups = [((country, ALL), (ALL, device), (ALL, ALL)) for country, device in cells]
+        roll_ups = [((country, ALL), (ALL, device), (ALL, ALL)) for country, device in cells] if self._roll_up else []
         groups = set(cells).union(*roll_ups)
         self._groups.update(groups)
         # A series starts with the first window of its group (nothing to learn from before).
@@ -404,6 +410,7 @@ class AnomalyDetector(BaselineLearning):
         """The whole state as plain data (lists, dicts, numbers, strings)."""
         return {
             "version": SNAPSHOT_VERSION,
+            "roll_up": self._roll_up,
             "config": {**asdict(self.config), "horizons": list(self.config.horizons)},
             "next_start": self._next_start,
             "window_ms": self._window_ms,
@@ -422,7 +429,7 @@ class AnomalyDetector(BaselineLearning):
             raise ValueError(f"unknown anomaly detector snapshot version {snapshot.get('version')!r}")
         saved = dict(snapshot["config"])
         saved["horizons"] = tuple(saved["horizons"])
-        detector = cls(config or DetectorConfig(**saved))
+        detector = cls(config or DetectorConfig(**saved), roll_up=snapshot.get("roll_up", True))
         if detector._ring != saved["horizons"][-1]:
             raise ValueError("the snapshot's longest horizon differs from the config's: its windows do not fit")
         detector._next_start = snapshot["next_start"]

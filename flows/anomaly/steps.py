@@ -1,18 +1,28 @@
-"""The dataflow step that feeds final fine windows to the anomaly detector.
+"""The dataflow steps that feed final fine windows to the anomaly detector, one detector per shard plus roll-ups.
 
-    WindowUpdate (from the window store) ──► final, fine, complete only ──► AnomalyLogic (one key) ──► Detection
+    each shard's WindowUpdate + ShardProgress ──► ShardDetectorLogic (the shard's own key: its cells' series)
+                                                     │ Detection (cells)       │ RollUpInput (a few sums per window)
+                                                     ▼                         ▼
+                                                  detections ◄── RollUpLogic (one key: (country, all), (all,
+                                                                 device_type) and (all, all) series)
 
-One detector for all series, under one key like the window store: its input
-is one update per fine window (every 10 s by default), so one worker has
-plenty of time, and its state (flows/anomaly/detector.py) is plain data that
-bytewax snapshots with the store's, so a restart resumes both at the same
+A cell's series only ever need that cell's windows, so they run on the shard
+that owns the cell (flows/sharding.py), on the worker that holds its window
+state: nothing crosses workers for them. The roll-up series need every
+shard's cells; each shard sends, per final fine window, its cells summed
+into their roll-up groups (at most countries + device types + 1 small
+vectors), and the roll-up step adds them up once every shard's progress has
+passed the window — so it steps a window only when it has all of it, in
+window order, as a single detector would. Both keep plain state that bytewax
+snapshots with the shard's store, so a restart resumes them at the same
 window. The outputs — anomaly events and current scores — go to Kafka, Redis
 and /metrics (sinks/anomaly_sink.py, sinks/prometheus.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import bytewax.operators as op
@@ -22,58 +32,179 @@ from bytewax.operators import StatefulBatchLogic
 from flows.anomaly.config import DetectorConfig
 from flows.anomaly.detector import AnomalyDetector
 from flows.anomaly.events import AnomalyEvent, Detection
-from flows.windows.store import WindowUpdate
+from flows.anomaly.series import ALL, Cell, Cells, cell_inputs
+from flows.windows.store import ShardProgress, WindowUpdate
 from settings.windows import WindowConfig
 
-DETECTOR_KEY = "anomalies"
+ROLL_UP_KEY = "anomaly-roll-ups"
 
 DetectorState = dict[str, Any]
 
 
-class AnomalyLogic(StatefulBatchLogic[WindowUpdate, Detection, DetectorState]):
-    """Feeds each final fine window, oldest first, to the detector; snapshots its plain state."""
+@dataclass(frozen=True, slots=True)
+class RollUpInput:
+    """What one shard sends the roll-up step after a publish: its final fine windows' roll-up sums, its progress."""
+
+    shard: int
+    shards: int
+    final_through_ms: int
+    # window_start_ms -> (window_end_ms, roll-up group -> summed cell inputs)
+    windows: dict[int, tuple[int, Cells]]
+
+
+def roll_up_sums(cells: Cells) -> Cells:
+    """Cells summed into their roll-up groups: (country, all), (all, device_type) and (all, all)."""
+    sums: Cells = {}
+    for (country, device), cell in cells.items():
+        for group in ((country, ALL), (ALL, device), (ALL, ALL)):
+            held = sums.get(group)
+            if held is None:
+                sums[group] = list(cell)
+            else:
+                sums[group] = [a + b for a, b in zip(held, cell, strict=True)]
+    return sums
+
+
+def _add_cells(into: Cells, cells: Cells) -> None:
+    for group, cell in cells.items():
+        held = into.get(group)
+        into[group] = list(cell) if held is None else [a + b for a, b in zip(held, cell, strict=True)]
+
+
+def _observe_in_order(
+    detector: AnomalyDetector, windows: Sequence[tuple[int, int, Cells]], detections: list[Detection]
+) -> None:
+    # Only the newest window's scores reach /metrics: a replay finalising hours at once skips the rest.
+    last = len(windows) - 1
+    for i, (start, end, cells) in enumerate(sorted(windows, key=lambda w: w[0])):
+        detections += detector.observe_cells(start, end, cells, scores=i == last)
+
+
+class ShardDetectorLogic(StatefulBatchLogic[WindowUpdate | ShardProgress, Detection | RollUpInput, DetectorState]):
+    """One shard's cell series: each final fine window, oldest first; its roll-up sums go on with its progress."""
 
     def __init__(self, resume: DetectorState | None, config: DetectorConfig | None = None) -> None:
         if resume is None:
-            self._detector = AnomalyDetector(config)
+            self._detector = AnomalyDetector(config, roll_up=False)
+            self._pending: dict[int, tuple[int, Cells]] = {}
         else:
-            self._detector = AnomalyDetector.restore(resume, config)
+            self._detector = AnomalyDetector.restore(resume["detector"], config)
+            self._pending = {
+                int(start): (end, {tuple(g): c for g, c in cells}) for start, end, cells in resume["pending"]
+            }
 
-    def on_batch(self, values: list[WindowUpdate]) -> tuple[list[Detection], bool]:
+    def on_batch(self, values: list[WindowUpdate | ShardProgress]) -> tuple[list[Detection | RollUpInput], bool]:
+        windows: list[tuple[int, int, Cells]] = []
+        progress: ShardProgress | None = None
+        for item in values:
+            if isinstance(item, ShardProgress):
+                progress = item
+                continue
+            assert item.complete is not None  # filtered upstream
+            cells = cell_inputs(item.complete)
+            windows.append((item.window_start_ms, item.window_end_ms, cells))
+            if cells:
+                self._pending[item.window_start_ms] = (item.window_end_ms, roll_up_sums(cells))
         detections: list[Detection] = []
-        ordered = sorted(values, key=lambda update: update.window_start_ms)
-        last = len(ordered) - 1
-        for i, update in enumerate(ordered):
-            assert update.complete is not None  # filtered upstream
-            # Only the newest window's scores reach /metrics: a replay finalising hours at once skips the rest.
-            detections += self._detector.observe(
-                update.window_start_ms, update.window_end_ms, update.complete, scores=i == last
-            )
+        _observe_in_order(self._detector, windows, detections)
+        out: list[Detection | RollUpInput] = list(detections)
+        if progress is not None:
+            # Every window this shard made final so far is in `_pending` or was sent: the progress can go.
+            out.append(RollUpInput(progress.shard, progress.shards, progress.final_through_ms, self._pending))
+            self._pending = {}
+        return out, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> DetectorState:
+        pending = [
+            [start, end, [[list(g), c] for g, c in cells.items()]] for start, (end, cells) in self._pending.items()
+        ]
+        return {"detector": self._detector.snapshot(), "pending": pending}
+
+
+class RollUpLogic(StatefulBatchLogic[RollUpInput, Detection, DetectorState]):
+    """The roll-up series: a window is stepped once every shard has passed it, with every shard's sums."""
+
+    def __init__(self, resume: DetectorState | None, config: DetectorConfig | None = None) -> None:
+        self._detector = AnomalyDetector(config, roll_up=False)
+        self._final_through: dict[int, int] = {}
+        self._shards = 0
+        self._waiting: dict[int, tuple[int, Cells]] = {}
+        if resume is not None:
+            self._detector = AnomalyDetector.restore(resume["detector"], config)
+            self._final_through = {int(shard): through for shard, through in resume["final_through"]}
+            self._shards = resume["shards"]
+            self._waiting = {int(s): (e, {tuple(g): c for g, c in cells}) for s, e, cells in resume["waiting"]}
+
+    def on_batch(self, values: list[RollUpInput]) -> tuple[list[Detection], bool]:
+        for part in values:
+            self._shards = part.shards
+            self._final_through[part.shard] = max(part.final_through_ms, self._final_through.get(part.shard, -(2**62)))
+            for start, (end, cells) in part.windows.items():
+                held = self._waiting.get(start)
+                if held is None:
+                    self._waiting[start] = (end, {g: list(c) for g, c in cells.items()})
+                else:
+                    _add_cells(held[1], cells)
+        if len(self._final_through) < self._shards:
+            return [], StatefulBatchLogic.RETAIN  # a shard not heard from yet may still hold any window
+        through = min(self._final_through[shard] for shard in range(self._shards))
+        ready = [(start, end, cells) for start, (end, cells) in self._waiting.items() if end <= through]
+        for start, _end, _cells in ready:
+            del self._waiting[start]
+        detections: list[Detection] = []
+        _observe_in_order(self._detector, ready, detections)
         return detections, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> DetectorState:
-        return self._detector.snapshot()
+        return {
+            "detector": self._detector.snapshot(),
+            "final_through": sorted(self._final_through.items()),
+            "shards": self._shards,
+            "waiting": [[s, e, [[list(g), c] for g, c in cells.items()]] for s, (e, cells) in self._waiting.items()],
+        }
 
 
-def is_final_fine(fine_resolution: str) -> Callable[[WindowUpdate], bool]:
-    """A predicate keeping the final updates of the fine resolution that carry complete values."""
+def is_final_fine_or_progress(fine_resolution: str) -> Callable[[WindowUpdate | ShardProgress], bool]:
+    """A predicate keeping a shard's progress and its final updates of the fine resolution with complete values."""
 
-    def keep(update: WindowUpdate) -> bool:
-        return update.final and update.resolution == fine_resolution and update.complete is not None
+    def keep(item: WindowUpdate | ShardProgress) -> bool:
+        if isinstance(item, ShardProgress):
+            return True
+        return item.final and item.resolution == fine_resolution and item.complete is not None
 
     return keep
 
 
+def _is_detection(item: Detection | RollUpInput) -> bool:
+    return isinstance(item, Detection)
+
+
 def detect_anomalies(
-    updates: Stream[WindowUpdate], windows: WindowConfig, config: DetectorConfig | None = None
+    outputs: Stream[WindowUpdate | ShardProgress],
+    windows: WindowConfig,
+    shard_keys: Sequence[str],
+    config: DetectorConfig | None = None,
 ) -> Stream[Detection]:
-    """The detector's output for a stream of window updates (all resolutions, partial and final)."""
-    finals = op.filter("final_fine_windows", updates, is_final_fine(windows.fine_name))
-    keyed = op.key_on("one_detector", finals, lambda _update: DETECTOR_KEY)
-    detections = op.stateful_batch("anomaly_detector", keyed, lambda resume: AnomalyLogic(resume, config))
-    return op.map("drop_detector_key", detections, lambda key_detection: key_detection[1])
+    """The detector's output for the shards' window updates (all resolutions, partial and final) and progress."""
+    wanted = op.filter("final_fine_windows", outputs, is_final_fine_or_progress(windows.fine_name))
+    # The shard's own key again: the same worker as its window state, so nothing moves.
+    keyed = op.key_on("shard_detector_key", wanted, lambda item: shard_keys[item.shard])
+    per_shard = op.stateful_batch("anomaly_detector", keyed, lambda resume: ShardDetectorLogic(resume, config))
+    split = op.branch("roll_ups_apart", op.map("drop_shard_key", per_shard, lambda kv: kv[1]), _is_detection)
+    cell_detections: Stream[Detection] = split.trues  # type: ignore[assignment]
+    to_roll_up: Stream[RollUpInput] = split.falses  # type: ignore[assignment]
+    rolled = op.stateful_batch(
+        "anomaly_roll_ups",
+        op.key_on("roll_up_key", to_roll_up, lambda _part: ROLL_UP_KEY),
+        lambda resume: RollUpLogic(resume, config),
+    )
+    roll_up_detections = op.map("drop_roll_up_key", rolled, lambda kv: kv[1])
+    return op.merge("all_detections", cell_detections, roll_up_detections)
 
 
 def anomaly_events(detections: Stream[Detection]) -> Stream[AnomalyEvent]:
     """The anomaly events (open, escalated, resolved, accepted) of every detection, in window order."""
     return op.flat_map("anomaly_events", detections, lambda detection: detection.events)
+
+
+__all__ = ["Cell", "RollUpInput", "RollUpLogic", "ShardDetectorLogic", "detect_anomalies", "roll_up_sums"]

@@ -28,10 +28,18 @@ from flows.partials import CONCURRENCY_CHANGE, BatchSummary, RowLayout, expand_r
 from flows.sources.reader_config import ReaderConfig
 from flows.windows.catalog import AT_WINDOW_END
 from flows.windows.concurrency import CONCURRENT, ConcurrencyBook
-from flows.windows.window import Window, WindowUpdate, WindowValues, add_row, add_to
+from flows.windows.window import ShardProgress, Window, WindowUpdate, WindowValues, add_row, add_to
 from settings.windows import WindowConfig
 
-__all__ = ["CONCURRENT", "LATE_MEMORY_MS", "WindowStore", "WindowUpdate", "WindowValues"]
+__all__ = [
+    "CONCURRENT",
+    "FINISHED_MS",
+    "LATE_MEMORY_MS",
+    "ShardProgress",
+    "WindowStore",
+    "WindowUpdate",
+    "WindowValues",
+]
 
 # The name snapshots taken before flows/windows/window.py existed pickled the window class under.
 _Window = Window
@@ -53,6 +61,8 @@ class _LayoutInfo:
 # How long the late counts of a closed window are remembered (in event time), so
 # that a later straggler re-publishes an absolute count rather than an increment.
 LATE_MEMORY_MS = 3_600_000
+# The progress of a store whose input has ended: every window is final.
+FINISHED_MS = 2**62
 
 
 class WindowStore(ConcurrencyBook):
@@ -63,6 +73,8 @@ class WindowStore(ConcurrencyBook):
         windows: WindowConfig,
         partitions: Iterable[str],
         session_timeout_ms: int = ReaderConfig.session_timeout_ms,
+        shard: int = 0,
+        shards: int = 1,
     ) -> None:
         """`partitions` are every partition that will report: one that has not yet holds the watermark.
 
@@ -86,9 +98,13 @@ class WindowStore(ConcurrencyBook):
         self._init_concurrency(session_timeout_ms)
         self._layouts: dict[RowLayout, _LayoutInfo] = {}
         self._layout_list: list[RowLayout] = []
+        # Which shard of the cluster's window state this store is (flows/sharding.py), of how many.
+        self.shard = shard
+        self.shards = shards
+        self._finished = False
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"shard": 0, "shards": 1, "_finished": False, **state})
         if "session_timeout_ms" not in state:
             # Snapshotted by an earlier version, which filled in windows as far as sessions could be open: treat
             # the newest final window as having data (the flow sets the configured timeout when it resumes).
@@ -302,7 +318,13 @@ class WindowStore(ConcurrencyBook):
             if window.values or window.published or (resolution, start) in self._late:
                 updates.append(self._update(resolution, start, window, True))
         self._open.clear()
+        self._finished = True
         return updates
+
+    def progress(self) -> ShardProgress:
+        """This shard's progress after the last publish (or finish): which windows are final here."""
+        final_through = FINISHED_MS if self._finished else self.watermark_ms - self._lateness_ms
+        return ShardProgress(self.shard, self.shards, self.watermark_ms, final_through)
 
     def _update(self, resolution: str, start: int, window: Window | None, final: bool) -> WindowUpdate:
         if window is None:
@@ -323,6 +345,8 @@ class WindowStore(ConcurrencyBook):
             complete=window.values if final and window is not None else None,
             late=dict(self._late.get((resolution, start), {})),
             watermark_ms=self.watermark_ms,
+            shard=self.shard,
+            shards=self.shards,
         )
 
     def _expand(self, window: Window) -> None:

@@ -12,7 +12,7 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Window", "WindowUpdate", "WindowValues", "add_row", "add_to", "set_value"]
+__all__ = ["ShardProgress", "Window", "WindowUpdate", "WindowValues", "add_row", "add_to", "set_value"]
 
 # aggregate -> (dims...) -> value, within one window
 WindowValues = dict[str, dict[tuple[str, ...], int]]
@@ -32,6 +32,23 @@ class WindowUpdate:
     complete: WindowValues | None
     late: dict[str, int]
     watermark_ms: int
+    # The shard that published it (its cells only) and how many there are (flows/sharding.py).
+    shard: int = 0
+    shards: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ShardProgress:
+    """A shard's progress after a publish: every window ending at or before `final_through_ms` is final there.
+
+    Published after the publish's updates, so once every shard's progress has passed a window's end, every
+    shard has written that window final, including the shards that held nothing of it.
+    """
+
+    shard: int
+    shards: int
+    watermark_ms: int
+    final_through_ms: int
 
 
 @dataclass(slots=True)

@@ -25,7 +25,8 @@ from confluent_kafka import Producer
 
 from loadgen.api import Generated, Message
 from settings.kafka import KafkaSettings
-from sinks.redis_layout import index_key, window_key
+from sinks.redis_layout import index_key
+from sinks.window_read import read_windows
 from streampulse.processes import free_port
 from tests.conftest import Stack
 from tests.integration.helpers import REPO, create_topics, scrape
@@ -197,5 +198,5 @@ def _final_minutes(client: redis.Redis, namespace: str, before_ms: int) -> int:
     members: list[bytes] = client.zrange(index_key(namespace, "1m"), 0, -1)  # type: ignore[assignment]
     starts = [int(m) for m in members]
     return sum(
-        1 for start in starts if start < before_ms and client.hget(window_key(namespace, "1m", start), "final") == b"1"
+        1 for window in read_windows(client, namespace, "1m", starts) if window.start_ms < before_ms and window.final
     )

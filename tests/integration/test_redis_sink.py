@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import orjson
 import redis
 
-from flows.windows.store import WindowUpdate
+from flows.windows.store import ShardProgress, WindowUpdate
 from settings.redis import RedisSettings
-from sinks.redis_layout import aggregate_key, index_key, window_key
+from sinks.redis_layout import aggregate_key, index_key, legacy_aggregate_key, window_key
 from sinks.redis_sink import RedisWindowSink, connect
+from sinks.window_read import read_windows
 from tests.conftest import Stack
 
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % 60_000
@@ -28,10 +31,10 @@ def update(resolution: str, start_ms: int, size_ms: int, starts: int, final: boo
     )
 
 
-def write(settings: RedisSettings, updates: list[WindowUpdate]) -> None:
+def write(settings: RedisSettings, updates: Sequence[WindowUpdate | ShardProgress]) -> None:
     """Through the sink as the dataflow uses it: a worker's partition of RedisWindowSink."""
     partition = RedisWindowSink(settings, TTL_S).build("test.redis_out", 0, 1)
-    partition.write_batch(updates)
+    partition.write_batch(list(updates))
     partition.close()
 
 
@@ -45,7 +48,7 @@ def contents(client: redis.Redis, namespace: str) -> dict[str, object]:
             found[key] = orjson.loads(client.get(key))  # type: ignore[arg-type]
         elif kind == "hash":
             fields = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}  # type: ignore[union-attr]
-            fields.pop("updated_ms")
+            fields.pop("updated_ms", None)
             found[key] = fields
         else:
             found[key] = client.zrange(key, 0, -1, withscores=True)
@@ -62,13 +65,16 @@ def test_writing_the_same_updates_again_leaves_the_same_keys(stack: Stack, uniqu
     write(settings, updates)
     assert contents(client, ns) == first  # a retry, restart or replay writes the same thing: never adds
 
-    assert first[aggregate_key(ns, "10s", "stream_starts", T0)] == [["BR", "tv", "c1", 3], ["US", "web", "c2", 1]]
-    assert first[aggregate_key(ns, "1m", "play_attempts", T0)] == [["BR", "tv", 9]]
+    # Each shard's rows under its own field (one shard here: "0").
+    stream_starts = first[aggregate_key(ns, "10s", "stream_starts", T0)]
+    assert isinstance(stream_starts, dict) and set(stream_starts) == {"0"}
+    assert orjson.loads(stream_starts["0"]) == [["BR", "tv", "c1", 3], ["US", "web", "c2", 1]]
+    assert first[aggregate_key(ns, "1m", "play_attempts", T0)] == {"0": orjson.dumps([["BR", "tv", 9]]).decode()}
     assert first[window_key(ns, "10s", T0 + 10_000)] == {
-        "final": "0",
+        "final:0": "0",
         "end_ms": str(T0 + 20_000),
         "watermark_ms": str(T0 + 20_000),
-        "late:play_start": "2",
+        "late:play_start:0": "2",
     }
     # The index of windows written, per resolution: member and score are the window's start.
     assert first[index_key(ns, "10s")] == [(str(T0).encode(), T0), (str(T0 + 10_000).encode(), T0 + 10_000)]
@@ -85,8 +91,47 @@ def test_a_later_update_replaces_the_value_absolutely(stack: Stack, unique_name:
     ns = settings.namespace
     client = connect(settings)
     write(settings, [update("10s", T0, 10_000, 3)])
-    write(settings, [update("10s", T0, 10_000, 5, final=True)])
-    stored = orjson.loads(client.get(aggregate_key(ns, "10s", "stream_starts", T0)))  # type: ignore[arg-type]
-    assert stored == [["BR", "tv", "c1", 5], ["US", "web", "c2", 1]]  # 5, not 3 + 5
-    assert client.hget(window_key(ns, "10s", T0), "final") == b"1"
+    write(settings, [update("10s", T0, 10_000, 5, final=True), ShardProgress(0, 1, T0 + 10_000, T0 + 10_000)])
+    [window] = read_windows(client, ns, "10s", [T0], ["stream_starts"])
+    assert window.values["stream_starts"] == {("BR", "tv", "c1"): 5, ("US", "web", "c2"): 1}  # 5, not 3 + 5
+    assert window.final and window.late == {"play_start": 2}
     assert client.zcard(index_key(ns, "10s")) == 1
+
+
+def _shard_update(shard: int, cells: dict[tuple[object, ...], int], final: bool) -> WindowUpdate:
+    values: dict[str, dict[tuple[str, ...], int]] = {"stream_starts": cells}  # type: ignore[dict-item]
+    return WindowUpdate("10s", T0, T0 + 10_000, final, values, values if final else None, {}, T0, shard, 2)
+
+
+def test_a_window_is_final_only_once_every_shard_has_written_it_final(stack: Stack, unique_name: str) -> None:
+    settings = RedisSettings(stack.redis_url, f"sink-{unique_name}")
+    ns, client = settings.namespace, connect(settings)
+    write(
+        settings, [_shard_update(0, {("BR", "tv", "c1"): 3}, final=True), ShardProgress(0, 2, T0 + 10_000, T0 + 10_000)]
+    )
+    write(settings, [_shard_update(1, {("US", "web", "c2"): 2}, final=False), ShardProgress(1, 2, T0 + 5_000, T0)])
+    [window] = read_windows(client, ns, "10s", [T0], ["stream_starts"])
+    assert not window.final  # shard 1 has not finished it: a reader must not take it for final
+    assert window.values["stream_starts"] == {("BR", "tv", "c1"): 3, ("US", "web", "c2"): 2}
+    write(
+        settings,
+        [_shard_update(1, {("US", "web", "c2"): 4}, final=True), ShardProgress(1, 2, T0 + 10_000, T0 + 10_000)],
+    )
+    [window] = read_windows(client, ns, "10s", [T0], ["stream_starts"])
+    assert window.final and window.values["stream_starts"] == {("BR", "tv", "c1"): 3, ("US", "web", "c2"): 4}
+    # A shard that held nothing of a window finishes it by its progress alone.
+    write(settings, [ShardProgress(1, 2, T0 + 30_000, T0 + 20_000), ShardProgress(0, 2, T0 + 30_000, T0 + 20_000)])
+    assert read_windows(client, ns, "10s", [T0], [])[0].final
+
+
+def test_windows_written_before_sharding_are_still_read(stack: Stack, unique_name: str) -> None:
+    settings = RedisSettings(stack.redis_url, f"sink-{unique_name}")
+    ns, client = settings.namespace, connect(settings)
+    client.set(legacy_aggregate_key(ns, "10s", "stream_starts", T0), orjson.dumps([["BR", "tv", "c1", 7]]))
+    client.hset(window_key(ns, "10s", T0), mapping={"final": 1, "end_ms": T0 + 10_000, "late:play_start": 1})
+    [window] = read_windows(client, ns, "10s", [T0], ["stream_starts"])
+    assert (window.final, window.late, window.values) == (
+        True,
+        {"play_start": 1},
+        {"stream_starts": {("BR", "tv", "c1"): 7}},
+    )

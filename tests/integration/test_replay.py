@@ -36,8 +36,9 @@ from loadgen.config import FaultConfig, ModelParams
 from schemas.archive_layout import CHUNKS_DIR
 from schemas.decoder import EventDecoder, Rejection
 from settings.kafka import KafkaSettings
-from sinks.redis_layout import aggregate_key, index_key, window_key
+from sinks.redis_layout import index_key
 from sinks.redis_query import query
+from sinks.window_read import read_windows
 from streampulse.processes import free_port
 from tests.conftest import Stack
 from tests.integration.helpers import REPO, create_topics, read_to_end, streampulse, yesterday_at
@@ -140,12 +141,8 @@ def _windows(client: redis.Redis, namespace: str, resolution: str) -> list[int]:
 
 
 def _aggregates(client: redis.Redis, namespace: str, resolution: str, start: int) -> dict[str, dict[Any, int]]:
-    values = {}
-    for aggregate in AGGREGATES:
-        document = client.get(aggregate_key(namespace, resolution, aggregate, start))
-        rows = orjson.loads(document) if document else []
-        values[aggregate] = {tuple(row[:-1]): row[-1] for row in rows if row[-1]}
-    return values
+    [window] = read_windows(client, namespace, resolution, [start], list(AGGREGATES))
+    return {a: {dims: v for dims, v in window.values.get(a, {}).items() if v} for a in AGGREGATES}
 
 
 def _assert_replay_equals_live(client: redis.Redis, live: Live, namespace: str) -> None:
@@ -160,7 +157,7 @@ def _assert_replay_equals_live(client: redis.Redis, live: Live, namespace: str) 
         for start in inside:
             expected = _aggregates(client, live.namespace, resolution, start)
             assert _aggregates(client, namespace, resolution, start) == expected, (resolution, start)
-            assert client.hget(window_key(namespace, resolution, start), "final") == b"1"
+            assert read_windows(client, namespace, resolution, [start])[0].final
             compared += sum(len(cells) for cells in expected.values())
         for metric, spec in METRICS.items():
             # Every metric at its finest grouping (top titles rank titles within country and device).

@@ -21,7 +21,7 @@ from flows.partials import BatchSummary, DeadLetter
 from flows.pipeline_health import PipelineHealth
 from flows.sources.reader_config import ReaderConfig
 from flows.sources.replay_range import ReplayRange
-from flows.windows.store import WindowUpdate
+from flows.windows.store import ShardProgress, WindowUpdate
 from settings.kafka import KafkaSettings
 from settings.redis import RedisSettings
 from settings.windows import WindowConfig
@@ -41,7 +41,7 @@ class Outputs:
     def __init__(self) -> None:
         self.dead_letters: list[DeadLetter] = []
         self.health: list[PipelineHealth] = []
-        self.windows_redis: list[WindowUpdate] = []
+        self.windows_redis: list[WindowUpdate | ShardProgress] = []
         self.windows_prometheus: list[WindowUpdate] = []
         self.anomalies_kafka: list[AnomalyEvent] = []
         self.anomalies_redis: list[AnomalyEvent] = []
@@ -86,9 +86,13 @@ def source_of_batches(
     return TestingSource([first, second])
 
 
-def settings(metric_set: str = "all", replay: ReplayRange | None = None) -> FlowSettings:
+def settings(metric_set: str = "all", replay: ReplayRange | None = None, shards: int = 1) -> FlowSettings:
     reader = ReaderConfig(WINDOWS, exit_at_end=True, metric_set=metric_set, replay=replay)
-    return FlowSettings(KAFKA, REDIS, reader)
+    return FlowSettings(KAFKA, REDIS, reader, shards=shards)
+
+
+def window_updates(outputs: Outputs) -> list[WindowUpdate]:
+    return [u for u in outputs.windows_redis if isinstance(u, WindowUpdate)]
 
 
 def run(flow: Dataflow, workers: int) -> None:
@@ -117,9 +121,9 @@ def upstream(graph: dict[str, set[str]], step: str, stop_at: str = "") -> set[st
     return seen
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(("workers", "shards"), [(1, 1), (2, 1), (2, 2)])
 def test_rejects_reach_the_dead_letter_sink_and_only_their_counts_reach_the_window_step(
-    workers: int, monkeypatch: pytest.MonkeyPatch
+    workers: int, shards: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     merged: list[BatchSummary] = []
     on_batch = dataflow.WindowLogic.on_batch
@@ -130,20 +134,23 @@ def test_rejects_reach_the_dead_letter_sink_and_only_their_counts_reach_the_wind
 
     monkeypatch.setattr(dataflow.WindowLogic, "on_batch", spy)
     outputs = Outputs()
-    run(build_dataflow(settings(), source_of_batches, outputs.sinks()), workers)
+    run(build_dataflow(settings(shards=shards), source_of_batches, outputs.sinks()), workers)
 
     assert sorted(outputs.dead_letters, key=lambda d: d.offset) == LETTERS
-    assert len(merged) == 2
+    assert len(merged) == 2 * shards  # every shard gets every batch's progress
     assert all(summary.rejects == [] for summary in merged)  # the bytes never travel to the window step
-    assert merged[0].rejected_by_reason == {"malformed_json": 1, "bad_enum": 2}
+    by_reason = [s.rejected_by_reason for s in merged if s.rejected_by_reason]
+    assert by_reason == [{"malformed_json": 1, "bad_enum": 2}]  # counted once, by shard 0
     # The health document still counts every reject, by reason.
     last = outputs.health[-1]
     assert (last.bad_events_total, last.bad_events_by_reason) == (3, {"malformed_json": 1, "bad_enum": 2})
     # The stream starts still reach Redis and /metrics: one final coarse window holding all twelve.
-    finals = [u for u in outputs.windows_redis if u.final and u.resolution == "1m" and u.complete is not None]
-    assert [u.window_start_ms for u in finals] == [T0]
-    assert finals[0].complete is not None and sum(finals[0].complete["stream_starts"].values()) == 12
-    assert outputs.windows_prometheus == outputs.windows_redis
+    finals = [u for u in window_updates(outputs) if u.final and u.resolution == "1m" and u.complete is not None]
+    assert {u.window_start_ms for u in finals} == {T0}
+    assert sum(sum(u.complete["stream_starts"].values()) for u in finals if u.complete is not None) == 12
+    assert sorted(outputs.windows_prometheus, key=repr) == sorted(window_updates(outputs), key=repr)
+    progress = [p for p in outputs.windows_redis if isinstance(p, ShardProgress)]
+    assert {p.shard for p in progress} == set(range(shards))
 
 
 def test_every_path_from_the_input_to_the_window_step_leaves_rejects_behind() -> None:
@@ -174,6 +181,6 @@ def test_a_replay_writes_only_the_windows_inside_its_range() -> None:
     replay = ReplayRange(T0, T0 + 10_000, (("playback", 0),), 0, 0)
     outputs = Outputs()
     run(build_dataflow(settings(replay=replay), source_of_batches, outputs.sinks()), 1)
-    assert outputs.windows_redis
-    assert {(u.resolution, u.window_start_ms) for u in outputs.windows_redis} == {("10s", T0)}
+    assert window_updates(outputs)
+    assert {(u.resolution, u.window_start_ms) for u in window_updates(outputs)} == {("10s", T0)}
     assert outputs.dead_letters == [] and outputs.anomalies_kafka == []

@@ -6,6 +6,7 @@ import pytest
 from rich.console import Console
 
 from settings.errors import ConfigError
+from sinks.window_read import StoredWindow
 from streampulse.top import parse_where
 from streampulse.top_frame import AnomalyRow, CountryRow, Frame, FunnelRow, _shown_window, open_anomalies
 from streampulse.top_live import apply_key, parse_filter, resolutions_of
@@ -14,30 +15,23 @@ from streampulse.top_view import ViewState, fmt_value, screen, sorted_rows, spar
 T0 = 1_700_000_000_000
 
 
-def meta(end_ms: int, final: bool, watermark_ms: int) -> dict[bytes, bytes]:
-    return {
-        b"end_ms": str(end_ms).encode(),
-        b"final": b"1" if final else b"0",
-        b"watermark_ms": str(watermark_ms).encode(),
-    }
+def stored(start_ms: int, end_ms: int, final: bool, watermark_ms: int) -> StoredWindow:
+    return StoredWindow(start_ms, end_ms, final, watermark_ms, {})
 
 
 def test_the_shown_window_is_the_newest_the_watermark_has_passed() -> None:
     windows = [
-        (T0 + 20_000, meta(T0 + 30_000, False, T0 + 25_000)),
-        (T0 + 10_000, meta(T0 + 20_000, False, T0 + 25_000)),
+        stored(T0 + 20_000, T0 + 30_000, False, T0 + 25_000),
+        stored(T0 + 10_000, T0 + 20_000, False, T0 + 25_000),
     ]
     assert _shown_window(windows, T0 + 25_000) == (T0 + 10_000, T0 + 20_000, False)
 
 
 def test_without_a_passed_window_the_newest_final_then_the_newest() -> None:
-    assert _shown_window([(T0, meta(T0 + 10_000, True, -1))], -1) == (T0, T0 + 10_000, True)
-    assert _shown_window([(T0 + 10_000, meta(T0 + 20_000, False, T0)), (T0, meta(T0 + 10_000, False, T0))], T0) == (
-        T0 + 10_000,
-        T0 + 20_000,
-        False,
-    )
-    assert _shown_window([(T0, {})], T0) is None  # expired between the index read and now
+    assert _shown_window([stored(T0, T0 + 10_000, True, -1)], -1) == (T0, T0 + 10_000, True)
+    newest_first = [stored(T0 + 10_000, T0 + 20_000, False, T0), stored(T0, T0 + 10_000, False, T0)]
+    assert _shown_window(newest_first, T0) == (T0 + 10_000, T0 + 20_000, False)
+    assert _shown_window([], T0) is None  # nothing stored (or expired between the index read and now)
 
 
 def anomaly(state: str, severity: str, country: str, score: float, opened_ms: int = T0) -> dict[str, object]:

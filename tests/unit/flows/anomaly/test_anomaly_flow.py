@@ -1,4 +1,4 @@
-"""The detector's dataflow step: only final fine windows reach it, oldest first, and its snapshot is plain data."""
+"""The detector's dataflow steps: only final fine windows reach them, oldest first, and their snapshots are plain data."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from flows.anomaly.events import AnomalyEvent, Detection
-from flows.anomaly.steps import AnomalyLogic, anomaly_events, detect_anomalies
-from flows.windows.store import WindowUpdate, WindowValues
+from flows.anomaly.steps import ShardDetectorLogic, anomaly_events, detect_anomalies
+from flows.windows.store import ShardProgress, WindowUpdate, WindowValues
 from settings.windows import WindowConfig
 
 T0 = 1_714_521_600_000
@@ -38,38 +38,47 @@ def _update(w: int, resolution: str = "10s", final: bool = True, complete: bool 
     )
 
 
+def _progress(w: int) -> ShardProgress:
+    return ShardProgress(0, 1, T0 + (w + 4) * FINE, T0 + (w + 1) * FINE)
+
+
 def test_the_step_feeds_final_fine_windows_and_publishes_their_anomalies() -> None:
-    updates: list[WindowUpdate] = []
+    updates: list[WindowUpdate | ShardProgress] = []
     for w in range(STEP_AT + 4):
         updates.append(_update(w, final=False))  # partial: ignored
         updates.append(_update(w))
         if w % 6 == 5:
             updates.append(_update(w // 6, resolution="1m"))  # coarse: ignored
+        updates.append(_progress(w))
     updates.append(_update(3, complete=False))  # a late re-publish of a final window: no complete values
     flow = Dataflow("anomaly_step")
     detections = detect_anomalies(
-        op.input("in", flow, TestingSource(updates)), WindowConfig(fine_ms=FINE, coarse_ms=COARSE)
+        op.input("in", flow, TestingSource(updates)), WindowConfig(fine_ms=FINE, coarse_ms=COARSE), ["only-shard"]
     )
     got_detections: list[Detection] = []
     got_events: list[AnomalyEvent] = []
     op.output("detections", detections, TestingSink(got_detections))
     op.output("events", anomaly_events(detections), TestingSink(got_events))
     run_main(flow)  # type: ignore[no-untyped-call]
-    assert [(d.window_start_ms - T0) // FINE for d in got_detections] == list(range(STEP_AT + 4))
-    cell = [e for e in got_events if (e.country, e.device_type) == ("BR", "tv")]
-    assert [(e.state, e.series, e.direction) for e in cell] == [("open", "sps", "down")]
-    assert (cell[0].window_start_ms - T0) // FINE in (STEP_AT + 1, STEP_AT + 2)
+    # Each window once for the shard's cells and once for the roll-ups.
+    stepped = sorted((d.window_start_ms - T0) // FINE for d in got_detections)
+    assert stepped == sorted([*range(STEP_AT + 4), *range(STEP_AT + 4)])
+    for scope in (("BR", "tv"), ("BR", "all"), ("all", "tv"), ("all", "all")):
+        found = [e for e in got_events if (e.country, e.device_type) == scope]
+        assert [(e.state, e.series, e.direction) for e in found] == [("open", "sps", "down")], scope
+        assert (found[0].window_start_ms - T0) // FINE in (STEP_AT + 1, STEP_AT + 2)
 
 
 def test_a_batch_is_taken_oldest_first_and_the_state_snapshots_as_plain_data() -> None:
-    logic = AnomalyLogic(None)
+    logic = ShardDetectorLogic(None)
     batch = [_update(w) for w in range(40)]
-    detections, _retain = logic.on_batch(list(reversed(batch)))
+    out, _retain = logic.on_batch(list(reversed(batch)))
+    detections = [d for d in out if isinstance(d, Detection)]
     assert [(d.window_start_ms - T0) // FINE for d in detections] == list(range(40))
     # Only the newest window's scores are kept: a backfill finalising hours at once exports one set.
     assert [bool(d.scores) for d in detections] == [False] * 39 + [True]
     snapshot = logic.snapshot()
     assert json.loads(json.dumps(snapshot)) == snapshot
-    resumed = AnomalyLogic(snapshot)
-    more = [_update(w) for w in range(40, 60)]
-    assert resumed.on_batch(more)[0] == AnomalyLogic(snapshot).on_batch(more)[0]
+    resumed = ShardDetectorLogic(snapshot)
+    more: list[WindowUpdate | ShardProgress] = [*(_update(w) for w in range(40, 60)), _progress(59)]
+    assert resumed.on_batch(more)[0] == ShardDetectorLogic(snapshot).on_batch(more)[0]
