@@ -150,10 +150,13 @@ def streampulse(
     )
 
 
-def _cpu(timed: Timed) -> dict[str, float]:
-    """CPU seconds of the contender's processes, of the rest of the machine (broker, Redis, ...), and cores busy."""
+def _cpu(timed: Timed) -> dict[str, Any]:
+    """CPU seconds of the contender's processes (all, each, the busiest), of the rest of the machine (broker,
+    Redis, ...), and cores busy."""
     return {
         "cpu_s": round(timed.cpu_s, 2),
+        "process_cpu_s": [round(s, 2) for s in timed.process_cpu_s],
+        "busiest_process_cpu_s": round(max(timed.process_cpu_s, default=timed.cpu_s), 2),
         "other_cpu_s": round(max(timed.machine_cpu_s - timed.cpu_s, 0.0), 2),
         "cores_busy": round(timed.machine_cpu_s / timed.wall_s, 2) if timed.wall_s > 0 else 0.0,
     }

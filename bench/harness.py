@@ -11,10 +11,13 @@ Phases (all by default; `--only`/`--skip` pick):
   faults on); then, in rounds with the contenders alternating, each reads
   them to the end: the limit, the two hand-written baselines (the issue's,
   decoding with orjson and plain Python checks; and the same with our
-  msgspec contract decoder), streampulse with all metrics on 1 process, 2
+  msgspec contract decoder), streampulse with all metrics on 1, 2 and 4
   processes and 2 workers, and with stream_starts only (bench/contenders.py).
-  Medians; every counting run checked against the truth.
-- profile: `streampulse run --exit-at-end` (all metrics, 1 process) under py-spy (bench/profiling.py).
+  Medians; every counting run checked against the truth; every process's CPU
+  seconds recorded, from which the scale-out efficiency and capacity come
+  (bench/scaleout.py).
+- profile: `streampulse run --exit-at-end` (all metrics) under py-spy on every process: 1, 2 and 4 processes
+  (bench/profiling.py).
 - freshness: produce -> visible in Redis and on /metrics under steady live load (bench/freshness.py).
 - memory: RSS as open sessions grow (bench/memory.py).
 - quix: Quix Streams on Apache Kafka (bench/quix_peer.py), with the limit and
@@ -43,6 +46,7 @@ from typing import Any
 import orjson
 
 from bench import contenders as c
+from bench import scaleout
 from bench.common import REPO, ChildFailed, code_fingerprint, git_commit, machine, run_timed, say
 from bench.freshness import measure_freshness, summary_line
 from bench.memory import measure_memory
@@ -61,6 +65,7 @@ CONTENDERS: dict[str, Runner] = {
     "baseline_orjson": lambda d, t, i: c.reference("baseline_orjson", d, t, i),
     "streampulse_all_1p": lambda d, t, i: c.streampulse("streampulse_all_1p", d, t, i),
     "streampulse_all_2p": lambda d, t, i: c.streampulse("streampulse_all_2p", d, t, i, processes=2),
+    "streampulse_all_4p": lambda d, t, i: c.streampulse("streampulse_all_4p", d, t, i, processes=4),
     "streampulse_all_w2": lambda d, t, i: c.streampulse("streampulse_all_w2", d, t, i, workers=2),
     "streampulse_starts_1p": lambda d, t, i: c.streampulse(
         "streampulse_starts_1p", d, t, i, metric_set="stream_starts"
@@ -73,8 +78,16 @@ REQUIRED_KEYS = (
     "baseline_orjson_eps",
     "streampulse_all_1p_eps",
     "streampulse_all_2p_eps",
+    "streampulse_all_4p_eps",
     "streampulse_starts_1p_eps",
+    "scaleout_efficiency_2p",
+    "scaleout_efficiency_4p",
+    "capacity_2p_eps",
+    "capacity_4p_eps",
+    "wallclock_ratio_2p",
+    "other_cpu_s_2p",
     "quix_eps",
+    "pathway_eps",
     "freshness_p50_ms",
     "freshness_p99_ms",
     "freshness_prometheus_p99_ms",
@@ -338,10 +351,12 @@ class Bench:
                 if baseline_eps and name not in ("limit", baseline):
                     ratios[f"{name}_vs_{baseline}"] = round(eps / baseline_eps, 3)
         one = results.get("streampulse_all_1p_eps")
-        for name in ("streampulse_all_2p", "streampulse_all_w2"):
+        for name in ("streampulse_all_2p", "streampulse_all_4p", "streampulse_all_w2"):
             eps = results.get(f"{name}_eps")
             if one and eps:
                 ratios[f"{name}_vs_all_1p"] = round(eps / one, 3)
+        messages = (results.get("input") or {}).get("messages") or 0
+        results.update(scaleout.summarise(results["runs"], messages, results["machine"]["cores"]))
 
     def _profile(self, data: Preloaded, target: c.Target) -> None:
         namespace = f"bench-profile-{self.run_id}"

@@ -23,6 +23,7 @@ THROUGHPUT_ROWS: tuple[tuple[str, str, str], ...] = (
     ),
     ("streampulse_all_1p", "streampulse all metrics, 1 process", "`run --exit-at-end`, real Redis writes"),
     ("streampulse_all_2p", "streampulse all metrics, 2 processes", "bytewax cluster, `--process-id/--addresses`"),
+    ("streampulse_all_4p", "streampulse all metrics, 4 processes", "bytewax cluster of 4 processes"),
     ("streampulse_all_w2", "streampulse all metrics, 1 process x 2 workers", "`--workers 2`"),
     ("streampulse_starts_1p", "streampulse stream_starts only, 1 process", "`--metric-set stream_starts`"),
 )
@@ -43,6 +44,10 @@ TARGETS: tuple[tuple[str, str, str, float], ...] = (
         1.2,
     ),
     ("2 processes >= 1.6 x 1 process", "streampulse_all_2p_vs_all_1p", ">=", 1.6),
+    ("scale-out efficiency, 2 processes >= 0.8 (issue 13)", "scaleout_efficiency_2p", ">=", 0.8),
+    ("scale-out efficiency, 4 processes >= 0.8 (issue 13)", "scaleout_efficiency_4p", ">=", 0.8),
+    ("wall clock, 2 processes >= 1.4 x 1 process on this machine (issue 13)", "wallclock_ratio_2p", ">=", 1.4),
+    ("all metrics, 1 process >= 60 % of the limit (issue 13: no regression)", "streampulse_all_1p_vs_limit", ">=", 0.6),
     ("freshness p99 <= 2 s at 20 000 events/s (Redis, partial)", "freshness_p99_ms", "<=", 2000.0),
     ("freshness p99 <= 3 s at 20 000 events/s (/metrics counter)", "freshness_prometheus_p99_ms", "<=", 3000.0),
     ("memory per open session <= 300 bytes", "bytes_per_open_session", "<=", 300.0),
@@ -143,7 +148,8 @@ def render(results: dict[str, Any]) -> str:
     elif results.get("skipped", {}).get("quix"):
         lines.append(f"- **Quix Streams**: skipped: {results['skipped']['quix']}")
 
-    lines += ["", "## Targets (issue 5)", "", "| target | measured | met |", "|---|---:|---|"]
+    lines += _scaleout(results)
+    lines += ["", "## Targets (issues 5 and 13)", "", "| target | measured | met |", "|---|---:|---|"]
     for description, key, op, threshold in TARGETS:
         value = ratios.get(key, results.get(key))
         if value is None:
@@ -220,6 +226,35 @@ def render(results: dict[str, Any]) -> str:
     if skipped:
         lines += ["", "## Skipped", ""] + [f"- {k}: {v}" for k, v in skipped.items()]
     return "\n".join(lines) + "\n"
+
+
+def _scaleout(results: dict[str, Any]) -> list[str]:
+    """The scale-out table (bench/scaleout.py): CPU seconds per process, efficiency, capacity, wall clock."""
+    runs: dict[str, list[dict[str, Any]]] = results.get("runs", {})
+    lines = [
+        "",
+        "## Scale-out: all metrics on 1, 2 and 4 processes",
+        "",
+        "Efficiency = CPU s of the 1-process run / (N x CPU s of the busiest process); capacity = events / CPU s "
+        "of the busiest process (what N free cores would hold); wall clock = events/s / the 1-process events/s "
+        "measured here, where the broker and Redis share the cores. Medians.",
+        "",
+        "| processes | events/s here | wall clock vs 1 | CPU s of each process (first round) | busiest CPU s | "
+        "efficiency | capacity events/s | rest of machine CPU s | cores left for the flow |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for n in (1, 2, 4):
+        series = [r for r in runs.get(f"streampulse_all_{n}p", []) if "eps" in r]
+        each = ", ".join(f"{s:.1f}" for s in series[0].get("process_cpu_s", [])) if series else "–"
+        lines.append(
+            f"| {n} | {_n(results.get(f'streampulse_all_{n}p_eps'))} | "
+            f"{_ratio(1.0 if n == 1 and series else results.get(f'wallclock_ratio_{n}p'))} | {each} | "
+            f"{_seconds(results.get(f'busiest_process_cpu_s_{n}p'))} | "
+            f"{_ratio(1.0 if n == 1 and series else results.get(f'scaleout_efficiency_{n}p'))} | "
+            f"{_n(results.get(f'capacity_{n}p_eps'))} | {_seconds(results.get(f'other_cpu_s_{n}p'))} | "
+            f"{_ratio(results.get(f'cores_left_for_flow_{n}p'))} |"
+        )
+    return lines
 
 
 def _median(values: list[float]) -> float | None:
