@@ -206,3 +206,50 @@ def quix(data: Preloaded, target: Target, run_id: str, peer_python: Path, peer_e
 
 
 Contender = Callable[[Preloaded, Target, str], RunResult]
+
+
+def topic_messages(bootstrap: str, topic: str) -> int:
+    """Messages in every partition of `topic` (end offset - start offset): what a peer reading it must read."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-offsets", "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        total = 0
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+            total += high - low
+        return total
+    finally:
+        consumer.close()
+
+
+def late_counted(data: Preloaded, measured: Cells) -> int:
+    """Of the stream starts counted beyond the truth, how many its late events can explain (cell by cell).
+
+    A consumer whose lateness cutoff lets some late events through counts them in their own cells; extra counts
+    elsewhere (or beyond a cell's late events) have another cause.
+    """
+    return sum(max(0, min(n - data.expected.get(k, 0), data.late.get(k, 0))) for k, n in measured.items())
+
+
+def pathway(
+    data: Preloaded, target: Target, run_id: str, peer_python: Path, peer_env: dict[str, str], partitions: int
+) -> RunResult:
+    """The Pathway peer (bench/pathway_peer.py) on the playback topic; every window it emitted checked.
+
+    Its time is the process's, start to exit (`mode="static"` exits at the end of the topic), as for streampulse;
+    its events are the playback topic's messages.
+    """
+    out = target.work_dir / f"{run_id}.json"
+    argv = [str(peer_python), "-m", "bench.pathway_peer", "--bootstrap", target.bootstrap]
+    argv += ["--topic", data.playback_topic, "--partitions", str(partitions), "--out", str(out)]
+    timed = run_timed([(run_id, argv)], target.work_dir, timeout_s=120 + data.messages / 500, env=peer_env)
+    result = orjson.loads(out.read_bytes())
+    measured = _cells(result["cells"])
+    check = compare(data.expected, measured)
+    check["late_counted_at_most"] = late_counted(data, measured)
+    # Its reader skips what does not fit the schema without counting it; what did fit, for the report.
+    check["parsed"] = int(result["parsed"])
+    messages = topic_messages(target.bootstrap, data.playback_topic)
+    return RunResult("pathway", timed.wall_s, messages, timed.peak_rss_bytes, check, _cpu(timed))

@@ -121,20 +121,33 @@ def render(results: dict[str, Any]) -> str:
             f"{_n(rss)} | {_seconds(cpu)} / {_seconds(other)} | {_seconds(busy)} | {_exact(series)} |"
         )
     quix = results.get("quix") or {}
-    if quix.get("runs"):
-        q = quix["runs"]
+    quix_ok = [r for r in quix.get("runs", []) if "check" in r]
+    if quix_ok:
+        q = quix_ok
         lines.append(
             f"| Quix Streams 3.28 (on {quix['services']}) | {_n(results.get('quix_eps'))} | "
             f"{min(r['eps'] for r in q):,} – {max(r['eps'] for r in q):,} | "
             f"{_ratio(quix.get('vs_limit_same_broker'))} (same broker) | – | – | "
             f"{_n(max(r['peak_rss_mb'] for r in q))} | – | – | {_exact(q)} |"
         )
+    pathway = results.get("pathway") or {}
+    if pathway.get("runs"):
+        series = [r for r in pathway["runs"] if "eps" in r]
+        lines.append(
+            f"| Pathway 0.33 (on {pathway['services']}) | {_n(results.get('pathway_eps'))} | "
+            + (f"{min(r['eps'] for r in series):,} – {max(r['eps'] for r in series):,}" if series else "–")
+            + f" | {_ratio(pathway.get('vs_limit_same_broker'))} (same broker) | – | – | "
+            f"{_n(max((r['peak_rss_mb'] for r in series), default=None))} | "
+            f"{_seconds(_median([r['cpu_s'] for r in series]))} / "
+            f"{_seconds(_median([r['other_cpu_s'] for r in series]))} | "
+            f"{_seconds(_median([r['cores_busy'] for r in series]))} | {_exact(series)} |"
+        )
     lines += ["", "Contenders:"] + [f"- **{label}**: {what}" for _k, label, what in THROUGHPUT_ROWS]
     failures = results.get("failures") or {}
     for key, message in failures.items():
         lines.append(f"- failed: {key}: {message}")
-    if quix.get("runs"):
-        q0 = quix["runs"][0]["check"]
+    if quix_ok:
+        q0 = quix_ok[0]["check"]
         lines += [
             f"- **Quix Streams**: {quix['description']} On {_n(quix.get('messages'))} playback messages "
             f"({quix['services']}), where the same run measured the limit at {_n(quix.get('limit_eps'))} and "
@@ -147,6 +160,8 @@ def render(results: dict[str, Any]) -> str:
         ]
     elif results.get("skipped", {}).get("quix"):
         lines.append(f"- **Quix Streams**: skipped: {results['skipped']['quix']}")
+    lines += _pathway(results, pathway)
+    lines += _peer_ratios(results)
 
     lines += _scaleout(results)
     lines += ["", "## Targets (issues 5 and 13)", "", "| target | measured | met |", "|---|---:|---|"]
@@ -226,6 +241,46 @@ def render(results: dict[str, Any]) -> str:
     if skipped:
         lines += ["", "## Skipped", ""] + [f"- {k}: {v}" for k, v in skipped.items()]
     return "\n".join(lines) + "\n"
+
+
+def _pathway(results: dict[str, Any], pathway: dict[str, Any]) -> list[str]:
+    series = [r for r in pathway.get("runs", []) if "check" in r]
+    if not series:
+        skipped = results.get("skipped", {}).get("pathway") or results.get("failures", {}).get("pathway")
+        return [f"- **Pathway**: skipped: {skipped}"] if skipped else []
+    check = series[0]["check"]
+    return [
+        f"- **Pathway**: {pathway['description']} On {_n(pathway.get('messages'))} messages "
+        f"({pathway['services']}), where the same run measured the limit at {_n(pathway.get('limit_eps'))} and "
+        f"streampulse stream_starts-only at {_n(pathway.get('streampulse_starts_1p_eps'))} events/s. Counted "
+        f"{_n(check['measured_total'])} stream starts where the truth has {_n(check['expected_total'])} (first "
+        f"round): {_n(check['cells_differing'])} of {_n(check['cells'])} (window, country, device) cells differ "
+        f"({_n(check['cells_extra'])} extra, {_n(check['cells_missing'])} missing; at most "
+        f"{_n(check.get('late_counted_at_most'))} of the counts beyond the truth are late events it let through); "
+        f"{_n(check.get('parsed'))} messages fit its schema.",
+    ]
+
+
+def _peer_ratios(results: dict[str, Any]) -> list[str]:
+    """Each peer as a ratio to streampulse stream_starts only, measured on the same broker in the same sitting."""
+    rows = []
+    for key, label in (("quix", "Quix Streams 3.28"), ("pathway", "Pathway 0.33")):
+        peer = results.get(key) or {}
+        if peer.get("runs"):
+            rows.append(
+                f"| {label} | {_n(results.get(f'{key}_eps'))} | {_n(peer.get('streampulse_starts_1p_eps'))} | "
+                f"{_ratio(peer.get('vs_streampulse_starts_same_broker'))} | {_exact(peer['runs'])} |"
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "Peers against streampulse stream_starts only, same broker, same sitting (medians):",
+        "",
+        "| peer | peer events/s | streampulse stream_starts events/s | peer / streampulse | peer exact |",
+        "|---|---:|---:|---:|---|",
+        *rows,
+    ]
 
 
 def _scaleout(results: dict[str, Any]) -> list[str]:
