@@ -116,6 +116,14 @@ def streampulse_argv(target: Target, data: Preloaded, namespace: str, *options: 
     ]  # fmt: skip
 
 
+def cluster_commands(run_id: str, processes: int, argv: list[str]) -> list[tuple[str, list[str]]]:
+    """(name, argv) of each process of a `processes`-process bytewax cluster running `argv` (one: `argv` as is)."""
+    if processes == 1:
+        return [(run_id, argv)]
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+    return [(f"{run_id}-p{i}", [*argv, "--process-id", str(i), "--addresses", addresses]) for i in range(processes)]
+
+
 def streampulse(
     name: str,
     data: Preloaded,
@@ -129,17 +137,7 @@ def streampulse(
     """`streampulse run --exit-at-end` with `processes` x `workers`; stream starts checked from Redis."""
     namespace = f"bench-{run_id}"
     options = ["--exit-at-end", "--metric-set", metric_set, "--metrics-port", "0", "--workers", str(workers)]
-    if processes == 1:
-        commands: list[tuple[str, list[str]]] = [(run_id, streampulse_argv(target, data, namespace, *options))]
-    else:
-        addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
-        commands = [
-            (
-                f"{run_id}-p{i}",
-                streampulse_argv(target, data, namespace, *options, "--process-id", str(i), "--addresses", addresses),
-            )
-            for i in range(processes)
-        ]
+    commands = cluster_commands(run_id, processes, streampulse_argv(target, data, namespace, *options))
     timed: Timed = run_timed(commands, target.work_dir, timeout_s=_timeout(data))
     try:
         measured = query_stream_starts(target.redis_url, namespace)

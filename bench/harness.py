@@ -54,7 +54,7 @@ from bench.freshness import measure_freshness, summary_line
 from bench.memory import measure_memory
 from bench.peer import PATHWAY, QUIX, Peer, peer_env, peer_python
 from bench.preload import Preloaded, PreloadSpec, preload
-from bench.profiling import record
+from bench.profiling import record, record_cluster
 from bench.report import render
 from bench.stack import Services, create_topics, delete_topics, drop_namespace, start_services
 from streampulse.options import positive_duration_ms
@@ -387,6 +387,31 @@ class Bench:
         self.results["profile"] = {**profile.as_dict(), "mode": "py-spy --native", "raw_stacks": str(out)}
         for entry in profile.as_dict()["by_category"]:
             say(f"profile: {entry['share']:6.1%} {entry['what']}")
+        for processes in (2, 4):
+            self._profile_cluster(data, target, processes)
+
+    def _profile_cluster(self, data: Preloaded, target: c.Target, processes: int) -> None:
+        """All metrics on a cluster of `processes`, a py-spy on every process: where each one's time goes."""
+        key = f"profile_{processes}p"
+        namespace = f"bench-profile-{processes}p-{self.run_id}"
+        argv = c.streampulse_argv(target, data, namespace, "--exit-at-end", "--metrics-port", "0")
+        commands = c.cluster_commands(f"streampulse-all-{processes}p", processes, argv)
+        say(f"profile: {processes} processes, a py-spy on each (raw stacks: {self.work_dir}/profile-*-p*.txt)")
+        profiles = record_cluster(commands, self.work_dir, rate=self.args.profile_rate)
+        drop_namespace(target.redis_url, namespace)
+        if profiles is None:
+            self.results["skipped"][key] = "py-spy could not record the cluster here"
+            return
+        self.results[key] = {
+            "mode": "py-spy, one per process (native frames where it can)",
+            "processes": [
+                {"process_id": i, **profile.as_dict(n=10), "raw_stacks": str(self.work_dir / f"profile-{name}.txt")}
+                for i, ((name, _argv), profile) in enumerate(zip(commands, profiles, strict=True))
+            ],
+        }
+        for i, profile in enumerate(profiles):
+            top = ", ".join(f"{e['share']:.0%} {e['what'][:40]}" for e in profile.as_dict()["by_category"][:3])
+            say(f"profile {processes}p, process {i}: {profile.samples:,} samples: {top}")
 
     def _freshness(self, target: c.Target) -> None:
         args = self.args

@@ -237,6 +237,8 @@ def render(results: dict[str, Any]) -> str:
         lines += [f"- {e['share']:.1%} `{e['what']}`" for e in profile["top_inclusive_project_functions"][:12]]
     else:
         lines.append(f"skipped: {results.get('skipped', {}).get('profile', 'not run')}")
+    for processes in (2, 4):
+        lines += _cluster_profile(results, processes)
     skipped = results.get("skipped") or {}
     if skipped:
         lines += ["", "## Skipped", ""] + [f"- {k}: {v}" for k, v in skipped.items()]
@@ -281,6 +283,24 @@ def _peer_ratios(results: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---|",
         *rows,
     ]
+
+
+def _cluster_profile(results: dict[str, Any], processes: int) -> list[str]:
+    """Where each process of the N-process cluster spends its time: categories and top functions, per process."""
+    profile = results.get(f"profile_{processes}p") or {}
+    lines = ["", f"## Profile: all metrics, {processes} processes, py-spy on each", ""]
+    if not profile.get("processes"):
+        skipped = results.get("skipped", {}).get(f"profile_{processes}p", "not run")
+        return [*lines, f"skipped: {skipped}"]
+    lines.append(f"{profile.get('mode', '')}; shares of each process's own samples.")
+    for entry in profile["processes"]:
+        lines += ["", f"**Process {entry['process_id']}** ({entry['samples']:,} samples). By category:", ""]
+        lines += [f"- {e['share']:.1%} {e['what']}" for e in entry["by_category"][:8]]
+        lines += ["", "Top functions by own time:", ""]
+        lines += [f"- {e['share']:.1%} `{e['what']}`" for e in entry["top_self_functions"][:8]]
+        lines += ["", "Project functions by inclusive time:", ""]
+        lines += [f"- {e['share']:.1%} `{e['what']}`" for e in entry["top_inclusive_project_functions"][:8]]
+    return lines
 
 
 def _scaleout(results: dict[str, Any]) -> list[str]:
