@@ -45,9 +45,9 @@ lint: $(NATIVE) ## ruff and mypy, as CI runs them
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 
-bench: $(NATIVE) ## benchmarks: throughput vs the limit, a baseline and Quix Streams, freshness, memory (ARGS="--quick" for a small run)
+bench: $(NATIVE) ## benchmarks: throughput vs the limit and a baseline, scale-out on 1-4 processes, peers (Quix Streams, Pathway), freshness, memory (ARGS="--quick" for a small run)
 	@if command -v java >/dev/null 2>&1; then bash tools/kafka/fetch-kafka.sh; \
-	else echo "make bench: no Java on this machine: the Quix Streams peer (needs Apache Kafka) is skipped"; fi
+	else echo "make bench: no Java on this machine: the Quix Streams peer (needs Apache Kafka) is skipped, Pathway runs on tansu"; fi
 	$(BIN)/python -m bench $(ARGS)
 
 clean: ## remove the virtual environment and caches (not the Kafka jars and Prometheus in ~/.cache/streampulse)

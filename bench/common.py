@@ -53,6 +53,9 @@ class Timed:
     # the rest is the broker, Redis and anything else running. cores_busy = machine_cpu_s / wall_s.
     cpu_s: float = 0.0
     machine_cpu_s: float = 0.0
+    # Each process's own CPU seconds (with its reaped children), in the order they were given: the busiest of a
+    # cluster is what bounds its capacity with a core per process.
+    process_cpu_s: tuple[float, ...] = ()
 
 
 def machine_busy_s() -> float:
@@ -118,6 +121,7 @@ def run_timed(
         exited[i] = time.perf_counter()
         busy_at_exit[i] = machine_busy_s()
         popen.returncode = os.waitstatus_to_exitcode(status)
+        # wait4's usage is the child's own plus that of its children it waited for (Linux getrusage semantics).
         cpu[i] = usage.ru_utime + usage.ru_stime
 
     waiters = [threading.Thread(target=wait, args=(i,), daemon=True) for i in range(len(children))]
@@ -148,7 +152,7 @@ def run_timed(
                 f"{child.log_tail(40)}"
             )
     wall = max(e for e in exited if e is not None) - started
-    return Timed(wall, sum(peaks), children[0].log_path, sum(cpu), max(busy_at_exit) - busy_at_start)
+    return Timed(wall, sum(peaks), children[0].log_path, sum(cpu), max(busy_at_exit) - busy_at_start, tuple(cpu))
 
 
 @dataclass(frozen=True)

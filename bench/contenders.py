@@ -116,6 +116,14 @@ def streampulse_argv(target: Target, data: Preloaded, namespace: str, *options: 
     ]  # fmt: skip
 
 
+def cluster_commands(run_id: str, processes: int, argv: list[str]) -> list[tuple[str, list[str]]]:
+    """(name, argv) of each process of a `processes`-process bytewax cluster running `argv` (one: `argv` as is)."""
+    if processes == 1:
+        return [(run_id, argv)]
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+    return [(f"{run_id}-p{i}", [*argv, "--process-id", str(i), "--addresses", addresses]) for i in range(processes)]
+
+
 def streampulse(
     name: str,
     data: Preloaded,
@@ -129,17 +137,7 @@ def streampulse(
     """`streampulse run --exit-at-end` with `processes` x `workers`; stream starts checked from Redis."""
     namespace = f"bench-{run_id}"
     options = ["--exit-at-end", "--metric-set", metric_set, "--metrics-port", "0", "--workers", str(workers)]
-    if processes == 1:
-        commands: list[tuple[str, list[str]]] = [(run_id, streampulse_argv(target, data, namespace, *options))]
-    else:
-        addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
-        commands = [
-            (
-                f"{run_id}-p{i}",
-                streampulse_argv(target, data, namespace, *options, "--process-id", str(i), "--addresses", addresses),
-            )
-            for i in range(processes)
-        ]
+    commands = cluster_commands(run_id, processes, streampulse_argv(target, data, namespace, *options))
     timed: Timed = run_timed(commands, target.work_dir, timeout_s=_timeout(data))
     try:
         measured = query_stream_starts(target.redis_url, namespace)
@@ -150,10 +148,13 @@ def streampulse(
     )
 
 
-def _cpu(timed: Timed) -> dict[str, float]:
-    """CPU seconds of the contender's processes, of the rest of the machine (broker, Redis, ...), and cores busy."""
+def _cpu(timed: Timed) -> dict[str, Any]:
+    """CPU seconds of the contender's processes (all, each, the busiest), of the rest of the machine (broker,
+    Redis, ...), and cores busy."""
     return {
         "cpu_s": round(timed.cpu_s, 2),
+        "process_cpu_s": [round(s, 2) for s in timed.process_cpu_s],
+        "busiest_process_cpu_s": round(max(timed.process_cpu_s, default=timed.cpu_s), 2),
         "other_cpu_s": round(max(timed.machine_cpu_s - timed.cpu_s, 0.0), 2),
         "cores_busy": round(timed.machine_cpu_s / timed.wall_s, 2) if timed.wall_s > 0 else 0.0,
     }
@@ -203,3 +204,50 @@ def quix(data: Preloaded, target: Target, run_id: str, peer_python: Path, peer_e
 
 
 Contender = Callable[[Preloaded, Target, str], RunResult]
+
+
+def topic_messages(bootstrap: str, topic: str) -> int:
+    """Messages in every partition of `topic` (end offset - start offset): what a peer reading it must read."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-offsets", "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        total = 0
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+            total += high - low
+        return total
+    finally:
+        consumer.close()
+
+
+def late_counted(data: Preloaded, measured: Cells) -> int:
+    """Of the stream starts counted beyond the truth, how many its late events can explain (cell by cell).
+
+    A consumer whose lateness cutoff lets some late events through counts them in their own cells; extra counts
+    elsewhere (or beyond a cell's late events) have another cause.
+    """
+    return sum(max(0, min(n - data.expected.get(k, 0), data.late.get(k, 0))) for k, n in measured.items())
+
+
+def pathway(
+    data: Preloaded, target: Target, run_id: str, peer_python: Path, peer_env: dict[str, str], partitions: int
+) -> RunResult:
+    """The Pathway peer (bench/pathway_peer.py) on the playback topic; every window it emitted checked.
+
+    Its time is the process's, start to exit (`mode="static"` exits at the end of the topic), as for streampulse;
+    its events are the playback topic's messages.
+    """
+    out = target.work_dir / f"{run_id}.json"
+    argv = [str(peer_python), "-m", "bench.pathway_peer", "--bootstrap", target.bootstrap]
+    argv += ["--topic", data.playback_topic, "--partitions", str(partitions), "--out", str(out)]
+    timed = run_timed([(run_id, argv)], target.work_dir, timeout_s=120 + data.messages / 500, env=peer_env)
+    result = orjson.loads(out.read_bytes())
+    measured = _cells(result["cells"])
+    check = compare(data.expected, measured)
+    check["late_counted_at_most"] = late_counted(data, measured)
+    # Its reader skips what does not fit the schema without counting it; what did fit, for the report.
+    check["parsed"] = int(result["parsed"])
+    messages = topic_messages(target.bootstrap, data.playback_topic)
+    return RunResult("pathway", timed.wall_s, messages, timed.peak_rss_bytes, check, _cpu(timed))

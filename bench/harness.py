@@ -11,14 +11,19 @@ Phases (all by default; `--only`/`--skip` pick):
   faults on); then, in rounds with the contenders alternating, each reads
   them to the end: the limit, the two hand-written baselines (the issue's,
   decoding with orjson and plain Python checks; and the same with our
-  msgspec contract decoder), streampulse with all metrics on 1 process, 2
+  msgspec contract decoder), streampulse with all metrics on 1, 2 and 4
   processes and 2 workers, and with stream_starts only (bench/contenders.py).
-  Medians; every counting run checked against the truth.
-- profile: `streampulse run --exit-at-end` (all metrics, 1 process) under py-spy (bench/profiling.py).
+  Medians; every counting run checked against the truth; every process's CPU
+  seconds recorded, from which the scale-out efficiency and capacity come
+  (bench/scaleout.py).
+- profile: `streampulse run --exit-at-end` (all metrics) under py-spy on every process: 1, 2 and 4 processes
+  (bench/profiling.py).
 - freshness: produce -> visible in Redis and on /metrics under steady live load (bench/freshness.py).
 - memory: RSS as open sessions grow (bench/memory.py).
-- quix: Quix Streams on Apache Kafka (bench/quix_peer.py), with the limit and
-  streampulse on the same broker for the ratio.
+- quix, pathway: the peers, Quix Streams (bench/quix_peer.py) and Pathway
+  (bench/pathway_peer.py), each in its own virtual environment, in one sitting
+  on one broker (Apache Kafka when Quix runs: it needs it) with the limit and
+  streampulse stream_starts only beside them for the ratios.
 
 Results: a markdown table on stdout and in `bench/results/latest.md`, all
 numbers in `bench/results/latest.json` (written after every phase).
@@ -43,17 +48,32 @@ from typing import Any
 import orjson
 
 from bench import contenders as c
+from bench import scaleout
 from bench.common import REPO, ChildFailed, code_fingerprint, git_commit, machine, run_timed, say
 from bench.freshness import measure_freshness, summary_line
 from bench.memory import measure_memory
-from bench.peer import peer_env, peer_python
+from bench.peer import PATHWAY, QUIX, Peer, peer_env, peer_python
 from bench.preload import Preloaded, PreloadSpec, preload
-from bench.profiling import record
+from bench.profiling import record, record_cluster
 from bench.report import render
 from bench.stack import Services, create_topics, delete_topics, drop_namespace, start_services
 from streampulse.options import positive_duration_ms
 
-PHASES = ("throughput", "profile", "freshness", "memory", "quix")
+PHASES = ("throughput", "profile", "freshness", "memory", "quix", "pathway")
+# The peers' phases run in one sitting, on one broker (bench/peer.py makes their environments).
+PEERS: dict[str, Peer] = {"quix": QUIX, "pathway": PATHWAY}
+PEER_DESCRIPTIONS = {
+    "quix": "Quix Streams 3.28 with its defaults: the contract decoder as deserializer, "
+    "`filter` play_start, `group_by` country|device_type (a repartition topic), "
+    "`tumbling_window(10 s, grace 30 s).count().final()`; playback topic only; its time runs to "
+    "the last message processed (not the idle timeout that stops it).",
+    "pathway": "Pathway 0.33, one thread, as PEERS.md found it best: `pw.io.kafka.read(format=json, "
+    "mode=static, autocommit_duration_ms=10)` with a schema (its reader skips what does not fit), the "
+    "contract's other rules for a play_start as column filters, one tumbling 10 s `windowby` (cutoff 30 s) "
+    "per partition so each has its own clock, `count_distinct(event_id)` against duplicates, partitions "
+    "summed; playback topic only; its time is the process's, start to exit. Its JSON reader cannot see "
+    "message sizes: the contract's 64 KiB limit is not applied.",
+}
 Runner = Callable[[Preloaded, c.Target, str], c.RunResult]
 CONTENDERS: dict[str, Runner] = {
     "limit": lambda d, t, i: c.reference("limit", d, t, i),
@@ -61,6 +81,7 @@ CONTENDERS: dict[str, Runner] = {
     "baseline_orjson": lambda d, t, i: c.reference("baseline_orjson", d, t, i),
     "streampulse_all_1p": lambda d, t, i: c.streampulse("streampulse_all_1p", d, t, i),
     "streampulse_all_2p": lambda d, t, i: c.streampulse("streampulse_all_2p", d, t, i, processes=2),
+    "streampulse_all_4p": lambda d, t, i: c.streampulse("streampulse_all_4p", d, t, i, processes=4),
     "streampulse_all_w2": lambda d, t, i: c.streampulse("streampulse_all_w2", d, t, i, workers=2),
     "streampulse_starts_1p": lambda d, t, i: c.streampulse(
         "streampulse_starts_1p", d, t, i, metric_set="stream_starts"
@@ -73,8 +94,16 @@ REQUIRED_KEYS = (
     "baseline_orjson_eps",
     "streampulse_all_1p_eps",
     "streampulse_all_2p_eps",
+    "streampulse_all_4p_eps",
     "streampulse_starts_1p_eps",
+    "scaleout_efficiency_2p",
+    "scaleout_efficiency_4p",
+    "capacity_2p_eps",
+    "capacity_4p_eps",
+    "wallclock_ratio_2p",
+    "other_cpu_s_2p",
     "quix_eps",
+    "pathway_eps",
     "freshness_p50_ms",
     "freshness_p99_ms",
     "freshness_prometheus_p99_ms",
@@ -223,8 +252,8 @@ class Bench:
                 failed |= self._phase("freshness", lambda: self._freshness(target))
             if "memory" in args.phases:
                 failed |= self._phase("memory", lambda: self._memory(target))
-            if "quix" in args.phases:
-                failed |= self._phase("quix", lambda: self._quix(services, target))
+            if set(PEERS) & set(args.phases):
+                failed |= self._phase("peers", lambda: self._peers(services, target))
         finally:
             say("stopping the services")
             services.stop()
@@ -338,10 +367,12 @@ class Bench:
                 if baseline_eps and name not in ("limit", baseline):
                     ratios[f"{name}_vs_{baseline}"] = round(eps / baseline_eps, 3)
         one = results.get("streampulse_all_1p_eps")
-        for name in ("streampulse_all_2p", "streampulse_all_w2"):
+        for name in ("streampulse_all_2p", "streampulse_all_4p", "streampulse_all_w2"):
             eps = results.get(f"{name}_eps")
             if one and eps:
                 ratios[f"{name}_vs_all_1p"] = round(eps / one, 3)
+        messages = (results.get("input") or {}).get("messages") or 0
+        results.update(scaleout.summarise(results["runs"], messages, results["machine"]["cores"]))
 
     def _profile(self, data: Preloaded, target: c.Target) -> None:
         namespace = f"bench-profile-{self.run_id}"
@@ -356,6 +387,31 @@ class Bench:
         self.results["profile"] = {**profile.as_dict(), "mode": "py-spy --native", "raw_stacks": str(out)}
         for entry in profile.as_dict()["by_category"]:
             say(f"profile: {entry['share']:6.1%} {entry['what']}")
+        for processes in (2, 4):
+            self._profile_cluster(data, target, processes)
+
+    def _profile_cluster(self, data: Preloaded, target: c.Target, processes: int) -> None:
+        """All metrics on a cluster of `processes`, a py-spy on every process: where each one's time goes."""
+        key = f"profile_{processes}p"
+        namespace = f"bench-profile-{processes}p-{self.run_id}"
+        argv = c.streampulse_argv(target, data, namespace, "--exit-at-end", "--metrics-port", "0")
+        commands = c.cluster_commands(f"streampulse-all-{processes}p", processes, argv)
+        say(f"profile: {processes} processes, a py-spy on each (raw stacks: {self.work_dir}/profile-*-p*.txt)")
+        profiles = record_cluster(commands, self.work_dir, rate=self.args.profile_rate)
+        drop_namespace(target.redis_url, namespace)
+        if profiles is None:
+            self.results["skipped"][key] = "py-spy could not record the cluster here"
+            return
+        self.results[key] = {
+            "mode": "py-spy, one per process (native frames where it can)",
+            "processes": [
+                {"process_id": i, **profile.as_dict(n=10), "raw_stacks": str(self.work_dir / f"profile-{name}.txt")}
+                for i, ((name, _argv), profile) in enumerate(zip(commands, profiles, strict=True))
+            ],
+        }
+        for i, profile in enumerate(profiles):
+            top = ", ".join(f"{e['share']:.0%} {e['what'][:40]}" for e in profile.as_dict()["by_category"][:3])
+            say(f"profile {processes}p, process {i}: {profile.samples:,} samples: {top}")
 
     def _freshness(self, target: c.Target) -> None:
         args = self.args
@@ -385,70 +441,98 @@ class Bench:
                 self.results["peak_rss_mb_1m_sessions"] = step["peak_rss_mb"]
                 self.results["rss_mb_1m_sessions"] = step["rss_mb"]
 
-    def _quix(self, services: Services, target: c.Target) -> None:
-        python = peer_python()
-        if python is None:
-            self.results["skipped"]["quix"] = "its virtual environment could not be made (see the log)"
+    def _peers(self, services: Services, target: c.Target) -> None:
+        """The peers selected (Quix Streams, Pathway) in one sitting, beside the limit and streampulse stream_starts
+        only on the same broker: each peer is reported as a ratio to those."""
+        peers = [name for name in PEERS if name in self.args.phases]
+        pythons: dict[str, Path] = {}
+        for name in peers:
+            python = peer_python(PEERS[name])
+            if python is None:
+                self.results["skipped"][name] = "its virtual environment could not be made (see the log)"
+                say(f"{name}: skipped: {self.results['skipped'][name]}")
+            else:
+                pythons[name] = python
+        if not pythons:
             return
-        quix_services = services
+        peer_services = services
         started_here: Services | None = None
-        if services.name.startswith("embedded"):
-            # Quix Streams reads `retention.ms` from DescribeConfigs, which tansu does not return: Apache Kafka it is.
+        if services.name.startswith("embedded") and "quix" in pythons:
+            # Quix Streams reads `retention.ms` from DescribeConfigs, which tansu does not return: Apache Kafka it is,
+            # for every peer (the same broker for the ratios). Without it, Pathway stays on tansu (it works there).
             reason = _apache_unavailable()
             if reason:
                 self.results["skipped"]["quix"] = reason
                 say(f"quix: skipped: {reason}")
-                return
-            say("quix: starting Apache Kafka for the peer (tansu lacks retention.ms in DescribeConfigs)")
-            started_here = quix_services = start_services(
-                "apache", self.work_dir / "services-apache", redis_url=services.redis_url
-            )
+                del pythons["quix"]
+            else:
+                say("peers: starting Apache Kafka for them (Quix Streams: tansu lacks retention.ms in DescribeConfigs)")
+                started_here = peer_services = start_services(
+                    "apache", self.work_dir / "services-apache", redis_url=services.redis_url
+                )
+        if not pythons:
+            return
         try:
-            quix_target = c.Target(
-                quix_services.bootstrap, quix_services.redis_url, f"bench-dead-letter-q-{self.run_id}", self.work_dir
-            )
-            create_topics(quix_services.bootstrap, {quix_target.dead_letter_topic: self.args.partitions})
-            data = self._preload(quix_services, f"bench-quix-{self.run_id}", self.args.quix_events)
-            env = peer_env()
-            runners: dict[str, Runner] = {
-                "limit": CONTENDERS["limit"],
-                "streampulse_starts_1p": CONTENDERS["streampulse_starts_1p"],
-                "quix": lambda d, t, i: c.quix(d, t, i, python, env),
-            }
-            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in runners}
-            names = list(runners)
-            for r in range(self.args.rounds):
-                for name in names[r % len(names) :] + names[: r % len(names)]:
-                    result = runners[name](data, quix_target, f"q-{name}-r{r + 1}-{self.run_id}")
-                    runs[name].append(result.as_dict())
-                    say(
-                        f"quix round {r + 1}/{self.args.rounds}: {name:<22} {result.messages:,} msgs in "
-                        f"{result.wall_s:6.2f} s = {result.eps:>9,.0f}/s"
-                    )
-            quix_eps = _median([r["eps"] for r in runs["quix"]])
-            limit_eps = _median([r["eps"] for r in runs["limit"]])
-            starts_eps = _median([r["eps"] for r in runs["streampulse_starts_1p"]])
-            self.results["quix_eps"] = quix_eps
-            self.results["quix"] = {
-                "services": quix_services.name,
-                "messages": data.messages,
-                "description": "Quix Streams 3.28 with its defaults: the contract decoder as deserializer, "
-                "`filter` play_start, `group_by` country|device_type (a repartition topic), "
-                "`tumbling_window(10 s, grace 30 s).count().final()`; playback topic only; its time runs to "
-                "the last message processed (not the idle timeout that stops it).",
-                "limit_eps": limit_eps,
-                "streampulse_starts_1p_eps": starts_eps,
-                "vs_limit_same_broker": round(quix_eps / limit_eps, 3) if quix_eps and limit_eps else None,
-                "vs_streampulse_starts_same_broker": round(quix_eps / starts_eps, 3)
-                if quix_eps and starts_eps
-                else None,
-                "runs": runs["quix"],
-                "reference_runs": {"limit": runs["limit"], "streampulse_starts_1p": runs["streampulse_starts_1p"]},
-            }
-            delete_topics(quix_services.bootstrap, data.topics)
+            self._peer_rounds(peer_services, pythons)
         finally:
             if started_here is not None:
                 started_here.stop()
+
+    def _peer_rounds(self, services: Services, pythons: dict[str, Path]) -> None:
+        args = self.args
+        peer_target = c.Target(
+            services.bootstrap, services.redis_url, f"bench-dead-letter-q-{self.run_id}", self.work_dir
+        )
+        create_topics(services.bootstrap, {peer_target.dead_letter_topic: args.partitions})
+        data = self._preload(services, f"bench-peers-{self.run_id}", args.quix_events)
+        runners: dict[str, Runner] = {
+            "limit": CONTENDERS["limit"],
+            "streampulse_starts_1p": CONTENDERS["streampulse_starts_1p"],
+        }
+        if "quix" in pythons:
+            quix_python, quix_env = pythons["quix"], peer_env(QUIX)
+            runners["quix"] = lambda d, t, i: c.quix(d, t, i, quix_python, quix_env)
+        if "pathway" in pythons:
+            pathway_python, pathway_env = pythons["pathway"], peer_env(PATHWAY)
+            runners["pathway"] = lambda d, t, i: c.pathway(d, t, i, pathway_python, pathway_env, args.partitions)
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in runners}
+        names = list(runners)
+        for r in range(args.rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                try:
+                    result = runners[name](data, peer_target, f"q-{name}-r{r + 1}-{self.run_id}")
+                except (ChildFailed, RuntimeError, OSError, ValueError) as exc:
+                    # One peer failing must not lose the other's figures.
+                    say(f"peers round {r + 1}/{args.rounds}: {name} FAILED: {str(exc)[:2000]}")
+                    runs[name].append({"error": str(exc)[:500]})
+                    self.results["failures"][name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    continue
+                runs[name].append(result.as_dict())
+                exact = "" if result.check is None else f", exact {'yes' if result.check['exact'] else 'NO'}"
+                say(
+                    f"peers round {r + 1}/{args.rounds}: {name:<22} {result.messages:,} msgs in "
+                    f"{result.wall_s:6.2f} s = {result.eps:>9,.0f}/s{exact}"
+                )
+        limit_eps = _median([r["eps"] for r in runs["limit"] if "eps" in r])
+        starts_eps = _median([r["eps"] for r in runs["streampulse_starts_1p"] if "eps" in r])
+        reference = {"limit": runs["limit"], "streampulse_starts_1p": runs["streampulse_starts_1p"]}
+        for name in ("quix", "pathway"):
+            if name not in runs:
+                continue
+            eps = _median([r["eps"] for r in runs[name] if "eps" in r])
+            self.results[f"{name}_eps"] = eps
+            self.results[name] = {
+                "services": services.name,
+                "messages": data.messages,
+                "description": PEER_DESCRIPTIONS[name],
+                "limit_eps": limit_eps,
+                "streampulse_starts_1p_eps": starts_eps,
+                "vs_limit_same_broker": round(eps / limit_eps, 3) if eps and limit_eps else None,
+                "vs_streampulse_starts_same_broker": round(eps / starts_eps, 3) if eps and starts_eps else None,
+                "runs": runs[name],
+                "reference_runs": reference,
+            }
+        delete_topics(services.bootstrap, data.topics)
 
 
 def _apache_unavailable() -> str | None:

@@ -1,12 +1,14 @@
-"""The Python that runs the peer (Quix Streams): a virtual environment of its own, made on first use.
+"""The Pythons that run the peers (Quix Streams, Pathway): a virtual environment each, made on first use.
 
 quixstreams 3.28 pins confluent-kafka below 2.13; installed next to
-streampulse it would downgrade the client streampulse is measured with. So
-the peer gets its own environment under the streampulse cache
-(`${STREAMPULSE_CACHE_DIR:-~/.cache/streampulse}/bench-peer-venv`, next to
-the Kafka jars) with the `bench` extra's requirements (pyproject.toml) and
-what the contract decoder needs (msgspec, orjson); it imports the decoder
-from this checkout (PYTHONPATH).
+streampulse it would downgrade the client streampulse is measured with.
+pathway 0.33 brings a large tree of its own dependencies. So each peer gets
+its own environment under the streampulse cache
+(`${STREAMPULSE_CACHE_DIR:-~/.cache/streampulse}/bench-peer-venv` for Quix
+Streams, `.../bench-pathway-venv` for Pathway, next to the Kafka jars) with
+its extra's requirements (pyproject.toml: `bench`, `bench-pathway`) and what
+its program imports besides; it imports that program (bench/*_peer.py, and
+for Quix the contract decoder) from this checkout (PYTHONPATH).
 """
 
 from __future__ import annotations
@@ -15,12 +17,28 @@ import os
 import subprocess
 import sys
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import REPO, say
 
-# The contract decoder (schemas/) is all the peer imports from this checkout.
-DECODER_REQUIREMENTS = ("msgspec>=0.19", "orjson>=3.10")
+
+@dataclass(frozen=True)
+class Peer:
+    """One peer's environment: where it lives, the pyproject extra it installs, and what else its program needs."""
+
+    name: str
+    venv_name: str
+    extra: str
+    also: tuple[str, ...]
+    # Environment variables of the peer's process beyond PYTHONPATH.
+    env: tuple[tuple[str, str], ...] = ()
+
+
+# Quix Streams uses the contract decoder (schemas/): msgspec and orjson.
+QUIX = Peer("quix", "bench-peer-venv", "bench", ("msgspec>=0.19", "orjson>=3.10"))
+# One thread: PEERS.md measured that a second gains nothing (one already keeps ~1.5 cores busy).
+PATHWAY = Peer("pathway", "bench-pathway-venv", "bench-pathway", ("orjson>=3.10",), (("PATHWAY_THREADS", "1"),))
 
 
 def cache_dir() -> Path:
@@ -28,38 +46,38 @@ def cache_dir() -> Path:
     return Path(os.environ.get("STREAMPULSE_CACHE_DIR") or Path.home() / ".cache" / "streampulse")
 
 
-def requirements() -> list[str]:
-    """The `bench` extra of pyproject.toml, plus the decoder's own requirements."""
+def requirements(peer: Peer = QUIX) -> list[str]:
+    """The peer's extra of pyproject.toml, plus what its program imports besides."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    return [*project["optional-dependencies"]["bench"], *DECODER_REQUIREMENTS]
+    return [*project["optional-dependencies"][peer.extra], *peer.also]
 
 
-def peer_python(install: bool = True) -> Path | None:
+def peer_python(peer: Peer = QUIX, install: bool = True) -> Path | None:
     """The peer environment's python, made (once per set of requirements) if `install`; None if unavailable."""
-    venv = cache_dir() / "bench-peer-venv"
+    venv = cache_dir() / peer.venv_name
     python = venv / "bin" / "python"
     stamp = venv / ".requirements"
-    wanted = "\n".join(requirements())
+    wanted = "\n".join(requirements(peer))
     if python.exists() and stamp.exists() and stamp.read_text(encoding="utf-8") == wanted:
         return python
     if not install:
         return None
-    say(f"peer: installing {', '.join(requirements())} into {venv} (once)")
+    say(f"{peer.name}: installing {', '.join(requirements(peer))} into {venv} (once)")
     try:
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
         subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements()],
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements(peer)],
             check=True,
             timeout=900,
         )
     except (OSError, subprocess.SubprocessError) as exc:
-        say(f"peer: could not make its environment: {exc}")
+        say(f"{peer.name}: could not make its environment: {exc}")
         return None
     stamp.write_text(wanted, encoding="utf-8")
     return python
 
 
-def peer_env() -> dict[str, str]:
-    """Environment of the peer process: the checkout on its path for the contract decoder."""
+def peer_env(peer: Peer = QUIX) -> dict[str, str]:
+    """Environment of the peer process: the checkout on its path for its program, and the peer's own variables."""
     path = os.environ.get("PYTHONPATH")
-    return {"PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO)}
+    return {"PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO), **dict(peer.env)}

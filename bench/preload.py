@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -94,6 +94,8 @@ class Preloaded:
     malformed: int
     start_ms: int
     close_ms: int
+    # The truth's late stream starts per cell: where a consumer that counts late events counts too many.
+    late: Cells = field(default_factory=dict)
 
     @property
     def topics(self) -> tuple[str, str]:
@@ -187,6 +189,17 @@ def expected_stream_starts(truth: dict[str, Any]) -> Cells:
     return {k: v for k, v in totals.items() if v}
 
 
+def late_stream_starts(truth: dict[str, Any]) -> Cells:
+    """The truth's late stream starts per (10 s window, country, device_type): counted by none that is correct."""
+    totals: Counter[tuple[int, str, str]] = Counter()
+    for window in truth["late"]["windows"]["10s"]["windows"]:
+        for cell in window["cells"]:
+            starts = cell.get("stream_starts")
+            if starts:
+                totals[(window["start_ms"], cell["country"], cell["device_type"])] += sum(starts.values())
+    return {k: v for k, v in totals.items() if v}
+
+
 def preload(spec: PreloadSpec, bootstrap: str, playback_topic: str, signup_topic: str, partitions: int) -> Preloaded:
     """Fill both topics (already created with `partitions` partitions) and return what they must count to."""
     kafka = KafkaSettings(bootstrap, playback_topic, signup_topic, "unused-dead-letter")
@@ -232,6 +245,7 @@ def preload(spec: PreloadSpec, bootstrap: str, playback_topic: str, signup_topic
         malformed=int(truth["malformed"]["count"]),
         start_ms=start,
         close_ms=sink.close_ms,
+        late=late_stream_starts(truth),
     )
 
 

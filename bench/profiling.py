@@ -2,8 +2,9 @@
 
     python -m bench.profiling STACKS.txt      # summarise a py-spy `--format raw` file
 
-The harness records the flow (all metrics, 1 process) on the preloaded
-topics with `py-spy record --native --format raw` (collapsed stacks: one
+The harness records the flow (all metrics, on 1 process, and on clusters of
+2 and 4 processes with a py-spy on every process: `record_cluster`) on the
+preloaded topics with `py-spy record --native --format raw` (collapsed stacks: one
 line per distinct stack, frames root first, then the sample count). Native
 frames show what Python frames cannot: the garbage collector
 (`gc_collect_main`), the JSON decoder inside msgspec, librdkafka and
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import say
+from bench.common import ChildFailed, run_timed, say
 
 _FRAME = re.compile(r"^(?P<name>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 _RUST_HASH = re.compile(r"::h[0-9a-f]{16}$")
@@ -49,15 +50,21 @@ CATEGORIES: tuple[tuple[str, Sequence[str]], ...] = (
             "streampulse_native",
         ),
     ),
-    ("anomaly detection (flows/anomaly_*.py)", ("flows/anomaly_",)),
+    ("anomaly detection (flows/anomaly/, sinks/anomaly_sink.py)", ("flows/anomaly/", "sinks/anomaly_sink.py")),
     (
-        "window store merge/publish (flows/windows/store.py, WindowLogic)",
-        ("flows/windows/store.py", "streampulse/dataflow.py"),
+        "window store merge/publish (flows/windows/store.py, window.py, flows/partials.py, WindowLogic)",
+        (
+            "flows/windows/store.py",
+            "flows/windows/window.py",
+            "flows/windows/concurrency.py",
+            "flows/partials.py",
+            "streampulse/dataflow.py",
+        ),
     ),
-    ("Redis writes (sinks/redis_sink.py, redis-py)", ("sinks/redis_sink.py", "redis/")),
+    ("Redis writes (sinks/redis_sink.py, redis-py)", ("sinks/redis_sink.py", "sinks/redis_layout.py", "redis/")),
     (
-        "Prometheus export (sinks/prometheus.py, flows/windows/metric_values.py, prometheus_client)",
-        ("sinks/prometheus.py", "flows/windows/metric_values.py", "prometheus_client/"),
+        "Prometheus export (sinks/prometheus*.py, flows/windows/metric_values.py, prometheus_client)",
+        ("sinks/prometheus", "flows/windows/metric_values.py", "prometheus_client/"),
     ),
     ("dead letters (sinks/dead_letter.py)", ("sinks/dead_letter.py",)),
     (
@@ -165,6 +172,38 @@ def record(argv: Sequence[str], out: Path, rate: int = 100, timeout_s: float = 1
         if done.returncode == 0 and out.exists() and out.stat().st_size:
             return summarise(out.read_text(encoding="utf-8", errors="replace"))
         say(f"profile: py-spy {' '.join(native) or '(Python frames only)'} failed: {done.stderr.strip()[-300:]}")
+    return None
+
+
+def record_cluster(
+    commands: Sequence[tuple[str, Sequence[str]]], out_dir: Path, rate: int = 100, timeout_s: float = 1800
+) -> list[Profile] | None:
+    """Every process of a cluster under a py-spy of its own, all started at once; a Profile per process, in order.
+
+    Native frames if py-spy can, else Python only; None if py-spy is unusable (or the cluster failed both times).
+    """
+    py_spy = Path(sys.executable).with_name("py-spy")
+    if not py_spy.exists():
+        say("profile: py-spy is not installed in this environment (the dev extra has it); skipped")
+        return None
+    for native in (["--native"], []):
+        outs = [out_dir / f"profile-{name}.txt" for name, _argv in commands]
+        wrapped = [
+            (f"py-spy-{name}", [str(py_spy), "record", "--rate", str(rate), "--format", "raw", "-o", str(out)])
+            for (name, _argv), out in zip(commands, outs, strict=True)
+        ]
+        runs = [
+            (name, [*command, *native, "--", *argv])
+            for (name, command), (_name, argv) in zip(wrapped, commands, strict=True)
+        ]
+        try:
+            run_timed(runs, out_dir, timeout_s=timeout_s)
+        except ChildFailed as exc:
+            say(f"profile: py-spy {' '.join(native) or '(Python frames only)'} failed: {str(exc)[-300:]}")
+            continue
+        if all(out.exists() and out.stat().st_size for out in outs):
+            return [summarise(out.read_text(encoding="utf-8", errors="replace")) for out in outs]
+        say(f"profile: py-spy {' '.join(native) or '(Python frames only)'} wrote no stacks for some process")
     return None
 
 

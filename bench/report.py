@@ -23,6 +23,7 @@ THROUGHPUT_ROWS: tuple[tuple[str, str, str], ...] = (
     ),
     ("streampulse_all_1p", "streampulse all metrics, 1 process", "`run --exit-at-end`, real Redis writes"),
     ("streampulse_all_2p", "streampulse all metrics, 2 processes", "bytewax cluster, `--process-id/--addresses`"),
+    ("streampulse_all_4p", "streampulse all metrics, 4 processes", "bytewax cluster of 4 processes"),
     ("streampulse_all_w2", "streampulse all metrics, 1 process x 2 workers", "`--workers 2`"),
     ("streampulse_starts_1p", "streampulse stream_starts only, 1 process", "`--metric-set stream_starts`"),
 )
@@ -43,6 +44,10 @@ TARGETS: tuple[tuple[str, str, str, float], ...] = (
         1.2,
     ),
     ("2 processes >= 1.6 x 1 process", "streampulse_all_2p_vs_all_1p", ">=", 1.6),
+    ("scale-out efficiency, 2 processes >= 0.8 (issue 13)", "scaleout_efficiency_2p", ">=", 0.8),
+    ("scale-out efficiency, 4 processes >= 0.8 (issue 13)", "scaleout_efficiency_4p", ">=", 0.8),
+    ("wall clock, 2 processes >= 1.4 x 1 process on this machine (issue 13)", "wallclock_ratio_2p", ">=", 1.4),
+    ("all metrics, 1 process >= 60 % of the limit (issue 13: no regression)", "streampulse_all_1p_vs_limit", ">=", 0.6),
     ("freshness p99 <= 2 s at 20 000 events/s (Redis, partial)", "freshness_p99_ms", "<=", 2000.0),
     ("freshness p99 <= 3 s at 20 000 events/s (/metrics counter)", "freshness_prometheus_p99_ms", "<=", 3000.0),
     ("memory per open session <= 300 bytes", "bytes_per_open_session", "<=", 300.0),
@@ -116,20 +121,33 @@ def render(results: dict[str, Any]) -> str:
             f"{_n(rss)} | {_seconds(cpu)} / {_seconds(other)} | {_seconds(busy)} | {_exact(series)} |"
         )
     quix = results.get("quix") or {}
-    if quix.get("runs"):
-        q = quix["runs"]
+    quix_ok = [r for r in quix.get("runs", []) if "check" in r]
+    if quix_ok:
+        q = quix_ok
         lines.append(
             f"| Quix Streams 3.28 (on {quix['services']}) | {_n(results.get('quix_eps'))} | "
             f"{min(r['eps'] for r in q):,} – {max(r['eps'] for r in q):,} | "
             f"{_ratio(quix.get('vs_limit_same_broker'))} (same broker) | – | – | "
             f"{_n(max(r['peak_rss_mb'] for r in q))} | – | – | {_exact(q)} |"
         )
+    pathway = results.get("pathway") or {}
+    if pathway.get("runs"):
+        series = [r for r in pathway["runs"] if "eps" in r]
+        lines.append(
+            f"| Pathway 0.33 (on {pathway['services']}) | {_n(results.get('pathway_eps'))} | "
+            + (f"{min(r['eps'] for r in series):,} – {max(r['eps'] for r in series):,}" if series else "–")
+            + f" | {_ratio(pathway.get('vs_limit_same_broker'))} (same broker) | – | – | "
+            f"{_n(max((r['peak_rss_mb'] for r in series), default=None))} | "
+            f"{_seconds(_median([r['cpu_s'] for r in series]))} / "
+            f"{_seconds(_median([r['other_cpu_s'] for r in series]))} | "
+            f"{_seconds(_median([r['cores_busy'] for r in series]))} | {_exact(series)} |"
+        )
     lines += ["", "Contenders:"] + [f"- **{label}**: {what}" for _k, label, what in THROUGHPUT_ROWS]
     failures = results.get("failures") or {}
     for key, message in failures.items():
         lines.append(f"- failed: {key}: {message}")
-    if quix.get("runs"):
-        q0 = quix["runs"][0]["check"]
+    if quix_ok:
+        q0 = quix_ok[0]["check"]
         lines += [
             f"- **Quix Streams**: {quix['description']} On {_n(quix.get('messages'))} playback messages "
             f"({quix['services']}), where the same run measured the limit at {_n(quix.get('limit_eps'))} and "
@@ -142,8 +160,11 @@ def render(results: dict[str, Any]) -> str:
         ]
     elif results.get("skipped", {}).get("quix"):
         lines.append(f"- **Quix Streams**: skipped: {results['skipped']['quix']}")
+    lines += _pathway(results, pathway)
+    lines += _peer_ratios(results)
 
-    lines += ["", "## Targets (issue 5)", "", "| target | measured | met |", "|---|---:|---|"]
+    lines += _scaleout(results)
+    lines += ["", "## Targets (issues 5 and 13)", "", "| target | measured | met |", "|---|---:|---|"]
     for description, key, op, threshold in TARGETS:
         value = ratios.get(key, results.get(key))
         if value is None:
@@ -216,10 +237,99 @@ def render(results: dict[str, Any]) -> str:
         lines += [f"- {e['share']:.1%} `{e['what']}`" for e in profile["top_inclusive_project_functions"][:12]]
     else:
         lines.append(f"skipped: {results.get('skipped', {}).get('profile', 'not run')}")
+    for processes in (2, 4):
+        lines += _cluster_profile(results, processes)
     skipped = results.get("skipped") or {}
     if skipped:
         lines += ["", "## Skipped", ""] + [f"- {k}: {v}" for k, v in skipped.items()]
     return "\n".join(lines) + "\n"
+
+
+def _pathway(results: dict[str, Any], pathway: dict[str, Any]) -> list[str]:
+    series = [r for r in pathway.get("runs", []) if "check" in r]
+    if not series:
+        skipped = results.get("skipped", {}).get("pathway") or results.get("failures", {}).get("pathway")
+        return [f"- **Pathway**: skipped: {skipped}"] if skipped else []
+    check = series[0]["check"]
+    return [
+        f"- **Pathway**: {pathway['description']} On {_n(pathway.get('messages'))} messages "
+        f"({pathway['services']}), where the same run measured the limit at {_n(pathway.get('limit_eps'))} and "
+        f"streampulse stream_starts-only at {_n(pathway.get('streampulse_starts_1p_eps'))} events/s. Counted "
+        f"{_n(check['measured_total'])} stream starts where the truth has {_n(check['expected_total'])} (first "
+        f"round): {_n(check['cells_differing'])} of {_n(check['cells'])} (window, country, device) cells differ "
+        f"({_n(check['cells_extra'])} extra, {_n(check['cells_missing'])} missing; at most "
+        f"{_n(check.get('late_counted_at_most'))} of the counts beyond the truth are late events it let through); "
+        f"{_n(check.get('parsed'))} messages fit its schema.",
+    ]
+
+
+def _peer_ratios(results: dict[str, Any]) -> list[str]:
+    """Each peer as a ratio to streampulse stream_starts only, measured on the same broker in the same sitting."""
+    rows = []
+    for key, label in (("quix", "Quix Streams 3.28"), ("pathway", "Pathway 0.33")):
+        peer = results.get(key) or {}
+        if peer.get("runs"):
+            rows.append(
+                f"| {label} | {_n(results.get(f'{key}_eps'))} | {_n(peer.get('streampulse_starts_1p_eps'))} | "
+                f"{_ratio(peer.get('vs_streampulse_starts_same_broker'))} | {_exact(peer['runs'])} |"
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "Peers against streampulse stream_starts only, same broker, same sitting (medians):",
+        "",
+        "| peer | peer events/s | streampulse stream_starts events/s | peer / streampulse | peer exact |",
+        "|---|---:|---:|---:|---|",
+        *rows,
+    ]
+
+
+def _cluster_profile(results: dict[str, Any], processes: int) -> list[str]:
+    """Where each process of the N-process cluster spends its time: categories and top functions, per process."""
+    profile = results.get(f"profile_{processes}p") or {}
+    lines = ["", f"## Profile: all metrics, {processes} processes, py-spy on each", ""]
+    if not profile.get("processes"):
+        skipped = results.get("skipped", {}).get(f"profile_{processes}p", "not run")
+        return [*lines, f"skipped: {skipped}"]
+    lines.append(f"{profile.get('mode', '')}; shares of each process's own samples.")
+    for entry in profile["processes"]:
+        lines += ["", f"**Process {entry['process_id']}** ({entry['samples']:,} samples). By category:", ""]
+        lines += [f"- {e['share']:.1%} {e['what']}" for e in entry["by_category"][:8]]
+        lines += ["", "Top functions by own time:", ""]
+        lines += [f"- {e['share']:.1%} `{e['what']}`" for e in entry["top_self_functions"][:8]]
+        lines += ["", "Project functions by inclusive time:", ""]
+        lines += [f"- {e['share']:.1%} `{e['what']}`" for e in entry["top_inclusive_project_functions"][:8]]
+    return lines
+
+
+def _scaleout(results: dict[str, Any]) -> list[str]:
+    """The scale-out table (bench/scaleout.py): CPU seconds per process, efficiency, capacity, wall clock."""
+    runs: dict[str, list[dict[str, Any]]] = results.get("runs", {})
+    lines = [
+        "",
+        "## Scale-out: all metrics on 1, 2 and 4 processes",
+        "",
+        "Efficiency = CPU s of the 1-process run / (N x CPU s of the busiest process); capacity = events / CPU s "
+        "of the busiest process (what N free cores would hold); wall clock = events/s / the 1-process events/s "
+        "measured here, where the broker and Redis share the cores. Medians.",
+        "",
+        "| processes | events/s here | wall clock vs 1 | CPU s of each process (first round) | busiest CPU s | "
+        "efficiency | capacity events/s | rest of machine CPU s | cores left for the flow |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for n in (1, 2, 4):
+        series = [r for r in runs.get(f"streampulse_all_{n}p", []) if "eps" in r]
+        each = ", ".join(f"{s:.1f}" for s in series[0].get("process_cpu_s", [])) if series else "–"
+        lines.append(
+            f"| {n} | {_n(results.get(f'streampulse_all_{n}p_eps'))} | "
+            f"{_ratio(1.0 if n == 1 and series else results.get(f'wallclock_ratio_{n}p'))} | {each} | "
+            f"{_seconds(results.get(f'busiest_process_cpu_s_{n}p'))} | "
+            f"{_ratio(1.0 if n == 1 and series else results.get(f'scaleout_efficiency_{n}p'))} | "
+            f"{_n(results.get(f'capacity_{n}p_eps'))} | {_seconds(results.get(f'other_cpu_s_{n}p'))} | "
+            f"{_ratio(results.get(f'cores_left_for_flow_{n}p'))} |"
+        )
+    return lines
 
 
 def _median(values: list[float]) -> float | None:

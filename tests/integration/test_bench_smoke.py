@@ -3,8 +3,10 @@
 A benchmark is not a test: nothing here looks at a timing. It checks that
 `python -m bench` completes on its own embedded stack, that every counting
 run agreed with the load generator's truth, and that the results files have
-the keys the issue asks for. Quix Streams (needs Apache Kafka and its own
-environment) and the profile (py-spy) are left out; the memory steps are small.
+the keys the issue asks for, the scale-out ones (issue 13) from every
+process's CPU seconds included. The peers (Quix Streams needs Apache Kafka;
+each needs its own environment) and the profile (py-spy) are left out; the
+memory steps are small.
 The hand-written decoder of the `baseline_orjson` contender is checked against
 the contract decoder field by field (no services needed).
 """
@@ -35,7 +37,7 @@ def test_bench_harness_runs_on_tiny_input(tmp_path: Path) -> None:
     results = tmp_path / "results"
     argv = [
         sys.executable, "-m", "bench",
-        "--events", "20000", "--rounds", "1", "--skip", "quix,profile",
+        "--events", "20000", "--rounds", "1", "--skip", "quix,pathway,profile",
         "--memory-steps", "1000,3000", "--no-memory-split",
         "--freshness-rate", "2000", "--freshness-seconds", "2", "--freshness-drain", "0",
         "--results-dir", str(results), "--work-dir", str(tmp_path / "work"),
@@ -54,10 +56,19 @@ def test_bench_harness_runs_on_tiny_input(tmp_path: Path) -> None:
         "baseline_orjson",
         "streampulse_all_1p",
         "streampulse_all_2p",
+        "streampulse_all_4p",
         "streampulse_starts_1p",
     )
     for name in names:
         assert data[f"{name}_eps"] is not None, name
+    # Every process of a cluster has its own CPU seconds, and they make the scale-out figures.
+    for processes in (1, 2, 4):
+        run = data["runs"][f"streampulse_all_{processes}p"][0]
+        assert len(run["process_cpu_s"]) == processes and all(s > 0 for s in run["process_cpu_s"]), run
+        assert run["busiest_process_cpu_s"] == max(run["process_cpu_s"])
+    for key in ("scaleout_efficiency_2p", "scaleout_efficiency_4p", "capacity_2p_eps", "capacity_4p_eps"):
+        assert data[key] is not None and data[key] > 0, key
+    assert data["wallclock_ratio_2p"] is not None and data["other_cpu_s_2p"] is not None
     # Every run that counts stream starts matched the truth (a correctness check, not a timing one).
     checks = {name: [run["check"]["exact"] for run in runs if "check" in run] for name, runs in data["runs"].items()}
     assert all(all(c) for c in checks.values()), checks
@@ -68,6 +79,7 @@ def test_bench_harness_runs_on_tiny_input(tmp_path: Path) -> None:
     assert [step["sessions"] for step in data["memory"]["steps"]] == [1000, 3000]
     report = (results / "latest.md").read_text()
     assert "| streampulse all metrics, 1 process |" in report
+    assert "## Scale-out: all metrics on 1, 2 and 4 processes" in report
 
 
 def _decoder_cases(family: str) -> Iterator[bytes | None]:
