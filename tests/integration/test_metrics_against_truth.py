@@ -2,8 +2,8 @@
 
 The stream has out-of-order delivery across partitions, duplicates, events
 later than the allowed lateness and malformed messages of every kind. The
-flow runs with 1 worker, 2 workers and 2 processes; the aggregates must not
-change. Expected values come from the generator's truth file (its own
+flow runs with 1 worker, 2 workers, 2 processes and 2 processes of 2 workers
+(1, 2, 2 and 4 shards of the window state); the aggregates must not change. Expected values come from the generator's truth file (its own
 bookkeeping of what it produced) and, for percentiles, from the raw events.
 """
 
@@ -25,6 +25,7 @@ import redis
 from loadgen.api import Generated, Message, generate, produce
 from loadgen.config import FaultConfig, ModelParams
 from settings.kafka import KafkaSettings
+from sinks.redis_layout import shards_key
 from sinks.redis_query import query
 from sinks.window_read import read_windows
 from streampulse.processes import free_port
@@ -140,6 +141,7 @@ def _run(topology: str, connection: list[str], tmp_path: Path) -> None:
         result = streampulse("run", "--exit-at-end", "--workers", "2", "--metrics-port", "0", *connection, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
     else:
+        workers = "2" if topology == "2 processes x 2 workers" else "1"
         addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
         logs = [tmp_path / f"process-{i}.log" for i in range(2)]
         processes = [
@@ -156,6 +158,8 @@ def _run(topology: str, connection: list[str], tmp_path: Path) -> None:
                     str(i),
                     "--addresses",
                     addresses,
+                    "--workers",
+                    workers,
                     *connection,
                 ],
                 stdout=logs[i].open("wb"),
@@ -251,7 +255,11 @@ def _dead_letters(kafka: KafkaSettings) -> Counter[str]:
     return Counter(reasons.values())
 
 
-@pytest.mark.parametrize("topology", ["1 worker", "2 workers", "2 processes"])
+# Every worker owns a shard of the window state (flows/sharding.py).
+SHARDS = {"1 worker": 1, "2 workers": 2, "2 processes": 2, "2 processes x 2 workers": 4}
+
+
+@pytest.mark.parametrize("topology", list(SHARDS))
 def test_every_metric_equals_ground_truth(
     stack: Stack, unique_name: str, generated: Generated, topology: str, tmp_path: Path
 ) -> None:
@@ -261,6 +269,12 @@ def test_every_metric_equals_ground_truth(
     CLOSE_MS[namespace] = _produce_closed(generated, kafka)
     _run(topology, _connection(kafka, stack, namespace), tmp_path)
     _assert_equal_to_truth(stack, kafka, namespace, generated)
+    # Each worker wrote its own cells: the rows of a window come from every shard.
+    client = redis.Redis.from_url(stack.redis_url)
+    shards = SHARDS[topology]
+    assert client.hget(shards_key(namespace), "count") == str(shards).encode()
+    busiest = max(client.hlen(key) for key in client.scan_iter(match=f"sp:{namespace}:aggs:1m:stream_starts:*"))
+    assert busiest == shards
 
 
 def test_a_run_killed_and_restarted_from_its_snapshots_equals_ground_truth(
