@@ -115,3 +115,69 @@ def test_kill_9_at_random_moments_under_live_load_then_finish_equals_truth(
     result = streampulse("run", "--exit-at-end", "--metrics-port", "0", *recovery, *connection, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     _assert_equal_to_truth(stack, kafka, namespace, generated)
+
+
+CLUSTER_KILLS = 2
+
+
+def _start_cluster(options: list[str], logs: list[Path]) -> list[subprocess.Popen[bytes]]:
+    """`streampulse run OPTIONS` as a cluster of one process per log, each serving /metrics on a port of its own."""
+    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    return [
+        subprocess.Popen(
+            [
+                *(sys.executable, "-m", "streampulse.cli", "run", "--metrics-port", str(free_port())),
+                *("--process-id", str(i), "--addresses", addresses, *options),
+            ],
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        for i, log in enumerate(logs)
+    ]
+
+
+def test_kill_9_one_process_of_a_cluster_then_restart_equals_truth(
+    stack: Stack, unique_name: str, generated: Generated, tmp_path: Path
+) -> None:
+    """Each process owns shards of the window state; one is killed, the cluster restarts from its snapshots."""
+    kafka = _kafka(stack, unique_name)
+    create_topics(stack.bootstrap, {kafka.playback_topic: PARTITIONS, kafka.signup_topic: PARTITIONS})
+    namespace = f"chaos-cluster-{unique_name}"
+    connection = _connection(kafka, stack, namespace)
+    recovery = ["--recovery-dir", str(tmp_path / "recovery"), "--snapshot-interval", "1"]
+    messages = generated.messages
+    cut, close_ms = closing_point(messages)
+    CLOSE_MS[namespace] = close_ms - close_ms % 60_000
+    logs = [tmp_path / "process-0.log", tmp_path / "process-1.log"]
+
+    def tails() -> str:
+        return "\n".join(log.read_text()[-1500:] for log in logs)
+
+    rng = random.Random(20261207)
+    step = -(-cut // (CLUSTER_KILLS + 1))
+    for kill in range(CLUSTER_KILLS):
+        assert produce(messages[kill * step : (kill + 1) * step], kafka)["failed"] == 0
+        cluster = _start_cluster([*recovery, *connection], logs)
+        try:
+            time.sleep(rng.uniform(4.0, 8.0))  # mid-stream: windows open, snapshots taken
+            assert all(p.poll() is None for p in cluster), f"round {kill}: a process died\n{tails()}"
+            cluster[1].kill()  # kill -9 one process; its peer loses the cluster and stops too
+            cluster[0].wait(timeout=60)
+        finally:
+            for process in cluster:
+                process.kill()
+                process.wait(timeout=30)
+    assert produce(messages[CLUSTER_KILLS * step : cut], kafka)["failed"] == 0
+    produce_messages(kafka.bootstrap, kafka.playback_topic, _closing_events("playback", close_ms))
+    produce_messages(kafka.bootstrap, kafka.signup_topic, _closing_events("signup", close_ms))
+    assert produce(messages[cut:], kafka)["failed"] == 0
+
+    # Another number of workers cannot resume these snapshots: refused at start, saying what to do.
+    refused = streampulse("run", "--exit-at-end", "--metrics-port", "0", *recovery, *connection, timeout=120)
+    assert refused.returncode != 0 and "2 workers in all" in refused.stderr, refused.stderr[-2000:]
+
+    cluster = _start_cluster([*recovery, "--exit-at-end", *connection], logs)
+    for process in cluster:
+        assert process.wait(timeout=300) == 0, tails()
+    _assert_equal_to_truth(stack, kafka, namespace, generated)
