@@ -15,7 +15,7 @@ def test_the_same_shard_count_resumes_and_another_is_refused(tmp_path: Path) -> 
     assert recovery_config(str(directory), None, 1, shards=2) is not None
     assert (directory / CLUSTER_MARKER).exists()
     assert recovery_config(str(directory), None, 1, shards=2) is not None
-    with pytest.raises(ConfigError, match="a cluster of 2 workers in all .* this run has 4. .*restart with 2 workers"):
+    with pytest.raises(ConfigError, match=r"a cluster of 2 workers in all .* this run has 4. .*restart with 2 workers"):
         recovery_config(str(directory), None, 1, shards=4)
 
 
@@ -23,5 +23,5 @@ def test_snapshots_from_before_sharding_are_refused_with_what_to_do(tmp_path: Pa
     directory = tmp_path / "recovery"
     recovery_config(str(directory), None, 1, shards=1)
     (directory / CLUSTER_MARKER).unlink()  # as an earlier streampulse left it: the store, no marker
-    with pytest.raises(ConfigError, match="before the window state was sharded.*move .* away to start afresh"):
+    with pytest.raises(ConfigError, match=r"before the window state was sharded.*move .* away to start afresh"):
         recovery_config(str(directory), None, 1, shards=1)
