@@ -1,21 +1,24 @@
-"""The streampulse dataflow: Kafka partitions -> window store -> Redis, /metrics and dead letters.
+"""The streampulse dataflow: Kafka partitions -> sharded window store -> Redis, /metrics and dead letters.
 
     playback/sign-up topics ──► KafkaEventSource (decode + pre-aggregate per batch)
                                    │ BatchSummary per batch
                                    ├──► its rejects ──► DeadLetterSink      (on the worker that read them)
                                    ▼ the summary without them (rejects counted by reason)
-                            WindowLogic (one store: merge, watermark, partial/final)
-                                   │ WindowUpdate                      └─ PipelineHealth ──► HealthRedisSink
+                            ShardRouter.split (on the reader's worker): each shard's cells + every progress
+                                   ▼ keyed by shard (one per worker of the cluster)
+                            WindowLogic (a shard's store: merge, watermark, partial/final)
+                                   │ WindowUpdate, ShardProgress       └─ PipelineHealth (shard 0) ──► HealthRedisSink
                                    ├──► RedisWindowSink
                                    ├──► PrometheusWindowSink
-                                   └──► final fine windows ──► AnomalyLogic (flows/anomaly/steps.py)
+                                   └──► final fine windows ──► per-shard detector + roll-up step (flows/anomaly/steps.py)
                                            └──► anomalies topic, Redis, /metrics (sinks/anomaly_sink.py)
 
-All summaries meet in one stateful step (one key) because the watermark is a
-property of all partitions together; by then each batch is a handful of
-partial counters, so one step keeps up with many readers. Rejected messages
-are split off before that step: in a cluster their bytes would otherwise
-cross processes only to be split off there.
+Every worker owns one shard of the window state (flows/sharding.py says which
+cells and why): the store, its Redis writes, its /metrics and its cells'
+anomaly series all run on that worker, so capacity grows with the cluster.
+Every shard receives every partition's progress and so closes each window at
+the same watermark. Rejected messages are split off before anything crosses
+workers: their bytes stay on the worker that read them.
 """
 
 from __future__ import annotations
