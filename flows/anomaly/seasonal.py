@@ -59,29 +59,39 @@ class SeasonalBaseline:
 
         With `learned_only` False, its value wherever it has any (NaN only where nothing was seen).
         """
+        value, enough = self._profile_values(profile, at_ms, size)
+        return np.where(enough, value, np.nan) if learned_only else value
+
+    def _profile_values(
+        self, profile: tuple[Floats, Floats, Floats, int, float], at_ms: float, size: int
+    ) -> tuple[Floats, Bools]:
+        """A profile's value at `at_ms` per series wherever it has any (NaN elsewhere), and where learned enough."""
         num, den, seen, bin_ms, visits = profile
         lower, upper = _bins(at_ms, bin_ms)
         state = self._state
-        # Only count series have profiles: the arithmetic runs on their columns alone.
+        # Only count series have profiles: the arithmetic runs on their columns alone, of the two nearest bins.
         cols = state.count_rows
-        slots = np.ix_([lower % num.shape[0], (lower + 1) % num.shape[0]], cols)
-        num_, den_, seen_ = num[slots], den[slots], seen[slots]
-        learned = (den_ > 0).all(axis=0)
-        if learned_only:
-            learned &= (seen_ >= visits * bin_ms / size).all(axis=0)
+        first, second = lower % num.shape[0], (lower + 1) % num.shape[0]
+        num_0, num_1, den_0, den_1 = num[first, cols], num[second, cols], den[first, cols], den[second, cols]
+        seen_0, seen_1 = seen[first, cols], seen[second, cols]
+        learned = (den_0 > 0) & (den_1 > 0)
+        needed = visits * bin_ms / size
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            value = num_[0] / den_[0] * (1.0 - upper) + num_[1] / den_[1] * upper
+            value = num_0 / den_0 * (1.0 - upper) + num_1 / den_1 * upper
             # Shrunk towards 1 by how sure it is: a bin rests on `seen` windows of about value x the slow level
             # events each, spread phi times Poisson's, so its relative variance is about phi / (that many events).
             # A deviation of d is kept in the share d² / (d² + 4 x variance): one well beyond two standard errors
             # (the top of the hour on a big series) nearly whole, one within them (noise) mostly not.
-            events = value * state.b[cols] * (seen_[0] * (1.0 - upper) + seen_[1] * upper)
+            events = value * state.b[cols] * (seen_0 * (1.0 - upper) + seen_1 * upper)
             variance = np.maximum(state.phi[0, cols], 1.0) / events
             deviation = (value - 1.0) ** 2
             value = 1.0 + (value - 1.0) * deviation / (deviation + 4.0 * variance)
+        usable = learned & (value > 0) & np.isfinite(value)
         result: Floats = np.full(len(state), np.nan)
-        result[cols] = np.where(learned & (value > 0) & np.isfinite(value), value, np.nan)
-        return result
+        result[cols] = np.where(usable, value, np.nan)
+        enough: Bools = np.zeros(len(state), np.bool_)
+        enough[cols] = usable & (seen_0 >= needed) & (seen_1 >= needed)
+        return result, enough
 
     def _hour_factors(self, times: Sequence[float], size: int) -> list[Floats]:
         """The hour-of-the-day-or-week factor at each of `times`, 1 where not learned.
@@ -99,9 +109,7 @@ class SeasonalBaseline:
 
     def _minute_factor(self, at_ms: float, size: int) -> tuple[Floats, Bools]:
         """The minute-of-the-hour factor at `at_ms` as learned so far (1 where nothing), and where learned enough."""
-        minute = self._profiles()[2]
-        value = self._profile_at(minute, at_ms, size, learned_only=False)
-        learned = np.isfinite(self._profile_at(minute, at_ms, size))
+        value, learned = self._profile_values(self._profiles()[2], at_ms, size)
         return np.where(np.isfinite(value), value, 1.0), learned
 
     def _seasonal_ratio(self, start_ms: int, end_ms: int) -> Floats:

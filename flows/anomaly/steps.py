@@ -81,11 +81,16 @@ def _observe_in_order(
 
 
 class ShardDetectorLogic(StatefulBatchLogic[WindowUpdate | ShardProgress, Detection | RollUpInput, DetectorState]):
-    """One shard's cell series: each final fine window, oldest first; its roll-up sums go on with its progress."""
+    """One shard's cell series: each final fine window, oldest first; its roll-up sums go on with its progress.
 
-    def __init__(self, resume: DetectorState | None, config: DetectorConfig | None = None) -> None:
+    `alone`: the only shard, so it holds every cell and watches the roll-ups itself (one detector step a window
+    instead of two; the same results: tests/unit/flows/anomaly/test_sharded_detection.py).
+    """
+
+    def __init__(self, resume: DetectorState | None, config: DetectorConfig | None = None, alone: bool = False) -> None:
+        self._alone = alone
         if resume is None:
-            self._detector = AnomalyDetector(config, roll_up=False)
+            self._detector = AnomalyDetector(config, roll_up=alone)
             self._pending: dict[int, tuple[int, Cells]] = {}
         else:
             self._detector = AnomalyDetector.restore(resume["detector"], config)
@@ -103,12 +108,12 @@ class ShardDetectorLogic(StatefulBatchLogic[WindowUpdate | ShardProgress, Detect
             assert item.complete is not None  # filtered upstream
             cells = cell_inputs(item.complete)
             windows.append((item.window_start_ms, item.window_end_ms, cells))
-            if cells:
+            if cells and not self._alone:
                 self._pending[item.window_start_ms] = (item.window_end_ms, roll_up_sums(cells))
         detections: list[Detection] = []
         _observe_in_order(self._detector, windows, detections)
         out: list[Detection | RollUpInput] = list(detections)
-        if progress is not None:
+        if progress is not None and not self._alone:
             # Every window this shard made final so far is in `_pending` or was sent: the progress can go.
             out.append(RollUpInput(progress.shard, progress.shards, progress.final_through_ms, self._pending))
             self._pending = {}
@@ -189,7 +194,10 @@ def detect_anomalies(
     wanted = op.filter("final_fine_windows", outputs, is_final_fine_or_progress(windows.fine_name))
     # The shard's own key again: the same worker as its window state, so nothing moves.
     keyed = op.key_on("shard_detector_key", wanted, lambda item: shard_keys[item.shard])
-    per_shard = op.stateful_batch("anomaly_detector", keyed, lambda resume: ShardDetectorLogic(resume, config))
+    alone = len(shard_keys) == 1
+    per_shard = op.stateful_batch("anomaly_detector", keyed, lambda resume: ShardDetectorLogic(resume, config, alone))
+    if alone:
+        return op.filter_map("drop_shard_key", per_shard, lambda kv: kv[1] if isinstance(kv[1], Detection) else None)
     split = op.branch("roll_ups_apart", op.map("drop_shard_key", per_shard, lambda kv: kv[1]), _is_detection)
     cell_detections: Stream[Detection] = split.trues  # type: ignore[assignment]
     to_roll_up: Stream[RollUpInput] = split.falses  # type: ignore[assignment]

@@ -64,10 +64,10 @@ def _exported(ports: list[int]) -> tuple[Counter[tuple[str, str, str]], int]:
 def test_counters_summed_over_processes_equal_what_redis_holds(
     stack: Stack,
     unique_name: str,
-    generated: Generated,
+    generated: Generated,  # noqa: F811  (the fixture imported above)
     processes: int,
     workers: int,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     kafka = _kafka(stack, unique_name)
     create_topics(stack.bootstrap, {kafka.playback_topic: PARTITIONS, kafka.signup_topic: PARTITIONS})

@@ -58,9 +58,9 @@ def _single(traffic: list[WindowValues]) -> list[AnomalyEvent]:
     return events
 
 
-def _sharded(traffic: list[WindowValues], shards: int, publish_every: int) -> list[AnomalyEvent]:
+def _sharded(traffic: list[WindowValues], shards: int, publish_every: int, alone: bool = False) -> list[AnomalyEvent]:
     router = ShardRouter(shards)
-    cell_logic = [ShardDetectorLogic(None) for _ in range(shards)]
+    cell_logic = [ShardDetectorLogic(None, alone=alone) for _ in range(shards)]
     roll_ups = RollUpLogic(None)
     outputs: list[Detection | RollUpInput] = []
     batches: list[list[WindowUpdate | ShardProgress]] = [[] for _ in range(shards)]
@@ -86,9 +86,11 @@ def _sharded(traffic: list[WindowValues], shards: int, publish_every: int) -> li
     return events
 
 
-@pytest.mark.parametrize(("shards", "publish_every"), [(1, 1), (2, 1), (2, 7), (4, 3)])
-def test_sharded_detection_equals_one_detector(shards: int, publish_every: int) -> None:
+@pytest.mark.parametrize(
+    ("shards", "publish_every", "alone"), [(1, 1, True), (1, 1, False), (2, 1, False), (2, 7, False), (4, 3, False)]
+)
+def test_sharded_detection_equals_one_detector(shards: int, publish_every: int, alone: bool) -> None:
     traffic = _traffic()
     expected = sorted(map(_key, _single(traffic)))
     assert {(e[1], e[2], e[3]) for e in expected} >= {("sps", "BR", "tv"), ("vsf_rate", "DE", "all")}
-    assert sorted(map(_key, _sharded(traffic, shards, publish_every))) == expected
+    assert sorted(map(_key, _sharded(traffic, shards, publish_every, alone))) == expected
