@@ -337,18 +337,33 @@ class Bench:
             self.write()
 
     def _startup_cost(self, target: c.Target) -> None:
-        """`streampulse run --exit-at-end` on empty topics: the fixed cost inside every streampulse wall time."""
+        """`streampulse run --exit-at-end` on empty topics: the fixed cost inside every streampulse wall time.
+
+        Also on 2 and 4 processes, for the CPU seconds each process spends starting and stopping whatever it
+        reads (bench/scaleout.py takes them out for the steady-state efficiency).
+        """
         prefix = f"bench-empty-{self.run_id}"
         playback, signup = f"{prefix}-playback", f"{prefix}-signup"
         create_topics(target.bootstrap, {playback: self.args.partitions, signup: self.args.partitions})
         empty = Preloaded(playback, signup, 0, 0, 0.0, 0.0, {}, 0, 0, 0, 0, 0)
         walls = []
+        busiest: dict[int, list[float]] = {1: [], 2: [], 4: []}
         for i in range(max(1, min(3, self.args.rounds))):
             argv = c.streampulse_argv(target, empty, f"bench-empty-{i}", "--exit-at-end", "--metrics-port", "0")
-            walls.append(run_timed([(f"startup-{i}", argv)], self.work_dir, timeout_s=120).wall_s)
+            for n in busiest:
+                timed = run_timed(c.cluster_commands(f"startup-{n}p-{i}", n, argv), self.work_dir, timeout_s=120)
+                busiest[n].append(max(timed.process_cpu_s, default=timed.cpu_s))
+                if n == 1:
+                    walls.append(timed.wall_s)
         delete_topics(target.bootstrap, [playback, signup])
         self.results["streampulse_startup_s"] = round(statistics.median(walls), 3)
-        say(f"streampulse start-up + shutdown on empty topics: {self.results['streampulse_startup_s']:.2f} s")
+        for n, cpu in busiest.items():
+            self.results[f"startup_busiest_cpu_s_{n}p"] = round(statistics.median(cpu), 3)
+        say(
+            f"streampulse start-up + shutdown on empty topics: {self.results['streampulse_startup_s']:.2f} s; "
+            "busiest process's CPU s at 1, 2, 4 processes: "
+            + ", ".join(f"{self.results[f'startup_busiest_cpu_s_{n}p']:.2f}" for n in busiest)
+        )
 
     def _summarise_throughput(self) -> None:
         results, ratios = self.results, self.results["ratios"]
@@ -372,7 +387,8 @@ class Bench:
             if one and eps:
                 ratios[f"{name}_vs_all_1p"] = round(eps / one, 3)
         messages = (results.get("input") or {}).get("messages") or 0
-        results.update(scaleout.summarise(results["runs"], messages, results["machine"]["cores"]))
+        startup = {n: results.get(f"startup_busiest_cpu_s_{n}p") for n in (1, 2, 4)}
+        results.update(scaleout.summarise(results["runs"], messages, results["machine"]["cores"], startup))
 
     def _profile(self, data: Preloaded, target: c.Target) -> None:
         namespace = f"bench-profile-{self.run_id}"

@@ -11,6 +11,9 @@ each of N processes spends 1/N of the 1-process run's CPU seconds.
 - capacity at N (events/s with N free cores) = events / CPU s of the busiest
   process: how fast the cluster would go if nothing but its own work held each
   process back (start-up included, as in every wall time here).
+- steady-state efficiency at N: the same with each run's start-up taken out, the CPU seconds the busiest
+  process of an N-process run spends on empty topics (imports, joining the cluster, connecting, shutting
+  down): what a long-running cluster gets, where a benchmark of seconds pays start-up once per process.
 - wall-clock ratio = N-process events/s / 1-process events/s, measured here.
 - the rest of the machine (broker, Redis, the harness) over each run: its CPU
   seconds, and the cores that leaves the flow (cores - rest / wall time).
@@ -44,11 +47,18 @@ def _median(runs: list[dict[str, Any]], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def summarise(runs: dict[str, list[dict[str, Any]]], messages: int, cores: int) -> dict[str, Any]:
+def summarise(
+    runs: dict[str, list[dict[str, Any]]],
+    messages: int,
+    cores: int,
+    startup_cpu_s: dict[int, float | None] | None = None,
+) -> dict[str, Any]:
     """The scale-out keys of latest.json from the throughput runs (a key is None where a run is missing).
 
-    `messages` is what every run read (the events of events/s); `cores` the machine's.
+    `messages` is what every run read (the events of events/s); `cores` the machine's; `startup_cpu_s` the busiest
+    process's CPU seconds on empty topics per process count (for the steady-state efficiency).
     """
+    startup = startup_cpu_s or {}
     out: dict[str, Any] = {}
     per_count: dict[int, dict[str, float | None]] = {}
     for n, name in ALL_METRICS.items():
@@ -75,6 +85,11 @@ def summarise(runs: dict[str, list[dict[str, Any]]], messages: int, cores: int) 
         busiest = figures["busiest"]
         ratio = efficiency(one["cpu_s"] or 0.0, busiest or 0.0, n)
         out[f"scaleout_efficiency_{n}p"] = None if ratio is None else round(ratio, 3)
+        fixed_one, fixed_n = startup.get(1), startup.get(n)
+        steady = None
+        if fixed_one is not None and fixed_n is not None and one["cpu_s"] and busiest:
+            steady = efficiency(one["cpu_s"] - fixed_one, busiest - fixed_n, n)
+        out[f"scaleout_efficiency_{n}p_steady"] = None if steady is None else round(steady, 3)
         capacity = capacity_eps(messages, busiest or 0.0)
         out[f"capacity_{n}p_eps"] = None if capacity is None else round(capacity)
         eps, one_eps = figures["eps"], one["eps"]

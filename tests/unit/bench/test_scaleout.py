@@ -65,3 +65,15 @@ def test_summary_keys_from_the_median_of_each_figure() -> None:
 def test_summary_without_any_run_is_all_none() -> None:
     out = summarise({}, messages=0, cores=2)
     assert out and all(value is None for value in out.values()), out
+
+
+def test_the_steady_state_efficiency_takes_each_process_s_start_up_out() -> None:
+    runs = {
+        "streampulse_all_1p": [_run(100_000, 10.0, [11.0], 1.0)],
+        "streampulse_all_2p": [_run(150_000, 7.0, [6.5, 6.0], 1.0)],
+    }
+    # Start-up: 1 s on one process, 1.5 s on the busiest of two: 10 s of work against 5 s on the busiest.
+    out = summarise(runs, 1_000_000, 2, {1: 1.0, 2: 1.5})
+    assert out["scaleout_efficiency_2p"] == pytest.approx(11.0 / (2 * 6.5), abs=1e-3)
+    assert out["scaleout_efficiency_2p_steady"] == pytest.approx(10.0 / (2 * 5.0), abs=1e-3)
+    assert summarise(runs, 1_000_000, 2)["scaleout_efficiency_2p_steady"] is None  # not measured: not made up
