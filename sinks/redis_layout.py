@@ -5,8 +5,7 @@ touches live keys:
 
 | key | type | content |
 |---|---|---|
-| `sp:{ns}:aggs:{res}:{aggregate}:{window_start_ms}` | hash | field `{shard}`: the JSON array of that shard's rows `[dim1, dim2, …, value]`: dimension values in the aggregate's order (flows/windows/catalog.py), then the integer value. Shards own disjoint (country, device_type) cells, so the window's rows are every field's rows together |
-| `sp:{ns}:win:{res}:{window_start_ms}` | hash | `end_ms`, `watermark_ms`, `updated_ms`, and per shard `final:{shard}` (0/1) and `late:{event_type}:{shard}` counts (a window's late count: their sum) |
+| `sp:{ns}:win:{res}:{window_start_ms}` | hash | the window: `end_ms`, `watermark_ms`, `updated_ms`, and per shard `final:{shard}` (0/1), `late:{event_type}:{shard}` counts (the window's late count: their sum) and `agg:{aggregate}:{shard}`, the JSON array of the shard's rows of the aggregate `[dim1, dim2, …, value]`: dimension values in the aggregate's order (flows/windows/catalog.py), then the integer value. Shards own disjoint (country, device_type) cells, so an aggregate's rows are every shard's rows together |
 | `sp:{ns}:shards` | hash | `count`: the shards (workers) of the cluster writing; `through:{shard}`: every window ending at or before it is final in that shard. A window is final once its end is at or before every shard's `through` (sinks/window_read.py), so a reader never takes a window half the shards have finished for final |
 | `sp:{ns}:windows:{res}` | sorted set | member and score = window_start_ms of every window written |
 | `sp:{ns}:anomalies` | sorted set | recent anomalies: member = anomaly id (`series:country:device_type:direction:onset_ms`), score = end of the window it opened in (ms); the newest 1000 are kept |
@@ -15,12 +14,15 @@ touches live keys:
 
 Each shard of the window state (one per worker of the cluster, flows/sharding.py) writes only the cells it
 owns, under its own field. Values are absolute per window: each publish rewrites, whole, every
-aggregate of a window that changed since its last publish, inside MULTI/EXEC,
+aggregate of a window that changed since its last publish (one HSET per window and shard), inside MULTI/EXEC,
 so a retry, restart or replay writes the same value (never an increment) and
 a reader never sees half an update. One JSON document per (window,
-aggregate) rather than a hash field per dimension combination: orjson
+aggregate, shard) rather than a hash field per dimension combination: orjson
 encodes it in C, where redis-py packs hash fields one by one in Python (22 %
-of the flow's time, measured). Every key carries the retention TTL.
+of the flow's time, measured); and all of a window in one hash, so a shard
+writes a window with one HSET rather than one command per aggregate (the
+command count would otherwise grow with the shards). Every key carries the
+retention TTL.
 Anomalies are written the same way: each event sets the anomaly's whole
 latest state, so a retry or a replay writes the same document again.
 """
@@ -28,11 +30,6 @@ latest state, so a retry or a replay writes the same document again.
 from __future__ import annotations
 
 PREFIX = "sp"
-
-
-def aggregate_key(namespace: str, resolution: str, aggregate: str, window_start_ms: int) -> str:
-    """Hash of one aggregate's values in one window: a JSON document of rows per shard."""
-    return f"{PREFIX}:{namespace}:aggs:{resolution}:{aggregate}:{window_start_ms}"
 
 
 def legacy_aggregate_key(namespace: str, resolution: str, aggregate: str, window_start_ms: int) -> str:
@@ -46,7 +43,7 @@ def shards_key(namespace: str) -> str:
 
 
 def window_key(namespace: str, resolution: str, window_start_ms: int) -> str:
-    """Hash of one window's status (final, late counts)."""
+    """Hash of one window: its status (final, late counts) and each shard's rows of each aggregate."""
     return f"{PREFIX}:{namespace}:win:{resolution}:{window_start_ms}"
 
 

@@ -18,7 +18,7 @@ from flows.health import PipelineMetrics, pipeline_metrics
 from flows.windows.store import ShardProgress, WindowUpdate
 from settings.redis import RedisSettings
 from sinks.base import RetryUntilAccepted, WorkerSink, Writer
-from sinks.redis_layout import aggregate_key, index_key, shards_key, window_key
+from sinks.redis_layout import index_key, shards_key, window_key
 
 log = logging.getLogger(__name__)
 
@@ -91,22 +91,21 @@ class RedisWindowWriter(Writer[WindowUpdate | ShardProgress]):
                 pipe.expire(shards_key(ns), ttl)
                 continue
             updates.append(update)
-            res, start, shard = update.resolution, update.window_start_ms, str(update.shard)
-            for aggregate, values in update.changes.items():
-                # The shard's whole content of the aggregate in this window, one document: written again, the same.
-                document = orjson.dumps([[*dims, value] for dims, value in values.items()])
-                key = aggregate_key(ns, res, aggregate, start)
-                pipe.hset(key, shard, document)
-                pipe.expire(key, ttl)
-            meta: dict[str, int] = {
+            res, start, shard = update.resolution, update.window_start_ms, update.shard
+            # One hash per window: its status, and per shard its whole content of each aggregate that changed as
+            # one document (written again, the same) — one command for all of them, not one per aggregate.
+            fields: dict[str, int | bytes] = {
                 f"final:{shard}": int(update.final),
                 "end_ms": update.window_end_ms,
                 "watermark_ms": update.watermark_ms,
                 "updated_ms": now_ms,
             }
-            meta.update({f"late:{event_type}:{shard}": count for event_type, count in update.late.items()})
+            for event_type, count in update.late.items():
+                fields[f"late:{event_type}:{shard}"] = count
+            for aggregate, values in update.changes.items():
+                fields[f"agg:{aggregate}:{shard}"] = orjson.dumps([[*dims, value] for dims, value in values.items()])
             win_key = window_key(ns, res, start)
-            pipe.hset(win_key, mapping=meta)  # type: ignore[arg-type]
+            pipe.hset(win_key, mapping=fields)  # type: ignore[arg-type]
             pipe.expire(win_key, ttl)
             pipe.zadd(index_key(ns, res), {str(start): start})
         for res in {u.resolution for u in updates}:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import orjson
 import redis
 
-from sinks.redis_layout import aggregate_key, legacy_aggregate_key, shards_key, window_key
+from sinks.redis_layout import legacy_aggregate_key, shards_key, window_key
 
 AggregateRows = dict[tuple[object, ...], int]
 
@@ -42,17 +42,25 @@ def final_through(shards: dict[bytes, bytes]) -> int | None:
     return min(int(t) for t in through)  # type: ignore[arg-type]
 
 
-def _status(start: int, meta: dict[bytes, bytes], through: int | None) -> StoredWindow | None:
-    end_ms = int(meta.get(b"end_ms", 0))
+def _window(start: int, fields: dict[bytes, bytes], through: int | None, wanted: set[str]) -> StoredWindow | None:
+    end_ms = int(fields.get(b"end_ms", 0))
     if not end_ms:
         return None  # expired between the index read and now
     late: dict[str, int] = {}
-    for name, value in meta.items():
+    documents: dict[str, list[bytes]] = {}
+    for name, value in fields.items():
         if name.startswith(b"late:"):
             event_type = name.decode().split(":")[1]  # late:{event_type}[:{shard}]
             late[event_type] = late.get(event_type, 0) + int(value)
-    final = end_ms <= through if through is not None else meta.get(b"final") == b"1"
-    return StoredWindow(start, end_ms, final, int(meta.get(b"watermark_ms", -1)), late)
+        elif name.startswith(b"agg:"):
+            aggregate = name.decode().split(":")[1]  # agg:{aggregate}:{shard}
+            if aggregate in wanted:
+                documents.setdefault(aggregate, []).append(value)
+    final = end_ms <= through if through is not None else fields.get(b"final") == b"1"
+    window = StoredWindow(start, end_ms, final, int(fields.get(b"watermark_ms", -1)), late)
+    for aggregate, shards in documents.items():
+        window.values[aggregate] = _rows(shards)
+    return window
 
 
 def _rows(documents: Iterable[bytes]) -> AggregateRows:
@@ -73,21 +81,19 @@ def read_windows(
     for start in starts:
         pipe.hgetall(window_key(namespace, resolution, start))
         for aggregate in aggregates:
-            pipe.hvals(aggregate_key(namespace, resolution, aggregate, start))
             pipe.get(legacy_aggregate_key(namespace, resolution, aggregate, start))
     replies = pipe.execute()
     through = final_through(replies[0])
     windows: list[StoredWindow] = []
-    stride = 1 + 2 * len(aggregates)
+    stride = 1 + len(aggregates)
     for i, start in enumerate(starts):
         at = 1 + i * stride
-        window = _status(start, replies[at], through)
+        window = _window(start, replies[at], through, set(aggregates))
         if window is None:
             continue
-        for j, aggregate in enumerate(aggregates):
-            per_shard, legacy = replies[at + 1 + 2 * j], replies[at + 2 + 2 * j]
-            documents = per_shard or ([legacy] if legacy is not None else [])
-            if documents:
-                window.values[aggregate] = _rows(documents)
+        # Written before sharding: one string per aggregate.
+        for aggregate, legacy in zip(aggregates, replies[at + 1 : at + stride], strict=True):
+            if legacy is not None and aggregate not in window.values:
+                window.values[aggregate] = _rows([legacy])
         windows.append(window)
     return windows

@@ -9,7 +9,7 @@ import redis
 
 from flows.windows.store import ShardProgress, WindowUpdate
 from settings.redis import RedisSettings
-from sinks.redis_layout import aggregate_key, index_key, legacy_aggregate_key, window_key
+from sinks.redis_layout import index_key, legacy_aggregate_key, window_key
 from sinks.redis_sink import RedisWindowSink, connect
 from sinks.window_read import read_windows
 from tests.conftest import Stack
@@ -65,21 +65,22 @@ def test_writing_the_same_updates_again_leaves_the_same_keys(stack: Stack, uniqu
     write(settings, updates)
     assert contents(client, ns) == first  # a retry, restart or replay writes the same thing: never adds
 
-    # Each shard's rows under its own field (one shard here: "0").
-    stream_starts = first[aggregate_key(ns, "10s", "stream_starts", T0)]
-    assert isinstance(stream_starts, dict) and set(stream_starts) == {"0"}
-    assert orjson.loads(stream_starts["0"]) == [["BR", "tv", "c1", 3], ["US", "web", "c2", 1]]
-    assert first[aggregate_key(ns, "1m", "play_attempts", T0)] == {"0": orjson.dumps([["BR", "tv", 9]]).decode()}
+    # A window is one hash: its status, and each shard's rows of each aggregate under its own field (shard 0).
     assert first[window_key(ns, "10s", T0 + 10_000)] == {
         "final:0": "0",
         "end_ms": str(T0 + 20_000),
         "watermark_ms": str(T0 + 20_000),
         "late:play_start:0": "2",
+        "agg:stream_starts:0": orjson.dumps([["BR", "tv", "c1", 4], ["US", "web", "c2", 1]]).decode(),
+        "agg:play_attempts:0": orjson.dumps([["BR", "tv", 9]]).decode(),
     }
+    one_minute = first[window_key(ns, "1m", T0)]
+    assert isinstance(one_minute, dict)
+    assert orjson.loads(one_minute["agg:stream_starts:0"]) == [["BR", "tv", "c1", 7], ["US", "web", "c2", 1]]
     # The index of windows written, per resolution: member and score are the window's start.
     assert first[index_key(ns, "10s")] == [(str(T0).encode(), T0), (str(T0 + 10_000).encode(), T0 + 10_000)]
     assert first[index_key(ns, "1m")] == [(str(T0).encode(), T0)]
-    assert len(first) == 3 * 2 + 3 + 2  # two aggregates and a status per window, one index per resolution
+    assert len(first) == 3 + 2  # a hash per window, an index per resolution
 
     # Every key expires: the retention TTL is set (again) by each write.
     for key in first:
