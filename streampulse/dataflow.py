@@ -23,7 +23,7 @@ workers: their bytes stay on the worker that read them.
 
 from __future__ import annotations
 
-import copy
+import pickle
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -100,13 +100,19 @@ def flow_sinks(settings: FlowSettings) -> FlowSinks:
 WindowOutput = WindowUpdate | ShardProgress | PipelineHealth
 
 
-class WindowLogic(StatefulBatchLogic[BatchSummary, WindowOutput, WindowStore]):
+class WindowLogic(StatefulBatchLogic[BatchSummary, WindowOutput, WindowStore | bytes]):
     """One shard's window store: merges its summaries and publishes it (and the health) every publish interval."""
 
-    def __init__(self, reader: ReaderConfig, partitions: list[str], shards: int, resume: WindowStore | None) -> None:
-        self._store = (
-            resume
-            if resume is not None
+    def __init__(
+        self, reader: ReaderConfig, partitions: list[str], shards: int, resume: WindowStore | bytes | None
+    ) -> None:
+        restored: WindowStore | None = (
+            # Our own snapshot, from our own recovery store.
+            pickle.loads(resume) if isinstance(resume, bytes) else resume  # noqa: S301
+        )
+        self._store: WindowStore = (
+            restored
+            if restored is not None
             else WindowStore(reader.windows, partitions, reader.session_timeout_ms, shards=shards)
         )
         self._store.expect(partitions)
@@ -157,8 +163,11 @@ class WindowLogic(StatefulBatchLogic[BatchSummary, WindowOutput, WindowStore]):
     def notify_at(self) -> datetime | None:
         return self._next_publish
 
-    def snapshot(self) -> WindowStore:
-        return copy.deepcopy(self._store)
+    def snapshot(self) -> bytes:
+        # Pickled now: the snapshot must not change with the store, and pickle copies in C where deepcopy works
+        # in Python (19 % of a 4-process run's busiest process went to deepcopy). Earlier snapshots (a
+        # WindowStore) still resume.
+        return pickle.dumps(self._store, pickle.HIGHEST_PROTOCOL)
 
 
 def _folders(reader: ReaderConfig) -> dict[str, Callable[[], Folder]]:
