@@ -51,6 +51,7 @@ CATEGORIES: tuple[tuple[str, Sequence[str]], ...] = (
         ),
     ),
     ("anomaly detection (flows/anomaly/, sinks/anomaly_sink.py)", ("flows/anomaly/", "sinks/anomaly_sink.py")),
+    ("splitting summaries by shard (flows/sharding.py)", ("flows/sharding.py",)),
     (
         "window store merge/publish (flows/windows/store.py, window.py, flows/partials.py, WindowLogic)",
         (
@@ -61,7 +62,10 @@ CATEGORIES: tuple[tuple[str, Sequence[str]], ...] = (
             "streampulse/dataflow.py",
         ),
     ),
-    ("Redis writes (sinks/redis_sink.py, redis-py)", ("sinks/redis_sink.py", "sinks/redis_layout.py", "redis/")),
+    (
+        "Redis writes (sinks/redis_sink.py, redis-py)",
+        ("sinks/redis_sink.py", "sinks/redis_layout.py", "sinks/window_read.py", "redis/"),
+    ),
     (
         "Prometheus export (sinks/prometheus*.py, flows/windows/metric_values.py, prometheus_client)",
         ("sinks/prometheus", "flows/windows/metric_values.py", "prometheus_client/"),
