@@ -6,11 +6,15 @@ restart) makes the truth wrong. Checked against a `--out` file run with the same
 doubled, none moved. Without idempotence, measured here on Apache Kafka 4.3.1: thousands of messages moved
 in a partition right after topic creation (3,800 to 4,787 of about 12,000-49,000 in one partition).
 
-The restart is a broker's controlled shutdown (SIGTERM) and start, as in a rolling restart. A kill -9 of the
-single broker is beyond what idempotence can promise: measured twice in three runs, even the idempotent
-producer then saw 559 of 400,000 acknowledged messages lost or 3,549 doubled, as the broker recovers its log
-and producer state from an unclean shutdown without fsync (Kafka relies on replicas, which a single test
-broker has none of).
+The restart is a broker's controlled shutdown (SIGTERM) and start, as in a rolling restart. Across it nothing is
+lost and the first copy of every message is where the send order puts it, but the batches in flight when the
+broker went away can land twice: when librdkafka cannot learn whether they were written, it bumps the producer
+epoch and sends them again (KIP-360), and their copies follow the originals. Seen on a loaded machine, twice:
+3,549 and 3,563 copies of 400,000 messages, one block in one partition; none when the machine is idle. The
+flow takes such a copy for a re-delivery (the same event_id): counted once. A kill -9 of the single broker is
+beyond what idempotence can promise: measured twice in three runs, the producer then saw 559 of 400,000
+acknowledged messages lost or 3,549 doubled, as the broker recovers its log and producer state from an unclean
+shutdown without fsync (Kafka relies on replicas, which a single test broker has none of).
 """
 
 from __future__ import annotations
@@ -58,9 +62,14 @@ def _key(line: bytes) -> bytes:
     return next(str(event[f]) for f in KEY_FIELDS if f in event).encode()
 
 
-def _assert_send_order(bootstrap: str, topics: list[str], sent: list[bytes]) -> None:
-    """Every partition holds exactly the sent messages of its keys, in send order."""
+def _assert_send_order(bootstrap: str, topics: list[str], sent: list[bytes], copies_allowed: bool = False) -> int:
+    """Every partition holds exactly the sent messages of its keys, in send order; returns the copies found.
+
+    `copies_allowed`: a partition may also hold second copies of messages sent before (a block resent after a
+    broker restart); without them it must be exactly the send order, and nothing may be missing either way.
+    """
     received = 0
+    copies = 0
     for topic in topics:
         partition_of: dict[bytes, int] = {}
         by_partition: dict[int, list[bytes]] = defaultdict(list)
@@ -75,13 +84,38 @@ def _assert_send_order(bootstrap: str, topics: list[str], sent: list[bytes]) -> 
             if partition is not None:
                 expected[partition].append(line)
         for partition, values in by_partition.items():
+            if copies_allowed:
+                extra = _copies(values, expected[partition])
+                assert extra is not None, f"{topic}[{partition}]: a sent message missing or out of send order"
+                copies += extra
+                continue
             moved = sum(a != b for a, b in zip(values, expected[partition], strict=False))
             assert (len(values), moved) == (len(expected[partition]), 0), (
                 f"{topic}[{partition}]: {len(values)} messages for {len(expected[partition])} sent; "
                 f"{moved} not where the send order puts them"
             )
         received += sum(len(v) for v in by_partition.values())
-    assert received == len(sent), f"{received} messages in Kafka, {len(sent)} sent"
+    assert received == len(sent) + copies, f"{received} messages in Kafka, {len(sent)} sent, {copies} copies"
+    return copies
+
+
+def _copies(received: list[bytes], sent: list[bytes]) -> int | None:
+    """How many of `received` are extra copies, if `sent` is in it in order and every extra one was sent before it.
+
+    None if a sent message is missing, or out of order, or a received one was never sent before where it stands.
+    """
+    seen: set[bytes] = set()
+    at = 0
+    extra = 0
+    for value in received:
+        if at < len(sent) and value == sent[at]:
+            seen.add(value)
+            at += 1
+        elif value in seen:
+            extra += 1
+        else:
+            return None
+    return extra if at == len(sent) else None
 
 
 def _stop_cleanly(kafka: ApacheKafka) -> None:
@@ -175,4 +209,7 @@ def test_loadgen_order_survives_a_broker_restart(unique_name: str, tmp_path: Pat
         producer.join(timeout=240)
         assert not producer.is_alive(), "the load generator did not finish within 240 s of the restart"
         assert not failed, failed
-        _assert_send_order(kafka.bootstrap, topics, _file_run(args, tmp_path))
+        # Order kept and nothing lost; librdkafka may send the batches in flight at the restart again (see the
+        # module docstring): their copies follow the originals.
+        copies = _assert_send_order(kafka.bootstrap, topics, _file_run(args, tmp_path), copies_allowed=True)
+        assert copies <= events // 20, f"{copies} copies of {events} messages"
