@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,14 +21,40 @@ from types import TracebackType
 from typing import Self
 
 _PR_SET_PDEATHSIG = 1
+# Not the global generator: a test seeding it would make every process pick the same ports.
+_PORTS = random.SystemRandom()
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel picks outgoing connections' local ports from (Linux; the usual default elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii").split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on `host` right now."""
+    """A TCP port that is free on `host` right now, outside the ephemeral range where one can be found.
+
+    A port the kernel hands out (bind to 0) comes from the ephemeral range, which every outgoing connection
+    also draws from: between this call and the server's bind, a client socket can take it ("Address already in
+    use", seen when a bytewax cluster starts beside busy Kafka clients). Below the range, only servers bind.
+    """
+    low, _high = _ephemeral_ports()
+    if low > 11_024:
+        for _ in range(50):
+            port = _PORTS.randrange(10_000, low - 1_000)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        found: int = sock.getsockname()[1]
+        return found
 
 
 def port_open(host: str, port: int, timeout_s: float = 0.2) -> bool:
