@@ -76,7 +76,7 @@ class RedisAnomalyWriter(Writer[AnomalyEvent]):
         self._client = client
         self._namespace = namespace
         self._ttl_s = ttl_s
-        self._retry = redis_retry("Redis write of anomalies", metrics or pipeline_metrics(), log)
+        self._retry = redis_retry("Redis write of anomalies", metrics or pipeline_metrics(), log, client)
 
     def write(self, items: Sequence[AnomalyEvent]) -> None:
         """Write `items` (in order: a later state of the same anomaly wins), retrying while Redis is down."""

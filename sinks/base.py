@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
@@ -58,6 +59,33 @@ class WorkerSink(DynamicSink[X], Generic[X]):
         return _WriterPartition(self._make_writer(worker_index))
 
 
+class _Outages:
+    """The writers of this process failing to reach each place, so an outage is told once, not once per writer."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failing: dict[str, tuple[int, float]] = {}  # place -> (writers failing, since)
+
+    def begin(self, place: str) -> bool:
+        """A writer starts failing; True if it is the first (the one to tell)."""
+        with self._lock:
+            count, since = self._failing.get(place, (0, time.monotonic()))
+            self._failing[place] = (count + 1, since)
+            return count == 0
+
+    def end(self, place: str) -> float | None:
+        """A writer got through; how long the outage lasted if it was the last one failing, else None."""
+        with self._lock:
+            count, since = self._failing.pop(place, (1, time.monotonic()))
+            if count > 1:
+                self._failing[place] = (count - 1, since)
+                return None
+            return time.monotonic() - since
+
+
+_OUTAGES = _Outages()
+
+
 class RetryUntilAccepted:
     """Runs a write again, with exponential backoff, until it no longer raises one of `transient`."""
 
@@ -70,8 +98,14 @@ class RetryUntilAccepted:
         initial_s: float = 0.1,
         max_s: float = 5.0,
         sleep: Callable[[float], None] = time.sleep,
+        place: str | None = None,
     ) -> None:
-        """`what` names the write in log lines ("Redis write"); `on_failure` counts each failed attempt."""
+        """`what` names the write in log lines ("Redis write"); `on_failure` counts each failed attempt.
+
+        `place` (e.g. "Redis at host:port"): the writers of a process that write there tell an outage together,
+        once when the first fails and once when the last gets through.
+        """
+        self._place = place
         self._sleep = sleep
         self._what = what
         self._transient = transient
@@ -91,14 +125,22 @@ class RetryUntilAccepted:
                 self._on_failure()
                 if failing_since is None:
                     failing_since = time.monotonic()
-                    self._log.warning(
-                        "%s failed (%s); retrying with backoff until it is reachable again", self._what, exc
-                    )
+                    if self._place is None or _OUTAGES.begin(self._place):
+                        where = f"{self._place}: " if self._place else ""
+                        self._log.warning(
+                            "%s%s failed (%s); retrying with backoff until it is reachable again",
+                            where,
+                            self._what,
+                            exc,
+                        )
                 self._sleep(delay)
                 delay = min(delay * 2, self._max_s)
                 continue
             if failing_since is not None:
-                self._log.warning("%s resumed after %.1f s", self._what, time.monotonic() - failing_since)
+                if self._place is None:
+                    self._log.warning("%s resumed after %.1f s", self._what, time.monotonic() - failing_since)
+                elif (lasted := _OUTAGES.end(self._place)) is not None:
+                    self._log.warning("%s: writes resumed after %.1f s", self._place, lasted)
             return
 
 

@@ -36,9 +36,25 @@ def connect(settings: RedisSettings) -> redis.Redis:
     return client
 
 
-def redis_retry(what: str, metrics: PipelineMetrics, logger: logging.Logger) -> RetryUntilAccepted:
-    """The retry every Redis write that must not be lost goes through: counted in redis_write_errors_total."""
-    return RetryUntilAccepted(what, TRANSIENT_ERRORS, on_failure=metrics.redis_write_errors.inc, log=logger)
+def redis_retry(
+    what: str, metrics: PipelineMetrics, logger: logging.Logger, client: redis.Redis | None = None
+) -> RetryUntilAccepted:
+    """The retry every Redis write that must not be lost goes through: counted in redis_write_errors_total.
+
+    The writers of a process to one Redis (`client`'s server) tell an outage once between them.
+    """
+    return RetryUntilAccepted(
+        what, TRANSIENT_ERRORS, on_failure=metrics.redis_write_errors.inc, log=logger, place=_place(client)
+    )
+
+
+def _place(client: redis.Redis | None) -> str | None:
+    """'Redis at host:port' of a client (no credentials), or None."""
+    if client is None:
+        return None
+    kwargs = client.connection_pool.connection_kwargs
+    where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+    return f"Redis at {where}"
 
 
 def unreachable(settings: RedisSettings, exc: redis.RedisError) -> str:
@@ -61,7 +77,7 @@ class RedisWindowWriter(Writer[WindowUpdate | ShardProgress]):
         self._namespace = namespace
         self._ttl_s = ttl_s
         self._metrics = metrics or pipeline_metrics()
-        self._retry = redis_retry("Redis write", self._metrics, log)
+        self._retry = redis_retry("Redis write", self._metrics, log, client)
 
     def write(self, items: Sequence[WindowUpdate | ShardProgress]) -> None:
         """Write `items`, retrying until Redis accepts them."""

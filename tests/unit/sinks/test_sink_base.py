@@ -6,6 +6,8 @@ No services: writers are fakes that record what they are handed, writes are func
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 import pytest
 from confluent_kafka import Producer
@@ -141,3 +143,34 @@ def test_a_batch_kafka_does_not_take_raises_with_the_topic_and_how_many() -> Non
     ]
     with pytest.raises(RuntimeError, match=r"could not write 2 test messages to the topic 'nowhere'"):
         produce_all_or_raise(producer, "nowhere", messages, "test messages", flush_timeout_s=10.0)
+
+
+def test_writers_to_one_place_tell_an_outage_once_between_them(caplog: pytest.LogCaptureFixture) -> None:
+    # Two writers of one process to the same Redis, both failing through the same outage (one thread each, as
+    # bytewax workers do); the first to fail tells it, the last to get through says it is over.
+    started = threading.Barrier(2)
+    outage_over = threading.Event()
+
+    def failing_until_over() -> None:
+        if not outage_over.is_set():
+            raise ConnectionError("refused")
+
+    def writer() -> None:
+        retrier = RetryUntilAccepted(
+            "Fake write", (ConnectionError,), lambda: None, log, sleep=lambda _s: time.sleep(0.01), place="Redis at h:1"
+        )
+        started.wait()
+        retrier.run(failing_until_over)
+
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        threads = [threading.Thread(target=writer) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.2)
+        outage_over.set()
+        for thread in threads:
+            thread.join(timeout=5)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("Redis at h:1: Fake write failed (refused); retrying with backoff")
+    assert messages[1].startswith("Redis at h:1: writes resumed after ")
