@@ -21,9 +21,11 @@ import redis
 
 from loadgen.api import produce
 from settings.kafka import KafkaSettings
+from settings.windows import resolution_name
 from sinks.anomaly_sink import recent_anomalies
 from tests.conftest import Stack
 from tests.integration.helpers import create_topics, read_to_end, streampulse, yesterday_at
+from tests.integration.test_metrics_against_truth import assert_anomalies_of_one_detector
 from tests.rebuffer_storm import COARSE_MS, FINE_MS, LATENESS_MS, check_anomalies, storm
 
 pytestmark = pytest.mark.integration
@@ -36,7 +38,11 @@ def _consume_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, dict[st
     return [(message.key(), orjson.loads(message.value() or b"")) for message in read_to_end(bootstrap, topic)]
 
 
-def test_a_scripted_incident_is_published_as_one_anomaly_to_kafka_and_redis(stack: Stack, unique_name: str) -> None:
+# 4 workers: 4 shards, the cells' series on their shards, the roll-ups (where the incident also shows) in their own step.
+@pytest.mark.parametrize("workers", [1, 4])
+def test_a_scripted_incident_is_published_as_one_anomaly_to_kafka_and_redis(
+    stack: Stack, unique_name: str, workers: int
+) -> None:
     generated = storm(yesterday_at(START_HOUR_UTC))
     incident = generated.truth["incidents"][0]
     kafka = KafkaSettings(
@@ -56,7 +62,7 @@ def test_a_scripted_incident_is_published_as_one_anomaly_to_kafka_and_redis(stac
         "--anomalies-topic", kafka.anomalies_topic,
         "--redis-url", stack.redis_url, "--namespace", namespace,
         "--fine-window", f"{FINE_MS}ms", "--coarse-window", f"{COARSE_MS}ms",
-        "--allowed-lateness", f"{LATENESS_MS}ms",
+        "--allowed-lateness", f"{LATENESS_MS}ms", "--workers", str(workers),
         timeout=240,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -74,3 +80,5 @@ def test_a_scripted_incident_is_published_as_one_anomaly_to_kafka_and_redis(stac
     assert stored == latest
     assert stored[anomaly["anomaly_id"]]["series"] == "rebuffer_ratio"
     assert client.ttl(f"sp:{namespace}:anomalies") > 0
+    # Whatever the shards, the anomalies are one detector's on the final windows Redis holds.
+    assert_anomalies_of_one_detector(client, namespace, resolution_name(FINE_MS))
