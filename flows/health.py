@@ -61,6 +61,7 @@ class PipelineMetrics:
         self._gauge_cells: dict[int, dict[str, set[tuple[str, str]]]] = {}
         self._shard_titles: dict[int, dict[str, int]] = {}
         self._export_lock = threading.Lock()
+        self._emitted_children: dict[tuple[str, bool], Counter] = {}
         # Window values of the newest final fine window, by country and device type.
         self.window_gauges = {
             metric_id: Gauge(name, help_text, ["country", "device_type"], registry=registry)
@@ -235,7 +236,7 @@ class PipelineMetrics:
         self.window_counters.observe(updates, fine_resolution)
         newest_final: WindowUpdate | None = None
         for update in updates:
-            self.windows_emitted.labels(update.resolution, "final" if update.final else "partial").inc()
+            self._emitted(update.resolution, update.final).inc()
             if not update.final or update.complete is None:
                 continue
             newest_end = self._newest_final_end_ms.get(update.resolution, 0)
@@ -251,6 +252,15 @@ class PipelineMetrics:
         if newest_final is not None and newest_final.complete is not None:
             with self._export_lock:  # the workers of a process export their shards' cells side by side
                 self._export_window(newest_final.shard, newest_final.complete, fine_seconds)
+
+    def _emitted(self, resolution: str, final: bool) -> Counter:
+        """The windows-emitted counter's child (labels() validates and locks on every call: kept)."""
+        child = self._emitted_children.get((resolution, final))
+        if child is None:
+            child = self._emitted_children[(resolution, final)] = self.windows_emitted.labels(
+                resolution, "final" if final else "partial"
+            )
+        return child
 
     def _export_window(self, shard: int, values: Mapping[str, Mapping[tuple[Any, ...], int]], seconds: float) -> None:
         # A shard replaces only its own cells: a (country, device) absent from its newest window loses its old value,

@@ -209,6 +209,8 @@ class WindowCounters:
         # shard: the workers of a process publish their own cells of the same window.
         self._exported: dict[tuple[int, int], dict[str, Mapping[tuple[Any, ...], int]]] = {}
         self._lock = threading.Lock()
+        # (aggregate, label values) -> the counter's child for them.
+        self._children: dict[tuple[str, tuple[str, ...]], Counter] = {}
 
     def observe(self, updates: Iterable[WindowUpdate], fine_resolution: str) -> None:
         """Advance by what the fine windows in `updates` counted since they were last published."""
@@ -244,8 +246,13 @@ class WindowCounters:
             if grown > 0:
                 labels = tuple(str(dims[i]) for i in positions)
                 growth[labels] = growth.get(labels, 0) + grown
+        children = self._children
         for labels, grown in growth.items():
-            counter.labels(*labels).inc(grown * spec.scale)
+            # prometheus_client's labels() validates and locks on every call: each label set's child is kept.
+            child = children.get((aggregate, labels))
+            if child is None:
+                child = children[(aggregate, labels)] = counter.labels(*labels)
+            child.inc(grown * spec.scale)
 
     def _sketch_growth(
         self, values: Mapping[tuple[Any, ...], int], before: Mapping[tuple[Any, ...], int]
