@@ -235,6 +235,7 @@ class PipelineMetrics:
         updates = list(updates)
         self.window_counters.observe(updates, fine_resolution)
         newest_final: WindowUpdate | None = None
+        advanced: set[str] = set()
         for update in updates:
             self._emitted(update.resolution, update.final).inc()
             if not update.final or update.complete is None:
@@ -242,7 +243,7 @@ class PipelineMetrics:
             newest_end = self._newest_final_end_ms.get(update.resolution, 0)
             if update.window_end_ms > newest_end:
                 self._newest_final_end_ms[update.resolution] = update.window_end_ms
-                self.final_window_end.labels(update.resolution).set(update.window_end_ms / 1000)
+                advanced.add(update.resolution)
             if update.resolution != fine_resolution:
                 continue
             if update.window_end_ms >= self._newest_final_end_ms[update.resolution] and (
@@ -252,6 +253,9 @@ class PipelineMetrics:
         if newest_final is not None and newest_final.complete is not None:
             with self._export_lock:  # the workers of a process export their shards' cells side by side
                 self._export_window(newest_final.shard, newest_final.complete, fine_seconds)
+        # The newest final window's end last: a scrape that sees it also sees that window's gauges.
+        for resolution in advanced:
+            self.final_window_end.labels(resolution).set(self._newest_final_end_ms[resolution] / 1000)
 
     def _emitted(self, resolution: str, final: bool) -> Counter:
         """The windows-emitted counter's child (labels() validates and locks on every call: kept)."""
