@@ -56,16 +56,12 @@ def roll_up_sums(cells: Cells) -> Cells:
     """Cells summed into their roll-up groups: (country, all), (all, device_type) and (all, all)."""
     sums: Cells = {}
     for (country, device), cell in cells.items():
-        for group in ((country, ALL), (ALL, device), (ALL, ALL)):
-            held = sums.get(group)
-            if held is None:
-                sums[group] = list(cell)
-            else:
-                sums[group] = [a + b for a, b in zip(held, cell, strict=True)]
+        _add_cells(sums, {(country, ALL): cell, (ALL, device): cell, (ALL, ALL): cell})
     return sums
 
 
 def _add_cells(into: Cells, cells: Cells) -> None:
+    """Add each group's vector into `into` (copied, never shared)."""
     for group, cell in cells.items():
         held = into.get(group)
         into[group] = list(cell) if held is None else [a + b for a, b in zip(held, cell, strict=True)]
@@ -130,11 +126,12 @@ class RollUpLogic(StatefulBatchLogic[RollUpInput, Detection, DetectorState]):
     """The roll-up series: a window is stepped once every shard has passed it, with every shard's sums."""
 
     def __init__(self, resume: DetectorState | None, config: DetectorConfig | None = None) -> None:
-        self._detector = AnomalyDetector(config, roll_up=False)
-        self._final_through: dict[int, int] = {}
-        self._shards = 0
-        self._waiting: dict[int, tuple[int, Cells]] = {}
-        if resume is not None:
+        if resume is None:
+            self._detector = AnomalyDetector(config, roll_up=False)
+            self._final_through: dict[int, int] = {}
+            self._shards = 0
+            self._waiting: dict[int, tuple[int, Cells]] = {}
+        else:
             self._detector = AnomalyDetector.restore(resume["detector"], config)
             self._final_through = {int(shard): through for shard, through in resume["final_through"]}
             self._shards = resume["shards"]
@@ -145,11 +142,7 @@ class RollUpLogic(StatefulBatchLogic[RollUpInput, Detection, DetectorState]):
             self._shards = part.shards
             self._final_through[part.shard] = max(part.final_through_ms, self._final_through.get(part.shard, -(2**62)))
             for start, (end, cells) in part.windows.items():
-                held = self._waiting.get(start)
-                if held is None:
-                    self._waiting[start] = (end, {g: list(c) for g, c in cells.items()})
-                else:
-                    _add_cells(held[1], cells)
+                _add_cells(self._waiting.setdefault(start, (end, {}))[1], cells)
         if len(self._final_through) < self._shards:
             return [], StatefulBatchLogic.RETAIN  # a shard not heard from yet may still hold any window
         through = min(self._final_through[shard] for shard in range(self._shards))
