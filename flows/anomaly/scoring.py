@@ -54,6 +54,9 @@ class Verdict:
     expected: float = 0.0
     aux: float = 0.0
     effect: float = 1.0
+    # The effect its severity is judged on: the alarming horizon's, observed moved towards expected by
+    # critical_margin_z standard errors.
+    severity_effect: float = 1.0
 
 
 def score_series(config: DetectorConfig, series: SeriesView, index: int, spec: SeriesSpec) -> Verdict:
@@ -77,7 +80,11 @@ def score_series(config: DetectorConfig, series: SeriesView, index: int, spec: S
         sk, sn, sm = sums[at], sums[at + 1], sums[at + 2]
         z = normal_z
         beyond = z >= screen or z <= -screen
-        if beyond and poisson_like:
+        if beyond and kind == "count":
+            z = _negative_binomial_score(sk, sm, _shape_with_dispersion(series.shape, phi, sm))
+        elif beyond and poisson_like:
+            # Rebuffers and errors come in clusters (one bad session has several): k / phi is the count of
+            # clusters, Poisson, whose mean is mean / phi — the quasi-Poisson test is that model's.
             z = _negative_binomial_score(sk / phi, sm / phi, series.shape)
         elif beyond and kind == "share":
             z = binomial_score(sk, sn, sm / sn, inflate)
@@ -104,6 +111,11 @@ def score_series(config: DetectorConfig, series: SeriesView, index: int, spec: S
                 verdict.alarm, verdict.alarm_score, verdict.horizon = direction, z, horizon
                 verdict.k, verdict.n, verdict.expected, verdict.aux = sk, sn, sm, sums[at + 4]
                 verdict.effect = effect
+                # |z| standard errors separate observed from expected: the severity is judged on the effect
+                # critical_margin_z of them closer, on this strongest horizon (a short one's noise must not
+                # make a warning-sized effect critical).
+                shrunk = sk - (sk - sm) * min(1.0, config.critical_margin_z / abs(z))
+                verdict.severity_effect = effect_of(index, kind, shrunk, sn, sm)
         at += SLOT
     if best_up == -math.inf:
         return verdict
@@ -152,6 +164,19 @@ def passes(
         return False
     # Up: at least a few events; down: enough expected that their absence means something.
     return (k if direction == "up" else mean) >= config.min_events
+
+
+def _shape_with_dispersion(shape: float, phi: float, mean: float) -> float:
+    """The negative binomial's shape once the learned extra spread is a gamma-distributed rate too.
+
+    The volume's overdispersion is the rate itself varying window to window (correlated behaviour: a
+    premiere, a push notification), a right-skewed factor: a gamma–Poisson count's variance is mean + mean² / r. The spread beyond Poisson that `phi`
+    measured, (phi - 1) x mean, is that gamma's; the baseline's own uncertainty (relative variance 1 / shape)
+    adds to it. The variance is the quasi-Poisson one (phi x mean + mean² / shape); the upper tail is the
+    skewed one real bursts have, where scaling a Poisson by phi made it too thin (false alarms upwards).
+    """
+    extra = (phi - 1.0) / mean if mean > 0.0 else 0.0
+    return 1.0 / (1.0 / shape + extra)
 
 
 def _negative_binomial_score(k: float, mean: float, shape: float) -> float:
