@@ -9,6 +9,10 @@ flows/sources/replay_range.py; docs/replay-and-archive.md says it for users.
 The namespace is checked before anything is written: never the live one
 (`--live-namespace`), and never one holding windows that no replay wrote (a
 Redis hash `sp:{ns}:replay` marks a replay's namespace).
+
+The anomaly detectors start from the live run's saved state valid through the
+newest time at or before `--from` (flows/anomaly/warm_start.py), or cold when
+there is none; the replay says which in its log and in its marker hash.
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ from pathlib import Path
 import redis
 
 from connect.kafka_admin import wait_for_kafka
+from flows.anomaly.warm_start import WarmStart
 from flows.fold.partition_aggregator import Folder
 from flows.sources.archive import ArchiveEventSource
 from flows.sources.reader_config import ReaderConfig
 from flows.sources.replay_range import ReplayRange, replay_range, shared_progress
 from schemas.archive_layout import committed_chunks
 from settings.errors import ConfigError
+from sinks.detector_state import newest_state
 from sinks.redis_layout import index_key, replay_marker_key
 from sinks.redis_sink import connect
 from streampulse.archive import add_archive_dir_option
@@ -134,6 +140,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="how far an event's time may be ahead of its Kafka record timestamp; the seek goes this much earlier",
     )
     add_option(group, "--live-namespace", default="live", help="the live run's namespace, which a replay never writes")
+    add_option(
+        group,
+        "--detector-start",
+        default="live",
+        choices=("live", "cold"),
+        help="start the anomaly detectors from the live run's newest saved state at or before --from (live; cold "
+        "when there is none), or cold (learning from the range alone)",
+    )
     add_metrics_options(parser, default_port="0")
     add_cluster_options(parser)
     add_kafka_options(parser)
@@ -187,6 +201,34 @@ def claim_namespace(client: redis.Redis, settings: FlowSettings, replay: ReplayR
         },
     )
     client.expire(marker, settings.redis_ttl_s)
+
+
+def detector_start(
+    client: redis.Redis, args: argparse.Namespace, replay: ReplayRange, shards: int
+) -> tuple[WarmStart | None, str]:
+    """The live state the replay's anomaly detectors start from (None: cold), and the line that says which."""
+    if args.detector_start == "cold":
+        return None, "anomaly detector: cold: --detector-start cold"
+    found = newest_state(client, args.live_namespace, replay.from_ms, shards)
+    if found.state is None:
+        why = f"cold: no live state at or before {_iso(replay.from_ms)} in namespace {args.live_namespace!r}"
+        if found.other_shards is not None:
+            through, saved_by = found.other_shards
+            why = (
+                f"cold: the live state through {_iso(through)} was saved by {saved_by} shards and this replay runs "
+                f"{shards} (processes x --workers); a detector's series are split by shard, so replay with "
+                f"{saved_by} workers in all to start from it"
+            )
+        return None, f"anomaly detector: {why}"
+    state = found.state
+    warm = WarmStart(state.through_ms, state.shards, state.decoded(), replay.from_ms)
+    line = f"anomaly detector: warm from live state through {_iso(state.through_ms)}"
+    if state.through_ms < replay.from_ms:
+        line += (
+            f" ({(replay.from_ms - state.through_ms) // 1000} s before --from: those windows are a break, the "
+            "recent-window sums restart, the baselines stay)"
+        )
+    return warm, line
 
 
 def _iso(ms: int) -> str:
@@ -250,6 +292,14 @@ def run(args: argparse.Namespace) -> int:
     client = connect(settings.redis)
     claim_namespace(client, settings, replay, args.source)
     _describe(replay, settings, args.source)
+    warm, started = detector_start(client, args, replay, settings.shards)
+    log.info("%s", started)
+    # Where a user looks after the run: `HGETALL sp:{namespace}:replay`.
+    client.hset(
+        replay_marker_key(settings.redis.namespace),
+        mapping={"detector_start": started, "detector_state_through_ms": -1 if warm is None else warm.through_ms},
+    )
+    settings = replace(settings, warm_start=warm)
     code = execute(settings, process_settings(args), source_factory, job="replay")
     client.hset(
         replay_marker_key(settings.redis.namespace), mapping={"state": "done", "finished_ms": int(time.time() * 1000)}
