@@ -126,19 +126,16 @@ class StoredState:
 
 @dataclass(frozen=True)
 class StateLookup:
-    """What a replay found: the newest whole state for its shard count at or before its start, and what else."""
+    """What a replay found: the newest whole state at or before its start (None: none), and newer unfinished ones."""
 
     state: StoredState | None
-    # The newest whole state at or before the start taken by another shard count (when newer than `state`).
-    other_shards: tuple[int, int] | None = None  # (through_ms, shards)
     incomplete: int = 0  # newer states at or before the start that lack a part (their writers had not finished)
 
 
-def newest_state(client: redis.Redis, namespace: str, at_or_before_ms: int, shards: int) -> StateLookup:
-    """The newest whole state of `namespace` valid through a time at or before `at_or_before_ms`, for `shards`."""
+def newest_state(client: redis.Redis, namespace: str, at_or_before_ms: int) -> StateLookup:
+    """The newest whole state of `namespace` valid through a time at or before `at_or_before_ms`."""
     index = detector_states_key(namespace)
     members: list[bytes] = client.zrevrangebyscore(index, at_or_before_ms, "-inf")  # type: ignore[assignment]
-    other: tuple[int, int] | None = None
     incomplete = 0
     for member in members:
         through_text, shards_text = member.decode().split(":")
@@ -148,8 +145,5 @@ def newest_state(client: redis.Redis, namespace: str, at_or_before_ms: int, shar
         if set(parts) != parts_of(saved_by):
             incomplete += 1
             continue
-        if saved_by != shards:
-            other = other or (through, saved_by)
-            continue
-        return StateLookup(StoredState(through, saved_by, parts), other, incomplete)
-    return StateLookup(None, other, incomplete)
+        return StateLookup(StoredState(through, saved_by, parts), incomplete)
+    return StateLookup(None, incomplete)

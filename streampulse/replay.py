@@ -30,7 +30,7 @@ from pathlib import Path
 import redis
 
 from connect.kafka_admin import wait_for_kafka
-from flows.anomaly.warm_start import WarmStart
+from flows.anomaly.warm_start import ReshardError, WarmStart, reshard
 from flows.fold.partition_aggregator import Folder
 from flows.sources.archive import ArchiveEventSource
 from flows.sources.reader_config import ReaderConfig
@@ -209,26 +209,33 @@ def detector_start(
     """The live state the replay's anomaly detectors start from (None: cold), and the line that says which."""
     if args.detector_start == "cold":
         return None, "anomaly detector: cold: --detector-start cold"
-    found = newest_state(client, args.live_namespace, replay.from_ms, shards)
+    found = newest_state(client, args.live_namespace, replay.from_ms)
     if found.state is None:
-        why = f"cold: no live state at or before {_iso(replay.from_ms)} in namespace {args.live_namespace!r}"
-        if found.other_shards is not None:
-            through, saved_by = found.other_shards
-            why = (
-                f"cold: the live state through {_iso(through)} was saved by {saved_by} shards and this replay runs "
-                f"{shards} (processes x --workers); a detector's series are split by shard, so replay with "
-                f"{saved_by} workers in all to start from it"
-            )
-        return None, f"anomaly detector: {why}"
+        return None, (
+            f"anomaly detector: cold: no live state at or before {_iso(replay.from_ms)} in namespace "
+            f"{args.live_namespace!r}"
+        )
     state = found.state
-    warm = WarmStart(state.through_ms, state.shards, state.decoded(), replay.from_ms)
-    line = f"anomaly detector: warm from live state through {_iso(state.through_ms)}"
-    if state.through_ms < replay.from_ms:
+    gap = state.through_ms < replay.from_ms
+    parts = state.decoded()
+    resharded = ""
+    if state.shards != shards:
+        try:
+            parts = reshard(parts, shards, break_in_data=gap)
+        except ReshardError as exc:
+            return None, (
+                f"anomaly detector: cold: the live state through {_iso(state.through_ms)} was saved by "
+                f"{state.shards} shards and this replay runs {shards}, but {exc}; replay with {state.shards} "
+                "workers in all (processes x --workers) to start from it"
+            )
+        resharded = f", saved by {state.shards} shards and cut for {shards}"
+    line = f"anomaly detector: warm from live state through {_iso(state.through_ms)}{resharded}"
+    if gap:
         line += (
             f" ({(replay.from_ms - state.through_ms) // 1000} s before --from: those windows are a break, the "
             "recent-window sums restart, the baselines stay)"
         )
-    return warm, line
+    return WarmStart(state.through_ms, shards, parts, replay.from_ms), line
 
 
 def _iso(ms: int) -> str:

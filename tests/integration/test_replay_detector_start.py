@@ -9,7 +9,7 @@ event of the range is the live run's (compared with the live events on the
 anomalies topic). A cold replay of the same range spends its first 30 windows
 (1 minute) warming up on the storm's own start and misses it: its anomalies
 differ, so the comparison can fail. Without a live state the replay starts
-cold and says so.
+cold and says so; on another worker count it starts from the state cut for it.
 """
 
 from __future__ import annotations
@@ -156,8 +156,10 @@ def test_a_replay_without_live_state_starts_cold_and_says_so(live: Live) -> None
     assert marker["detector_state_through_ms"] == "-1"
 
 
-def test_a_replay_on_another_shard_count_starts_cold_and_says_why(live: Live) -> None:
-    if live.workers != 2:
-        pytest.skip("the 2-worker live run's state, replayed on 1 worker")
-    stderr = live.replay(f"one-{live.namespace}", workers=1)
-    assert "was saved by 2 shards and this replay runs 1" in stderr
+def test_a_replay_on_another_shard_count_starts_from_the_state_cut_for_it(live: Live) -> None:
+    client = redis.Redis.from_url(live.stack.redis_url)
+    other = 1 if live.workers == 2 else 2
+    namespace = f"resharded-{live.namespace}"
+    stderr = live.replay(namespace, workers=other)
+    assert f"saved by {live.workers} shards and cut for {other}" in stderr
+    assert _replayed(client, namespace) == _live_events_from(live, live.start_ms + FROM_OFFSET_MS)

@@ -17,7 +17,15 @@ import pytest
 from flows.anomaly.detector import AnomalyDetector
 from flows.anomaly.events import AnomalyEvent, Detection
 from flows.anomaly.steps import RollUpInput, RollUpLogic, ShardDetectorLogic, ShardOutput, StateSaving
-from flows.anomaly.warm_start import ROLL_UP_PART, SavedState, StateSchedule, WarmStart, parts_of
+from flows.anomaly.warm_start import (
+    ROLL_UP_PART,
+    ReshardError,
+    SavedState,
+    StateSchedule,
+    WarmStart,
+    parts_of,
+    reshard,
+)
 from flows.sharding import ShardRouter
 from flows.windows.store import ShardProgress, WindowUpdate, WindowValues
 from sinks.detector_state import decode_snapshot, encode_snapshot
@@ -99,6 +107,31 @@ def test_a_warm_start_from_saved_state_publishes_the_live_events_and_a_cold_one_
     cold_events, _ = _run(traffic, BOUNDARY_WINDOW, shards, publish_every)
     assert _from(cold_events, BOUNDARY_MS) != expected
     assert not any(key[1:4] == DROP for key in _from(cold_events, BOUNDARY_MS))  # learnt the drop as normal
+
+
+@pytest.mark.parametrize(("saved_by", "replayed_on"), [(2, 1), (1, 3), (4, 2)])
+def test_a_state_cut_for_another_shard_count_publishes_the_live_events(saved_by: int, replayed_on: int) -> None:
+    traffic = _traffic()
+    live_events, states = _run(traffic, 0, saved_by, 5, StateSaving(INTERVAL, saved_by))
+    at_boundary = {s.part: s.snapshot for s in states if s.through_ms == BOUNDARY_MS}
+    parts = reshard(at_boundary, replayed_on, break_in_data=False)
+    assert set(parts) == parts_of(replayed_on)
+    series = sorted(tuple(entry[:3]) for part in parts.values() for entry in part["series"])
+    assert series == sorted(tuple(entry[:3]) for part in at_boundary.values() for entry in part["series"])
+    warm_events, _ = _run(
+        traffic, BOUNDARY_WINDOW, replayed_on, 3, warm=WarmStart(BOUNDARY_MS, replayed_on, parts, BOUNDARY_MS)
+    )
+    assert _from(warm_events, BOUNDARY_MS) == _from(live_events, BOUNDARY_MS)
+
+
+def test_parts_that_stepped_different_windows_are_not_cut_for_another_count_unless_after_a_break() -> None:
+    traffic = _traffic()
+    _events, states = _run(traffic, 0, 2, 1, StateSaving(INTERVAL, 2))
+    at_boundary = {s.part: s.snapshot for s in states if s.through_ms == BOUNDARY_MS}
+    at_boundary["1"] = {**at_boundary["1"], "next_start": BOUNDARY_MS - FINE}  # shard 1 had no data in the last
+    with pytest.raises(ReshardError, match="different windows"):
+        reshard(at_boundary, 1, break_in_data=False)
+    assert set(reshard(at_boundary, 1, break_in_data=True)) == {"0"}
 
 
 def test_a_state_older_than_the_replay_start_restarts_the_recent_windows_and_keeps_the_baselines() -> None:
