@@ -30,20 +30,19 @@ from pathlib import Path
 import redis
 
 from connect.kafka_admin import wait_for_kafka
-from flows.anomaly.warm_start import ReshardError, WarmStart, reshard
 from flows.fold.partition_aggregator import Folder
 from flows.sources.archive import ArchiveEventSource
 from flows.sources.reader_config import ReaderConfig
 from flows.sources.replay_range import ReplayRange, replay_range, shared_progress
 from schemas.archive_layout import committed_chunks
 from settings.errors import ConfigError
-from sinks.detector_state import newest_state
 from sinks.redis_layout import index_key, replay_marker_key
 from sinks.redis_sink import connect
 from streampulse.archive import add_archive_dir_option
 from streampulse.configure import add_flow_options, add_kafka_options, add_redis_options
 from streampulse.dataflow import FlowSettings, SourceFactory
 from streampulse.options import add_option, duration_ms
+from streampulse.replay_detector import detector_start
 from streampulse.run import (
     add_cluster_options,
     add_metrics_options,
@@ -203,41 +202,6 @@ def claim_namespace(client: redis.Redis, settings: FlowSettings, replay: ReplayR
     client.expire(marker, settings.redis_ttl_s)
 
 
-def detector_start(
-    client: redis.Redis, args: argparse.Namespace, replay: ReplayRange, shards: int
-) -> tuple[WarmStart | None, str]:
-    """The live state the replay's anomaly detectors start from (None: cold), and the line that says which."""
-    if args.detector_start == "cold":
-        return None, "anomaly detector: cold: --detector-start cold"
-    found = newest_state(client, args.live_namespace, replay.from_ms)
-    if found.state is None:
-        return None, (
-            f"anomaly detector: cold: no live state at or before {_iso(replay.from_ms)} in namespace "
-            f"{args.live_namespace!r}"
-        )
-    state = found.state
-    gap = state.through_ms < replay.from_ms
-    parts = state.decoded()
-    resharded = ""
-    if state.shards != shards:
-        try:
-            parts = reshard(parts, shards, break_in_data=gap)
-        except ReshardError as exc:
-            return None, (
-                f"anomaly detector: cold: the live state through {_iso(state.through_ms)} was saved by "
-                f"{state.shards} shards and this replay runs {shards}, but {exc}; replay with {state.shards} "
-                "workers in all (processes x --workers) to start from it"
-            )
-        resharded = f", saved by {state.shards} shards and cut for {shards}"
-    line = f"anomaly detector: warm from live state through {_iso(state.through_ms)}{resharded}"
-    if gap:
-        line += (
-            f" ({(replay.from_ms - state.through_ms) // 1000} s before --from: those windows are a break, the "
-            "recent-window sums restart, the baselines stay)"
-        )
-    return WarmStart(state.through_ms, shards, parts, replay.from_ms), line
-
-
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
@@ -299,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
     client = connect(settings.redis)
     claim_namespace(client, settings, replay, args.source)
     _describe(replay, settings, args.source)
-    warm, started = detector_start(client, args, replay, settings.shards)
+    warm, started = detector_start(client, args.live_namespace, args.detector_start, replay.from_ms, settings.shards)
     log.info("%s", started)
     # Where a user looks after the run: `HGETALL sp:{namespace}:replay`.
     client.hset(
