@@ -276,4 +276,6 @@ def run(args: argparse.Namespace) -> int:
         replay_marker_key(settings.redis.namespace), mapping={"state": "done", "finished_ms": int(time.time() * 1000)}
     )
     print(shared_progress(replay).summary(), file=sys.stderr, flush=True)
+    # Said again at the end, beside the summary, for whoever reads the replay's anomalies from its output.
+    print(f"replay: {started}", file=sys.stderr, flush=True)
     return code

@@ -128,6 +128,7 @@ def test_a_replay_from_live_state_publishes_the_live_anomalies_and_a_cold_one_do
     warm_ns = f"warm-{live.namespace}"
     stderr = live.replay(warm_ns)
     assert "anomaly detector: warm from live state through" in stderr
+    assert stderr.rstrip().splitlines()[-1].startswith("replay: anomaly detector: warm from live state through")
     assert _marker(client, warm_ns)["detector_state_through_ms"] == str(from_ms)
     assert _replayed(client, warm_ns) == expected
 
