@@ -76,7 +76,7 @@ def add_detector_state_options(parser: argparse.ArgumentParser) -> None:
         "--detector-states-kept",
         type=positive_int,
         default="24",
-        help="how many saved detector states Redis keeps (the newest; each is about 0.5 MB per 1000 series)",
+        help="how many saved detector states Redis keeps (the newest, at least 2; each about 0.5 MB per 735 series)",
     )
 
 
@@ -227,8 +227,17 @@ def flow_settings(args: argparse.Namespace, exit_at_end: bool) -> FlowSettings:
         detector_state_interval_ms=detector_state_interval(
             getattr(args, "detector_state_interval", 0), reader.windows.coarse_ms
         ),
-        detector_states_kept=getattr(args, "detector_states_kept", 24),
+        detector_states_kept=detector_states_kept(getattr(args, "detector_states_kept", 24)),
     )
+
+
+def detector_states_kept(kept: int) -> int:
+    """The validated --detector-states-kept; raises ConfigError saying what to fix."""
+    if kept < 2:
+        # The shards write a new state's parts one by one: with one kept, the whole previous state would be gone
+        # before the new one is whole, and a replay starting then would find none.
+        raise ConfigError(f"--detector-states-kept ({kept}) must be at least 2, so a whole state is always kept")
+    return kept
 
 
 def detector_state_interval(interval_ms: int, coarse_ms: int) -> int | None:

@@ -39,6 +39,7 @@ def test_bad_environment_variable_is_reported_like_a_bad_flag(
         (["--coarse-window", "1m", "--detector-state-interval", "90s"], "--detector-state-interval (90000 ms) must be"),
         (["--detector-state-interval", "hourly"], "--detector-state-interval"),
         (["--detector-states-kept", "0"], "--detector-states-kept"),
+        (["--detector-states-kept", "1"], "--detector-states-kept (1) must be at least 2"),
     ],
 )
 def test_invalid_configuration_stops_with_what_to_fix(
