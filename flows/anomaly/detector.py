@@ -395,6 +395,20 @@ class AnomalyDetector(BaselineLearning):
         return np.where(judged, z, 0.0), judged, inflate, phi, shape
 
     @property
+    def next_window_start(self) -> int | None:
+        """Where the next window is expected to start (the end of the last one stepped); None before any."""
+        return self._next_start
+
+    def break_in_data(self) -> None:
+        """Take the next window as coming after a break: its recent-window sums restart, the baselines stay.
+
+        What a gap longer than `max_gap_windows` does; for a replay resumed from live state whose windows up to
+        its start it does not feed (flows/anomaly/warm_start.py), rather than judging them as empty.
+        """
+        self._state.clear(np.ones(len(self._state), np.bool_))
+        self._next_start = None
+
+    @property
     def series_count(self) -> int:
         """Series held (one small record each)."""
         return len(self._keys)
