@@ -10,7 +10,9 @@ duplicates (they never enter a window). `sum(increase(...))` over any range
 and any labels is then the events counted in it, whatever the scrape
 interval. Only the fine resolution is exported (the coarse windows hold the
 same events again); what was exported of a window is forgotten once it is
-final, so memory follows the open windows.
+final, so memory follows the open windows. A publish's growth is summed over
+its windows first and each counter is incremented once per publish: a
+publish while catching up holds a hundred windows and more.
 
 Startup time is a classic histogram whose buckets are the sketch's
 (flows/windows/sketch.py) coarsened: a sketch bucket falls in the first
