@@ -11,8 +11,11 @@ nothing per event changes: the multipliers are one table row per slot, computed 
 
 from __future__ import annotations
 
+import hashlib
 import random
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from loadgen.diurnal import DAY_MS, MINUTE_MS, DiurnalTable
 from loadgen.realism import SHAPE_SLOT_MS, TOP_OF_HOUR_MS, RealismParams
@@ -26,6 +29,8 @@ _DEVICES = len(DEVICE_TYPES)
 # 1970-01-01 was a Thursday: day number + 3, modulo 7, counts weekdays from Monday = 0.
 _EPOCH_WEEKDAY = 3
 _SATURDAY = 5
+# Gamma factors are drawn this many periods at a time: one NumPy call an hour instead of 84 draws a slot.
+_GAMMA_BLOCK = 360
 
 
 def weekday(local_ms: int) -> int:
@@ -50,7 +55,7 @@ class TrafficShape:
         self._start_ms = start_ms
         self._total = diurnal.total
         self._scale = session_rate_ms / diurnal.mean
-        self._offsets_ms = tuple(c.utc_offset_min * MINUTE_MS for c in COUNTRIES)
+        self._offsets_ms = np.array([c.utc_offset_min * MINUTE_MS for c in COUNTRIES], np.int64)
         # Weekends x boost, weekdays scaled down so that the week's mean rate is the configured one.
         boost = realism.weekend_boost
         self._weekday_factor = 7 / (5 + 2 * boost)
@@ -58,8 +63,8 @@ class TrafficShape:
         self._shape = 1 / realism.dispersion**2 if realism.dispersion else 0.0
         self._starts = starts_incidents
         self._slot = -1
-        self._gamma_slot = -1
-        self._gamma: list[float] = []
+        self._gamma_block = -1
+        self._gamma = np.ones((0, len(COUNTRIES) * _DEVICES))
         self.row: list[float] = []
         """The current slot's multiplier per cell, index country x len(DEVICE_TYPES) + device."""
         self._starts_here: tuple[ResolvedIncident, ...] = ()
@@ -70,20 +75,18 @@ class TrafficShape:
         """Compute the multipliers of 10 s slot `slot` (epoch ms // SHAPE_SLOT_MS)."""
         r = self.realism
         t0 = slot * SHAPE_SLOT_MS
+        local = t0 + self._offsets_ms
         drift = (1 + r.drift_per_day) ** ((t0 - self._start_ms) / DAY_MS) if r.drift_per_day else 1.0
-        gamma = self._gamma_row(t0 // r.dispersion_every_ms) if self._shape else None
-        row: list[float] = []
-        for ci, offset in enumerate(self._offsets_ms):
-            local = t0 + offset
-            factor = drift
-            if r.weekend_boost != 1.0:
-                factor *= self._weekend_factor if weekday(local) >= _SATURDAY else self._weekday_factor
-            if r.top_of_hour_boost and local % HOUR_MS < TOP_OF_HOUR_MS:
-                factor *= 1 + r.top_of_hour_boost
-            if gamma is None:
-                row.extend([factor] * _DEVICES)
-            else:
-                row.extend(factor * g for g in gamma[ci * _DEVICES : (ci + 1) * _DEVICES])
+        factor = np.full(len(COUNTRIES), drift)
+        if r.weekend_boost != 1.0:
+            weekend = (local // DAY_MS + _EPOCH_WEEKDAY) % 7 >= _SATURDAY
+            factor *= np.where(weekend, self._weekend_factor, self._weekday_factor)
+        if r.top_of_hour_boost:
+            factor *= np.where(local % HOUR_MS < TOP_OF_HOUR_MS, 1 + r.top_of_hour_boost, 1.0)
+        cells = np.repeat(factor, _DEVICES)
+        if self._shape:
+            cells *= self._gamma_row(t0 // r.dispersion_every_ms)
+        row: list[float] = cells.tolist()
         self.row = row
         self._starts_here = tuple(i for i in self._starts if i.start_ms < t0 + SHAPE_SLOT_MS and i.end_ms > t0)
         bound = max(row)
@@ -93,14 +96,16 @@ class TrafficShape:
         self._rate = self._scale * self._total[(t0 // MINUTE_MS) % 1440] * bound
         self._slot = slot
 
-    def _gamma_row(self, gamma_slot: int) -> list[float]:
-        # Each period's factors come from their own stream, so they do not depend on what was drawn before.
-        if gamma_slot != self._gamma_slot:
-            rng = random.Random(f"shape:{self._seed}:{gamma_slot}")
-            alpha, beta = self._shape, 1 / self._shape
-            self._gamma = [rng.gammavariate(alpha, beta) for _ in range(len(COUNTRIES) * _DEVICES)]
-            self._gamma_slot = gamma_slot
-        return self._gamma
+    def _gamma_row(self, period: int) -> np.ndarray:
+        # Each block of periods comes from its own stream, so no factor depends on which slots were visited.
+        block, index = divmod(period, _GAMMA_BLOCK)
+        if block != self._gamma_block:
+            key = hashlib.blake2b(f"shape:{self._seed}:{block}".encode(), digest_size=8).digest()
+            rng = np.random.default_rng(int.from_bytes(key, "little"))
+            self._gamma = rng.gamma(self._shape, 1 / self._shape, (_GAMMA_BLOCK, len(COUNTRIES) * _DEVICES))
+            self._gamma_block = block
+        row: np.ndarray = self._gamma[index]
+        return row
 
     def next_candidate(self, t: float, rng: random.Random) -> float:
         """The next candidate arrival after `t` (to be kept with probability `keep`)."""
