@@ -5,6 +5,10 @@ window to the next, the day swings 5-10x between peak and trough, weekends are b
 brings a burst of starts, and the level drifts. Each option is off by default, and with all of them off the
 generator produces exactly the bytes it always did (tests/unit/loadgen/test_loadgen_golden.py).
 
+The options shape playback-session arrivals (loadgen/traffic_shape.py). Sign-up funnels follow only the
+reshaped daily curve, and the warm start (sessions already playing at the run's start) replays the plain
+curve: both are small next to the sessions the options act on.
+
 A scenario file may set them in a `traffic:` object (keys as below, `dispersion_every` as a duration); a flag
 or environment variable given on the command line wins over the scenario.
 """
