@@ -372,10 +372,10 @@ def traffic_statistics(
         "starts_per_window_per_cell": round(total / count / max(len(table), 1), 3),
         "dispersion_d2": round(d2, 4) if d2 is not None else None,
         "dispersion_d": round(float(np.sqrt(max(d2, 0.0))), 3) if d2 is not None else None,
-        "peak_trough_median": statistics.median(ratios.values()) if ratios else None,
+        "peak_trough_median": round(statistics.median(ratios.values()), 2) if ratios else None,
         "peak_trough_by_country": ratios,
         "top_of_hour_ratio": round((burst_in / n_in) / (burst_out / n_out), 3) if n_in and burst_out else None,
-        "steepest_ramp_pct_per_min_median": statistics.median(ramps.values()) if ramps else None,
+        "steepest_ramp_pct_per_min_median": round(statistics.median(ramps.values()), 2) if ramps else None,
         "steepest_ramp_pct_per_min_max": max(ramps.values()) if ramps else None,
     }
 
