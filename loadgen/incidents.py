@@ -32,7 +32,9 @@ Effects (all optional; several incidents overlapping multiply):
   `play_error_code` (the error code of the extra errors);
 - `payment_decline_multiplier` (x the payment-decline probability);
 - `starts_multiplier` (x the rate at which sessions in scope arrive: a
-  premiere is a title's attempts, hence starts, x5 in one country).
+  premiere is a title's attempts, hence starts, x5 in one country). Unlike
+  the others it moves arrivals, so from its start on the run's bytes differ
+  from a run without it even outside its scope (the rates there do not).
 
 Two flags say what kind of event it is, for whoever judges a detector with
 the ground truth: `benign: true` marks an *expected* event (a premiere, a

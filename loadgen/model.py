@@ -20,6 +20,9 @@ its own small random stream seeded from (seed, session number). So an incident
 changes only the sessions in its scope: every event outside the scope is
 byte-identical to a run without the incident. Inside the scope it changes only
 events whose event time lies inside the incident (see loadgen/incidents.py).
+The exception is `starts_multiplier` (a premiere): it changes when arrivals
+happen, so the arrivals from its start on differ from a run without it (the
+traffic outside its scope keeps the same rates, not the same bytes).
 
 The model is a discrete-event simulation over an agenda of (time, sequence,
 kind, payload) (a calendar queue); sessions are advanced one heartbeat interval at a time so
@@ -28,8 +31,9 @@ memory stays proportional to the number of concurrent sessions, not events.
 This module holds the run's state, the agenda and the loop; the parts it runs
 are modules of their own: loadgen/arrivals.py (when arrivals happen, the warm
 start), loadgen/playback_arrival.py (an attempt: viewer, start or failure),
-loadgen/playback_session.py (a started session, interval by interval) and
-loadgen/signup_funnel.py (a sign-up funnel).
+loadgen/playback_session.py (a started session, interval by interval),
+loadgen/signup_funnel.py (a sign-up funnel) and, with realistic-noise options or
+a premiere, loadgen/traffic_shape.py (arrivals shaped per slot and cell).
 """
 
 from __future__ import annotations
