@@ -333,13 +333,15 @@ def traffic_statistics(
     Dispersion: each window's count against its local level, the mean of the `half_width` windows on each
     side (not itself; a linear trend cancels), away from the top-of-the-hour bursts; pooled over cells,
     d² = (Σ(x - m)² / (1 + 1/(2 half_width)) - Σm) / Σm² (a gamma–Poisson count has variance m + d² m²; the
-    local mean's own noise is the 1/(2 half_width)).
+    local mean's own noise is the 1/(2 half_width)). Its standard error, approximately: each (x - m)² has a
+    variance of about 2 v² + m (v = m + d² m²); at a fraction of a start per window it is what limits the estimate.
     """
     count = DAY_MS // fine_ms
     index = np.arange(count)
     kernel = np.ones(2 * half_width + 1)
     kernel[half_width] = 0
     sq_dev = sum_m = sum_m2 = 0.0
+    levels = []
     burst_in = burst_out = 0.0
     n_in = n_out = 0
     per_country: dict[str, Any] = {}
@@ -353,6 +355,7 @@ def traffic_statistics(
         sq_dev += float(((series - level) ** 2)[clear].sum())
         sum_m += float(level[clear].sum())
         sum_m2 += float((level[clear] ** 2).sum())
+        levels.append(level[clear])
         burst_in += float(series[in_burst].sum())
         n_in += int(in_burst.sum())
         burst_out += float(series[~in_burst].sum())
@@ -360,6 +363,11 @@ def traffic_statistics(
         hours = ((index * fine_ms + offset_ms[country]) % DAY_MS) // HOUR_MS
         per_country[country] = per_country.get(country, 0) + np.bincount(hours, weights=series, minlength=24)
     d2 = (sq_dev / (1 + 1 / (2 * half_width)) - sum_m) / sum_m2 if sum_m2 else None
+    d2_se = None
+    if d2 is not None:
+        m = np.concatenate(levels)
+        v = m + max(d2, 0.0) * m * m
+        d2_se = float(np.sqrt((2 * v * v + m).sum())) / sum_m2
     ratios, ramps = {}, {}
     for country, hourly in per_country.items():
         if hourly.min() >= 50:  # enough starts an hour for the ratio to mean something
@@ -371,6 +379,7 @@ def traffic_statistics(
         "starts": int(total),
         "starts_per_window_per_cell": round(total / count / max(len(table), 1), 3),
         "dispersion_d2": round(d2, 4) if d2 is not None else None,
+        "dispersion_d2_se": round(d2_se, 4) if d2_se is not None else None,
         "dispersion_d": round(float(np.sqrt(max(d2, 0.0))), 3) if d2 is not None else None,
         "peak_trough_median": round(statistics.median(ratios.values()), 2) if ratios else None,
         "peak_trough_by_country": ratios,
@@ -501,6 +510,9 @@ def markdown(report: dict[str, Any]) -> str:
         f" {model['starts_per_window_per_cell']} | |",
         f"| dispersion d (var = m + d² m²) | {folded['dispersion_d']} | {model['dispersion_d']} |"
         f" {report['realism']['dispersion']} / {report['aggregate_dispersion_d']:.3f} |",
+        f"| d², ± its standard error | {folded['dispersion_d2']} ± {folded['dispersion_d2_se']} |"
+        f" {model['dispersion_d2']} ± {model['dispersion_d2_se']} |"
+        f" {report['realism']['dispersion'] ** 2:.3f} / {report['aggregate_dispersion_d'] ** 2:.3f} |",
         f"| daily peak/trough, median over countries (hourly sums) | {folded['peak_trough_median']} |"
         f" {model['peak_trough_median']} | {report['realism']['peak_trough']} / 5-10 per country |",
         f"| top-of-the-hour burst (first 2 min against the rest) | {folded['top_of_hour_ratio']} |"

@@ -55,6 +55,7 @@ def synthetic(d: float, mean: float, seed: int) -> dict[tuple[str, str], np.ndar
 def test_the_dispersion_estimate_recovers_d(d: float, mean: float) -> None:
     stats = traffic_statistics(synthetic(d, mean, 1), {"US": 0}, FINE_MS)
     assert stats["dispersion_d2"] == pytest.approx(d * d, rel=0.1, abs=0.005)
+    assert abs(stats["dispersion_d2"] - d * d) < 4 * stats["dispersion_d2_se"] + 0.1 * d * d
     assert stats["top_of_hour_ratio"] == pytest.approx(1.25, rel=0.05)
     assert 5 < stats["peak_trough_median"] < 9
 
