@@ -1,6 +1,6 @@
 """Load-generator throughput: events per second written to a JSON Lines file on one core.
 
-Run: .venv/bin/python bench/loadgen_bench.py [--events N] [--repeat R] [--truth] [--faults] [--profile]
+Run: .venv/bin/python bench/loadgen_bench.py [--events N] [--repeat R] [--truth] [--faults] [--realistic] [--profile]
 
 Each pass is a whole `streampulse loadgen --mode simulated --out FILE.jsonl`
 run (model, encoding with orjson, delivery, file writes; with --truth also
@@ -27,6 +27,8 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loadgen.config import FaultConfig, LoadgenConfig
+from loadgen.incidents import load_scenario
+from loadgen.realism import RealismParams, scenario_realism
 from loadgen.runner import run
 from loadgen.sinks import JsonlSink
 
@@ -52,6 +54,9 @@ def main() -> None:
     parser.add_argument("--span-hours", type=float, default=24.0, help="simulated event time the events cover")
     parser.add_argument("--truth", action="store_true", help="also build and write the ground truth")
     parser.add_argument("--faults", action="store_true", help="jitter, 1%% late, 1%% duplicates, 1%% malformed")
+    parser.add_argument(
+        "--realistic", action="store_true", help="the realistic-day scenario's traffic options and incidents"
+    )
     parser.add_argument("--profile", action="store_true", help="one pass under cProfile, top functions")
     args = parser.parse_args()
 
@@ -64,6 +69,8 @@ def main() -> None:
         events=args.events,
         span_ms=int(args.span_hours * 3_600_000),
         faults=faults,
+        realism=RealismParams(**scenario_realism("realistic-day")) if args.realistic else RealismParams(),
+        incidents=load_scenario("realistic-day") if args.realistic else (),
     )
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "events.jsonl"
@@ -80,6 +87,7 @@ def main() -> None:
             cpus.append(cpu)
     n = args.events
     what = ("with" if args.truth else "no") + " ground truth, " + ("faults" if args.faults else "no faults")
+    what += ", realistic-day traffic" if args.realistic else ""
     print(f"loadgen: {n:,} events to JSON Lines ({size / n:.0f} B/event), {what}")
     print(f"  python {sys.version.split()[0]}, {os.cpu_count()} CPUs visible, {args.repeat} passes")
     for name, wall, cpu in (

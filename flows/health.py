@@ -236,8 +236,13 @@ class PipelineMetrics:
         self.window_counters.observe(updates, fine_resolution)
         newest_final: WindowUpdate | None = None
         advanced: set[str] = set()
+        # Counted per publish, not per update: a publish while catching up holds a hundred windows and more.
+        emitted: dict[tuple[str, bool], int] = {}
         for update in updates:
-            self._emitted(update.resolution, update.final).inc()
+            emitted[(update.resolution, update.final)] = emitted.get((update.resolution, update.final), 0) + 1
+        for (resolution, final), count in emitted.items():
+            self._emitted(resolution, final).inc(count)
+        for update in updates:
             if not update.final or update.complete is None:
                 continue
             newest_end = self._newest_final_end_ms.get(update.resolution, 0)

@@ -10,7 +10,9 @@ duplicates (they never enter a window). `sum(increase(...))` over any range
 and any labels is then the events counted in it, whatever the scrape
 interval. Only the fine resolution is exported (the coarse windows hold the
 same events again); what was exported of a window is forgotten once it is
-final, so memory follows the open windows.
+final, so memory follows the open windows. A publish's growth is summed over
+its windows first and each counter is incremented once per publish: a
+publish while catching up holds a hundred windows and more.
 
 Startup time is a classic histogram whose buckets are the sketch's
 (flows/windows/sketch.py) coarsened: a sketch bucket falls in the first
@@ -211,22 +213,47 @@ class WindowCounters:
         self._lock = threading.Lock()
         # (aggregate, label values) -> the counter's child for them.
         self._children: dict[tuple[str, tuple[str, ...]], Counter] = {}
+        # (aggregate, dims) -> (aggregate, label values), made once, not per window and publish (dims are bounded as
+        # the labels are: the contract enums and the other labels of docs/metrics.md).
+        self._labels_of: dict[tuple[str, tuple[Any, ...]], tuple[str, tuple[str, ...]]] = {}
 
     def observe(self, updates: Iterable[WindowUpdate], fine_resolution: str) -> None:
-        """Advance by what the fine windows in `updates` counted since they were last published."""
+        """Advance by what the fine windows in `updates` counted since they were last published.
+
+        One pass per publish: the growth of every window is summed per (aggregate, labels) first, and each
+        counter child is incremented once, not once per window that grew (a publish while catching up holds
+        a hundred windows and more, and every shard's process pays per increment whatever its share of cells).
+        """
+        growth: dict[tuple[str, tuple[str, ...]], int] = {}
+        startup: dict[tuple[str, ...], dict[int, int]] = {}
         with self._lock:
             for update in updates:
                 if update.resolution == fine_resolution:
-                    self._advance(update)
+                    self._advance(update, growth, startup)
+            if startup:
+                self.startup.add(startup)
+            children, by_aggregate = self._children, self._by_aggregate
+            for key, grown in growth.items():
+                # prometheus_client's labels() validates and locks on every call: each label set's child is kept.
+                spec, counter = by_aggregate[key[0]]
+                child = children.get(key)
+                if child is None:
+                    child = children[key] = counter.labels(*key[1])
+                child.inc(grown * spec.scale)
 
-    def _advance(self, update: WindowUpdate) -> None:
+    def _advance(
+        self,
+        update: WindowUpdate,
+        growth: dict[tuple[str, tuple[str, ...]], int],
+        startup: dict[tuple[str, ...], dict[int, int]],
+    ) -> None:
         window = (update.shard, update.window_start_ms)
         exported = self._exported.setdefault(window, {})
         for aggregate, values in update.changes.items():
             if aggregate == STARTUP_SKETCH:
-                self.startup.add(self._sketch_growth(values, exported.get(aggregate, {})))
+                self._sketch_growth(values, exported.get(aggregate, {}), startup)
             elif aggregate in self._by_aggregate:
-                self._add_growth(aggregate, values, exported.get(aggregate, {}))
+                self._add_growth(aggregate, values, exported.get(aggregate, {}), growth)
             else:
                 continue
             # The update's values are a copy made for the writers: safe to keep as they are.
@@ -235,37 +262,36 @@ class WindowCounters:
             del self._exported[window]
 
     def _add_growth(
-        self, aggregate: str, values: Mapping[tuple[Any, ...], int], before: Mapping[tuple[Any, ...], int]
+        self,
+        aggregate: str,
+        values: Mapping[tuple[Any, ...], int],
+        before: Mapping[tuple[Any, ...], int],
+        growth: dict[tuple[str, tuple[str, ...]], int],
     ) -> None:
-        spec, counter = self._by_aggregate[aggregate]
+        labels_of = self._labels_of
         positions = self._positions[aggregate]
-        growth: dict[tuple[str, ...], int] = {}
         for dims, value in values.items():
             # Counts inside a window only grow; a shrink would be a bug upstream, and a counter cannot go down.
             grown = value - before.get(dims, 0)
             if grown > 0:
-                labels = tuple(str(dims[i]) for i in positions)
-                growth[labels] = growth.get(labels, 0) + grown
-        children = self._children
-        for labels, grown in growth.items():
-            # prometheus_client's labels() validates and locks on every call: each label set's child is kept.
-            child = children.get((aggregate, labels))
-            if child is None:
-                child = children[(aggregate, labels)] = counter.labels(*labels)
-            child.inc(grown * spec.scale)
+                key = labels_of.get((aggregate, dims))
+                if key is None:
+                    key = labels_of[(aggregate, dims)] = (aggregate, tuple(str(dims[i]) for i in positions))
+                growth[key] = growth.get(key, 0) + grown
 
     def _sketch_growth(
-        self, values: Mapping[tuple[Any, ...], int], before: Mapping[tuple[Any, ...], int]
-    ) -> dict[tuple[str, ...], dict[int, int]]:
+        self,
+        values: Mapping[tuple[Any, ...], int],
+        before: Mapping[tuple[Any, ...], int],
+        growth: dict[tuple[str, ...], dict[int, int]],
+    ) -> None:
         country, device = self._sketch_positions
-        growth: dict[tuple[str, ...], dict[int, int]] = {}
         for dims, value in values.items():
             grown = value - before.get(dims, 0)
             if grown > 0:
                 buckets = growth.setdefault((str(dims[country]), str(dims[device])), {})
                 sketch_bucket = int(dims[-1])
                 buckets[sketch_bucket] = buckets.get(sketch_bucket, 0) + grown
-        return growth
 
     @property
     def windows_remembered(self) -> int:

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 from loadgen.config import FaultConfig, LoadgenConfig, ModelParams
 from loadgen.faults import KIND_NAMES, MALFORMED, Out
 from loadgen.incidents import Incident, parse_incidents
+from loadgen.realism import RealismParams
 from loadgen.runner import RunResult, run
 from loadgen.sinks import KafkaSink, MemorySink
 from settings.kafka import KafkaSettings
@@ -71,11 +72,13 @@ def generate(
     incidents: Iterable[Incident] | list[dict[str, Any]] = (),
     windows_ms: tuple[int, ...] = (10_000, 60_000),
     session_timeout_ms: int | None = None,
+    realism: RealismParams | None = None,
     with_truth: bool = True,
 ) -> Generated:
     """Generate a simulated run into memory: `events` distinct valid events (or the whole span) and its truth.
 
-    `incidents` are `Incident`s or plain dicts in the incident-file format. The same arguments always give
+    `incidents` are `Incident`s or plain dicts in the incident-file format; `realism` the realistic-traffic
+    options (loadgen/realism.py, all off by default). The same arguments always give
     the same messages and truth as `streampulse loadgen --mode simulated` with the equivalent options.
     `with_truth=False` skips the ground truth (faster; `truth` is then empty).
     """
@@ -97,6 +100,7 @@ def generate(
         incidents=parsed,
         windows_ms=windows_ms,
         session_timeout_ms=session_timeout_ms,
+        realism=realism or RealismParams(),
     )
     return generate_config(config, with_truth=with_truth)
 

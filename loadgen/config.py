@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from loadgen.diurnal import DAY_MS
-from loadgen.incidents import Incident, ResolvedIncident
+from loadgen.incidents import Incident, IncidentError, ResolvedIncident
+from loadgen.realism import RealismParams
+from loadgen.world import Catalogue
 
 Mode = Literal["simulated", "realtime"]
 DEFAULT_RATE = 1000.0
@@ -105,6 +108,8 @@ class LoadgenConfig:
     incidents: tuple[Incident, ...] = ()
     windows_ms: tuple[int, ...] = DEFAULT_WINDOWS_MS
     session_timeout_ms: int | None = None
+    realism: RealismParams = field(default_factory=RealismParams)
+    """Realistic-noise traffic (loadgen/realism.py); all off by default."""
 
     def __post_init__(self) -> None:
         if self.events is not None and self.events < 1:
@@ -117,6 +122,12 @@ class LoadgenConfig:
             raise ValueError("truth windows must be positive durations")
         if self.events is None and self.span_ms is None and self.mode == "simulated":
             raise ValueError("a simulated run needs --events or --span, or it never ends")
+        for incident in self.incidents:
+            if incident.title_rank is not None and incident.title_rank > self.params.titles:
+                raise IncidentError(
+                    f"incident {incident.name!r}: where.title_rank {incident.title_rank} is beyond the "
+                    f"catalogue's {self.params.titles} titles"
+                )
 
     @property
     def end_ms(self) -> int | None:
@@ -153,8 +164,13 @@ class LoadgenConfig:
         return digest
 
     def resolved_incidents(self) -> tuple[ResolvedIncident, ...]:
-        """The incidents with absolute event times for this run."""
-        return tuple(i.resolve(self.start_ms) for i in self.incidents)
+        """The incidents with absolute event times (a persistent one to the span's end) and titles for this run."""
+        return tuple(i.resolve(self.start_ms, self.end_ms, self.title_at_rank) for i in self.incidents)
+
+    def title_at_rank(self, rank: int) -> str:
+        """The id of the run's `rank`-th most popular title (the model's catalogue: same seed, same shuffle)."""
+        catalogue = Catalogue(self.params.titles, self.params.zipf_s, random.Random(f"world:{self.seed}"))
+        return catalogue.ids[rank - 1]
 
     def describe(self) -> dict[str, Any]:
         """The config as plain JSON data, for the ground truth."""
@@ -170,4 +186,4 @@ class LoadgenConfig:
             "windows_ms": list(self.windows_ms),
             "session_timeout_ms": self.timeout_ms,
             "run_tag": self.run_tag,
-        }
+        } | ({"realism": self.realism.describe()} if self.realism.any else {})

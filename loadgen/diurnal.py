@@ -8,6 +8,7 @@ doing date arithmetic per event.
 from __future__ import annotations
 
 import bisect
+import math
 from itertools import accumulate
 
 from loadgen.world import COUNTRIES
@@ -23,14 +24,21 @@ _LOCAL_HOURLY: tuple[float, ...] = (
 )  # fmt: skip
 
 
-def local_curve() -> list[float]:
-    """Intensity per local minute of the day, linearly interpolated between hours, mean 1."""
+def local_curve(peak_trough: float | None = None) -> list[float]:
+    """Intensity per local minute of the day, linearly interpolated between hours, mean 1.
+
+    `peak_trough` raises the curve to the power that makes its peak that many times its trough (the standard
+    curve's ratio is about 15): the same shape, shallower or deeper.
+    """
     values = []
     for minute in range(DAY_MINUTES):
         hour, frac = divmod(minute, 60)
         a = _LOCAL_HOURLY[hour]
         b = _LOCAL_HOURLY[(hour + 1) % 24]
         values.append(a + (b - a) * frac / 60)
+    if peak_trough is not None:
+        power = math.log(peak_trough) / math.log(max(values) / min(values))
+        values = [v**power for v in values]
     mean = sum(values) / len(values)
     return [v / mean for v in values]
 
@@ -38,11 +46,12 @@ def local_curve() -> list[float]:
 class DiurnalTable:
     """Per UTC minute of day: total intensity and the cumulative share of each country.
 
-    `flat` makes every minute alike (constant rate), for benchmarks and steady demos.
+    `flat` makes every minute alike (constant rate), for benchmarks and steady demos; `peak_trough` reshapes
+    each country's local curve (see `local_curve`).
     """
 
-    def __init__(self, flat: bool = False) -> None:
-        curve = local_curve()
+    def __init__(self, flat: bool = False, peak_trough: float | None = None) -> None:
+        curve = local_curve(peak_trough)
         self.total: list[float] = []
         self._cum: list[list[float]] = []
         for utc_minute in range(DAY_MINUTES):

@@ -10,7 +10,8 @@ An incident file (YAML or JSON) is a list of incidents, or an object with an
       effect: {start_failure_multiplier: 10}
 
 Dimensions of `where`: country, device_type, cdn, title_id (playback), and
-channel, plan, payment_method (sign-up). A dimension an event family does
+channel, plan, payment_method (sign-up); `title_rank: N` names the run's N-th
+most popular title (1 = the most watched; title ids are shuffled per seed). A dimension an event family does
 not have never matches, so an incident scoped by `cdn` leaves sign-ups alone.
 An effect changes only events whose event time falls in [start, end): an
 extra rebuffer or playback error happens inside it (the rate is multiplied
@@ -29,7 +30,16 @@ Effects (all optional; several incidents overlapping multiply):
 - `rebuffer_multiplier` (x rebuffer probability during playback);
 - `play_error_multiplier` (x fatal playback-error probability),
   `play_error_code` (the error code of the extra errors);
-- `payment_decline_multiplier` (x the payment-decline probability).
+- `payment_decline_multiplier` (x the payment-decline probability);
+- `starts_multiplier` (x the rate at which sessions in scope arrive: a
+  premiere is a title's attempts, hence starts, x5 in one country). Unlike
+  the others it moves arrivals, so from its start on the run's bytes differ
+  from a run without it even outside its scope (the rates there do not).
+
+Two flags say what kind of event it is, for whoever judges a detector with
+the ground truth: `benign: true` marks an *expected* event (a premiere, a
+promotion) that is not an incident; `persistent: true` (instead of `duration`
+or `end`) makes it last to the end of the run (a CDN permanently degraded).
 
 Ready scenarios live in `loadgen/scenarios/NAME.yaml` (`--scenario NAME`).
 """
@@ -38,6 +48,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -60,6 +71,7 @@ _MULTIPLIERS = (
     "rebuffer_multiplier",
     "play_error_multiplier",
     "payment_decline_multiplier",
+    "starts_multiplier",
 )
 _CODES = ("start_failure_error_code", "play_error_code")
 EFFECTS: tuple[str, ...] = (*_MULTIPLIERS, "starts_drop", *_CODES)
@@ -81,6 +93,11 @@ class Effect:
     play_error_multiplier: float = 1.0
     play_error_code: str | None = None
     payment_decline_multiplier: float = 1.0
+    starts_multiplier: float = 1.0
+
+
+FOREVER_MS = 1 << 62
+"""End of a persistent incident in a run without an end (realtime until stopped)."""
 
 
 @dataclass(frozen=True)
@@ -94,18 +111,34 @@ class Incident:
     where: tuple[tuple[str, tuple[str, ...]], ...]
     effect: Effect
     raw_effect: tuple[tuple[str, Any], ...] = field(default=())
+    benign: bool = False
+    """An expected event (a premiere), not an incident: a detector may see it but should not page for it."""
+    persistent: bool = False
+    """No end of its own: it lasts to the end of the run."""
+    title_rank: int | None = None
+    """Scope: the run's `title_rank`-th most popular title (resolved to its id with the run's catalogue)."""
 
-    def resolve(self, run_start_ms: int) -> ResolvedIncident:
-        """Fix the incident's event-time range for a run that starts at `run_start_ms`."""
+    def resolve(
+        self, run_start_ms: int, run_end_ms: int | None = None, title_at_rank: Callable[[int], str] | None = None
+    ) -> ResolvedIncident:
+        """Fix the incident's event-time range (and title) for a run over [run_start_ms, run_end_ms)."""
         start_ms = _resolve_time(self.start, run_start_ms, self.name, "start")
         if self.end is not None:
             end_ms = _resolve_time(self.end, run_start_ms, self.name, "end")
-        else:
-            assert self.duration_ms is not None
+        elif self.duration_ms is not None:
             end_ms = start_ms + self.duration_ms
+        else:  # persistent
+            end_ms = max(run_end_ms if run_end_ms is not None else FOREVER_MS, start_ms + 1)
         if end_ms <= start_ms:
             raise IncidentError(f"incident {self.name!r}: it ends before it starts")
-        return ResolvedIncident(self.name, start_ms, end_ms, dict(self.where), self.effect, dict(self.raw_effect))
+        where = dict(self.where)
+        if self.title_rank is not None:
+            if title_at_rank is None:
+                raise IncidentError(f"incident {self.name!r}: where.title_rank needs the run's catalogue")
+            where["title_id"] = (title_at_rank(self.title_rank),)
+        return ResolvedIncident(
+            self.name, start_ms, end_ms, where, self.effect, dict(self.raw_effect), self.benign, self.persistent
+        )
 
 
 @dataclass(frozen=True)
@@ -118,6 +151,8 @@ class ResolvedIncident:
     where: dict[str, tuple[str, ...]]
     effect: Effect
     raw_effect: dict[str, Any]
+    benign: bool = False
+    persistent: bool = False
 
     def matches(self, attrs: dict[str, str]) -> bool:
         """Whether an entity with these dimension values is in the incident's scope."""
@@ -132,14 +167,19 @@ class ResolvedIncident:
         return self.start_ms <= t_ms < self.end_ms
 
     def to_truth(self) -> dict[str, Any]:
-        """The incident as the ground-truth file records it."""
-        return {
+        """The incident as the ground-truth file records it (`benign`, `persistent` only when true)."""
+        doc: dict[str, Any] = {
             "name": self.name,
             "start_ms": self.start_ms,
             "end_ms": self.end_ms,
             "where": {k: list(v) for k, v in self.where.items()},
             "effect": self.raw_effect,
         }
+        if self.benign:
+            doc["benign"] = True
+        if self.persistent:
+            doc["persistent"] = True
+        return doc
 
 
 _RELATIVE = re.compile(r"^\s*\+\s*(.+)$")
@@ -184,6 +224,17 @@ def _country_pattern() -> str:
     return next(f.pattern for f in spec.fields if f.name == "country" and f.pattern)
 
 
+def _title_rank(raw: Any, name: str) -> int | None:
+    if not isinstance(raw, dict) or "title_rank" not in raw:
+        return None
+    rank = raw["title_rank"]
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise IncidentError(f"incident {name!r}: where.title_rank must be a popularity rank, 1 or more")
+    if "title_id" in raw:
+        raise IncidentError(f"incident {name!r}: give where.title_id or where.title_rank, not both")
+    return rank
+
+
 def _parse_where(raw: Any, name: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     if raw is None:
         return ()
@@ -191,6 +242,8 @@ def _parse_where(raw: Any, name: str) -> tuple[tuple[str, tuple[str, ...]], ...]
         raise IncidentError(f"incident {name!r}: where must be an object of dimension: value(s)")
     where = []
     for dim in sorted(raw):
+        if dim == "title_rank":
+            continue  # see _title_rank
         if dim not in SCOPE_DIMS:
             raise IncidentError(f"incident {name!r}: unknown dimension {dim!r}; use one of {', '.join(SCOPE_DIMS)}")
         value = raw[dim]
@@ -241,7 +294,8 @@ def parse_incidents(doc: Any, source: str = "incidents") -> tuple[Incident, ...]
     for i, raw in enumerate(doc):
         if not isinstance(raw, dict):
             raise IncidentError(f"{source}: incident #{i + 1} is not an object")
-        unknown = sorted(set(raw) - {"name", "start", "duration", "end", "where", "effect", "description"})
+        known = {"name", "start", "duration", "end", "where", "effect", "description", "benign", "persistent"}
+        unknown = sorted(set(raw) - known)
         if unknown:
             raise IncidentError(f"{source}: incident #{i + 1} has unknown keys {unknown}")
         name = raw.get("name") or f"incident-{i + 1}"
@@ -255,8 +309,12 @@ def parse_incidents(doc: Any, source: str = "incidents") -> tuple[Incident, ...]
         if start is None:
             raise IncidentError(f"incident {name!r}: start is required (e.g. +5m)")
         duration = raw.get("duration")
-        if (duration is None) == (end is None):
-            raise IncidentError(f"incident {name!r}: give exactly one of duration and end")
+        flags = {key: raw.get(key, False) for key in ("benign", "persistent")}
+        for key, value in flags.items():
+            if not isinstance(value, bool):
+                raise IncidentError(f"incident {name!r}: {key} must be true or false")
+        if sum((duration is not None, end is not None, flags["persistent"])) != 1:
+            raise IncidentError(f"incident {name!r}: give exactly one of duration, end and persistent: true")
         dur_ms = None
         if duration is not None:
             try:
@@ -266,7 +324,9 @@ def parse_incidents(doc: Any, source: str = "incidents") -> tuple[Incident, ...]
             if dur_ms <= 0:
                 raise IncidentError(f"incident {name!r}: duration must be longer than zero")
         effect, raw_effect = _parse_effect(raw.get("effect"), name)
-        incidents.append(Incident(name, start, end, dur_ms, _parse_where(raw.get("where"), name), effect, raw_effect))
+        where = _parse_where(raw.get("where"), name)
+        rank = _title_rank(raw.get("where"), name)
+        incidents.append(Incident(name, start, end, dur_ms, where, effect, raw_effect, **flags, title_rank=rank))
     return tuple(incidents)
 
 

@@ -20,6 +20,9 @@ its own small random stream seeded from (seed, session number). So an incident
 changes only the sessions in its scope: every event outside the scope is
 byte-identical to a run without the incident. Inside the scope it changes only
 events whose event time lies inside the incident (see loadgen/incidents.py).
+The exception is `starts_multiplier` (a premiere): it changes when arrivals
+happen, so the arrivals from its start on differ from a run without it (the
+traffic outside its scope keeps the same rates, not the same bytes).
 
 The model is a discrete-event simulation over an agenda of (time, sequence,
 kind, payload) (a calendar queue); sessions are advanced one heartbeat interval at a time so
@@ -28,8 +31,9 @@ memory stays proportional to the number of concurrent sessions, not events.
 This module holds the run's state, the agenda and the loop; the parts it runs
 are modules of their own: loadgen/arrivals.py (when arrivals happen, the warm
 start), loadgen/playback_arrival.py (an attempt: viewer, start or failure),
-loadgen/playback_session.py (a started session, interval by interval) and
-loadgen/signup_funnel.py (a sign-up funnel).
+loadgen/playback_session.py (a started session, interval by interval),
+loadgen/signup_funnel.py (a sign-up funnel) and, with realistic-noise options or
+a premiere, loadgen/traffic_shape.py (arrivals shaped per slot and cell).
 """
 
 from __future__ import annotations
@@ -45,9 +49,10 @@ from loadgen.arrivals import HOUR_MS, MIN_WATCH_MS, next_arrival, replay_warm_st
 from loadgen.config import LoadgenConfig
 from loadgen.diurnal import DiurnalTable
 from loadgen.incidents import IncidentSet
-from loadgen.playback_arrival import session_arrival
+from loadgen.playback_arrival import session_arrival, shaped_session_arrival
 from loadgen.playback_session import PlaybackSession
 from loadgen.signup_funnel import FUNNEL_ABANDON_REPORTED, FUNNEL_PAYMENT_RATE, FUNNEL_PLAN_RATE, signup_arrival
+from loadgen.traffic_shape import TrafficShape
 from loadgen.world import DEVICE_PROFILES, DEVICE_WEIGHTS, Catalogue, Population
 from schemas.contract import families
 
@@ -89,7 +94,7 @@ class Model:
         world_rng = random.Random(f"world:{config.seed}")
         self.catalogue = Catalogue(p.titles, p.zipf_s, world_rng)
         self.population = Population(p.accounts, world_rng)
-        self.diurnal = DiurnalTable(flat=not p.diurnal)
+        self.diurnal = DiurnalTable(flat=not p.diurnal, peak_trough=config.realism.peak_trough)
         self.play_rng = random.Random(f"play:{config.seed}")
         self.signup_rng = random.Random(f"signup:{config.seed}")
         self.hidden: dict[str, dict[str, str]] | None = {}
@@ -109,6 +114,13 @@ class Model:
         sessions_per_s = config.effective_rate / (per_session + p.signup_share * per_funnel)
         self.session_rate_ms = sessions_per_s / 1000
         self.signup_rate_ms = sessions_per_s * p.signup_share / 1000
+        starts_incidents = tuple(i for i in self.incidents.incidents if i.effect.starts_multiplier != 1.0)
+        self.shape: TrafficShape | None = None
+        """Shaped arrivals (loadgen/traffic_shape.py) when a realistic option or a premiere needs them."""
+        if config.realism.shapes_arrivals or starts_incidents:
+            self.shape = TrafficShape(
+                config.realism, self.seed, self.start_ms, self.diurnal, self.session_rate_ms, starts_incidents
+            )
 
         # The agenda is a calendar queue: items of later seconds wait unsorted in per-second buckets, and only
         # the current second is a heap. With tens of thousands of concurrent sessions a single heap spends more
@@ -195,11 +207,17 @@ class Model:
         if self.params.warm_start:
             replay_warm_start(self)
         start = float(self.start_ms)
-        first = next_arrival(self.diurnal, start, self.session_rate_ms, self.play_rng)
+        first = self._next_play_arrival(start)
         self._schedule((first, next(self._seq), _PLAY_ARRIVAL, None))
         if self.signup_rate_ms > 0:
             first = next_arrival(self.diurnal, start, self.signup_rate_ms, self.signup_rng)
             self._schedule((first, next(self._seq), _SIGNUP_ARRIVAL, None))
+
+    def _next_play_arrival(self, t: float) -> float:
+        """The next playback arrival (a candidate, with shaped arrivals) after `t`."""
+        if self.shape is None:
+            return next_arrival(self.diurnal, t, self.session_rate_ms, self.play_rng)
+        return self.shape.next_candidate(t, self.play_rng)
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -229,8 +247,11 @@ class Model:
                 if ev is None or t < self.visible_from:  # warm-start sessions: the past is not sent
                     continue
             elif kind == _PLAY_ARRIVAL:
-                session_arrival(self, t, self.play_rng)
-                nxt = next_arrival(self.diurnal, t, self.session_rate_ms, self.play_rng)
+                if self.shape is None:
+                    session_arrival(self, t, self.play_rng)
+                else:
+                    shaped_session_arrival(self, t, self.play_rng)
+                nxt = self._next_play_arrival(t)
                 self._schedule((nxt, next(self._seq), _PLAY_ARRIVAL, None))
                 continue
             else:

@@ -70,12 +70,40 @@ class _Viewer(NamedTuple):
 
 def session_arrival(model: Model, t_float: float, rng: random.Random, warm: bool = False, watch: int = 0) -> None:
     """One playback arrival at `t_float`: push its events and start its session (`warm`: replayed past)."""
-    t = int(t_float)
     if not warm:
         watch = model.watch_ms(rng.gauss(0.0, 1.0))
     draws = _take_draws(rng)
     sid, seed = _next_session(model, warm)
     viewer = _pick_viewer(model, t_float, draws)
+    _attempt(model, int(t_float), watch, draws, viewer, sid, seed)
+
+
+def shaped_session_arrival(model: Model, t_float: float, rng: random.Random) -> None:
+    """A candidate arrival of the shaped process (loadgen/traffic_shape.py): kept, it is a playback arrival.
+
+    It takes the same draws as a plain arrival and one more, the thinning's; a session number is spent only on
+    a kept one.
+    """
+    shape = model.shape
+    assert shape is not None
+    watch = model.watch_ms(rng.gauss(0.0, 1.0))
+    draws = _take_draws(rng)
+    viewer = _pick_viewer(model, t_float, draws)
+    keep = shape.keep(t_float, viewer.country_index, viewer.device)
+    if shape.starts_incidents_here:  # a premiere (or a slump) of starts in some scope around now
+        t = int(t_float)
+        scope = _scope(viewer)
+        for inc in shape.starts_incidents_here:
+            if inc.start_ms <= t < inc.end_ms and inc.matches(scope):
+                keep *= inc.effect.starts_multiplier
+    if rng.random() >= keep:
+        return
+    sid, seed = _next_session(model, False)
+    _attempt(model, int(t_float), watch, draws, viewer, sid, seed)
+
+
+def _attempt(model: Model, t: int, watch: int, draws: _Draws, viewer: _Viewer, sid: str, seed: int) -> None:
+    """The attempt of an arrival whose viewer is picked: its outcome, its events and the session it starts."""
     profile = DEVICE_PROFILES[viewer.device]
     p_fail = min(1.0, model.params.start_failure_rate * profile.failure_factor)
     # Both possible outcomes are timed before anything is decided, so an incident can take an attempt only
@@ -95,7 +123,7 @@ def session_arrival(model: Model, t_float: float, rng: random.Random, warm: bool
             if _dropped(model, incidents, t, t_outcome, draws.drop):
                 return
 
-    base = {
+    base: dict[str, Any] = {
         "country": COUNTRIES[viewer.country_index].code,
         "device_type": DEVICE_TYPES[viewer.device],
         "schema_version": SCHEMA_VERSION,

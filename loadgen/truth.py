@@ -304,6 +304,10 @@ class TruthBuilder:
             out[window_label(window_ms)] = {"window_ms": window_ms, "windows": windows}
         return out
 
+    def windows_document(self, with_concurrency: bool = True) -> dict[str, Any]:
+        """The `windows` part of the document alone: what a long run checks an hour at a time, without the rest."""
+        return self._windows_json(self.aggregates, with_concurrency)
+
     def document(
         self,
         run: dict[str, Any],

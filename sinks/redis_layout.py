@@ -10,6 +10,8 @@ touches live keys:
 | `sp:{ns}:windows:{res}` | sorted set | member and score = window_start_ms of every window written |
 | `sp:{ns}:anomalies` | sorted set | recent anomalies: member = anomaly id (`series:country:device_type:direction:onset_ms`), score = end of the window it opened in (ms); the newest 1000 are kept |
 | `sp:{ns}:anomaly:{anomaly_id}` | string | JSON of the anomaly's latest event (`state` open, escalated, resolved or accepted as the new normal; fields in docs/anomalies.md) |
+| `sp:{ns}:detector-state:{through_ms}:{shards}` | hash | the live anomaly detectors' state valid through `through_ms` (event time), saved by a cluster of `shards` shards: `part:{shard}` per shard and `part:roll-ups`, each a detector snapshot (zlib-compressed JSON); `shards`. Written once per `--detector-state-interval` of event time by a live run, read by a replay at its start (sinks/detector_state.py) |
+| `sp:{ns}:detector-states` | sorted set | member `{through_ms}:{shards}`, score `through_ms`: the detector states kept (the newest `--detector-states-kept`) |
 | `sp:{ns}:health` | string | JSON of the pipeline-health document the flow rewrites at each publish (fields below), what `streampulse top` shows in its header |
 
 Each shard of the window state (one per worker of the cluster, flows/sharding.py) writes only the cells it
@@ -22,7 +24,9 @@ encodes it in C, where redis-py packs hash fields one by one in Python (22 %
 of the flow's time, measured); and all of a window in one hash, so a shard
 writes a window with one HSET rather than one command per aggregate (the
 command count would otherwise grow with the shards). Every key carries the
-retention TTL.
+retention TTL: a window's is set with its first write and again with its
+final one, and it is indexed then too, so the partial re-writes between (every
+shard re-writes its open windows at every publish) are one HSET each.
 Anomalies are written the same way: each event sets the anomaly's whole
 latest state, so a retry or a replay writes the same document again.
 """
@@ -65,6 +69,16 @@ def anomaly_key(namespace: str, anomaly_id: str) -> str:
 def health_key(namespace: str) -> str:
     """JSON document of the pipeline's health, rewritten at each publish (sinks/health_sink.py)."""
     return f"{PREFIX}:{namespace}:health"
+
+
+def detector_state_key(namespace: str, through_ms: int, shards: int) -> str:
+    """Hash of the live detectors' state valid through `through_ms`, one field per part (sinks/detector_state.py)."""
+    return f"{PREFIX}:{namespace}:detector-state:{through_ms}:{shards}"
+
+
+def detector_states_key(namespace: str) -> str:
+    """Sorted set of the detector states kept: member `{through_ms}:{shards}`, score `through_ms`."""
+    return f"{PREFIX}:{namespace}:detector-states"
 
 
 def replay_marker_key(namespace: str) -> str:

@@ -78,6 +78,8 @@ class RedisWindowWriter(Writer[WindowUpdate | ShardProgress]):
         self._ttl_s = ttl_s
         self._metrics = metrics or pipeline_metrics()
         self._retry = redis_retry("Redis write", self._metrics, log, client)
+        # Open windows this writer has indexed and given their TTL: their partial re-writes are one HSET each.
+        self._indexed: set[tuple[str, int]] = set()
 
     def write(self, items: Sequence[WindowUpdate | ShardProgress]) -> None:
         """Write `items`, retrying until Redis accepts them."""
@@ -122,11 +124,22 @@ class RedisWindowWriter(Writer[WindowUpdate | ShardProgress]):
                 fields[f"agg:{aggregate}:{shard}"] = orjson.dumps([[*dims, value] for dims, value in values.items()])
             win_key = window_key(ns, res, start)
             pipe.hset(win_key, mapping=fields)  # type: ignore[arg-type]
-            pipe.expire(win_key, ttl)
-            pipe.zadd(index_key(ns, res), {str(start): start})
+            # The index entry and the TTL go with a window's first write and its final one, not with every
+            # partial re-write between: each command costs every shard the same at every publish, whatever its
+            # share of the cells (an HSET keeps the key's TTL).
+            if update.final or (res, start) not in self._indexed:
+                pipe.expire(win_key, ttl)
+                pipe.zadd(index_key(ns, res), {str(start): start})
         for res in {u.resolution for u in updates}:
             pipe.expire(index_key(ns, res), ttl)
         pipe.execute()
+        # Only once Redis took them: a failed write is retried whole.
+        for update in updates:
+            window = (update.resolution, update.window_start_ms)
+            if update.final:
+                self._indexed.discard(window)
+            else:
+                self._indexed.add(window)
 
 
 class RedisWindowSink(WorkerSink[WindowUpdate | ShardProgress]):

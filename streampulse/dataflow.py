@@ -11,7 +11,8 @@
                                    ├──► RedisWindowSink
                                    ├──► PrometheusWindowSink
                                    └──► final fine windows ──► per-shard detector + roll-up step (flows/anomaly/steps.py)
-                                           └──► anomalies topic, Redis, /metrics (sinks/anomaly_sink.py)
+                                           ├──► anomalies topic, Redis, /metrics (sinks/anomaly_sink.py)
+                                           └──► (live) their state once per interval ──► Redis (sinks/detector_state.py)
 
 Every worker owns one shard of the window state (flows/sharding.py says which
 cells and why): the store, its Redis writes, its /metrics and its cells'
@@ -37,7 +38,8 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from flows.anomaly.events import AnomalyEvent, Detection
-from flows.anomaly.steps import anomaly_events, detect_anomalies
+from flows.anomaly.steps import StateSaving, anomaly_events, detect_anomalies
+from flows.anomaly.warm_start import SavedState, WarmStart
 from flows.fold.partition_aggregator import Folder
 from flows.fold.playback import PlaybackFolder, StreamStartsFolder
 from flows.fold.signup import IgnoreFolder, SignupFolder
@@ -52,6 +54,7 @@ from settings.kafka import KafkaSettings
 from settings.redis import RedisSettings
 from sinks.anomaly_sink import AnomalyKafkaSink, AnomalyPrometheusSink, AnomalyRedisSink
 from sinks.dead_letter import DeadLetterSink
+from sinks.detector_state import DetectorStateRedisSink
 from sinks.health_sink import HealthRedisSink
 from sinks.prometheus_sink import PrometheusWindowSink
 from sinks.redis_sink import RedisWindowSink
@@ -67,6 +70,11 @@ class FlowSettings:
     redis_ttl_s: int = 7 * 24 * 3600
     # Window-state shards: one per worker of the whole cluster (processes x --workers), flows/sharding.py.
     shards: int = 1
+    # Live: the anomaly detectors leave their state every this much event time (None: never), the newest kept.
+    detector_state_interval_ms: int | None = None
+    detector_states_kept: int = 24
+    # Replay: the live state its detectors start from (None: cold).
+    warm_start: WarmStart | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,7 @@ class FlowSinks:
     anomalies_kafka: Sink[AnomalyEvent]
     anomalies_redis: Sink[AnomalyEvent]
     anomalies_prometheus: Sink[Detection]
+    detector_states: Sink[SavedState]
 
 
 def flow_sinks(settings: FlowSettings) -> FlowSinks:
@@ -93,6 +102,7 @@ def flow_sinks(settings: FlowSettings) -> FlowSinks:
         anomalies_kafka=AnomalyKafkaSink(kafka, kafka.anomalies_topic),
         anomalies_redis=AnomalyRedisSink(redis_settings, ttl_s),
         anomalies_prometheus=AnomalyPrometheusSink(),
+        detector_states=DetectorStateRedisSink(redis_settings, ttl_s, settings.detector_states_kept),
     )
 
 
@@ -245,10 +255,16 @@ def build_dataflow(
     plain = op.filter_map("updates_only", window_outputs, lambda item: item if _is_update(item) else None)
     op.output("prometheus_out", plain, sinks.windows_prometheus)
     if reader.metric_set == "all":  # the stream-starts-only benchmark configuration has nothing to detect on
-        detections = detect_anomalies(window_outputs, reader.windows, router.keys)
+        interval = settings.detector_state_interval_ms
+        saving = StateSaving(interval, shards) if live and interval else None
+        detector = detect_anomalies(
+            window_outputs, reader.windows, router.keys, saving=saving, warm=None if live else settings.warm_start
+        )
+        detections = detector.detections
         events = anomaly_events(detections)
         if live:
             op.output("anomalies_kafka_out", events, sinks.anomalies_kafka)
+            op.output("detector_states_out", detector.states, sinks.detector_states)
         op.output("anomalies_redis_out", events, sinks.anomalies_redis)
         op.output("anomalies_prometheus_out", detections, sinks.anomalies_prometheus)
     return flow

@@ -22,6 +22,7 @@ import orjson
 from loadgen.config import DEFAULT_SPAN_MS, FaultConfig, LoadgenConfig, ModelParams
 from loadgen.diurnal import DAY_MS
 from loadgen.incidents import Incident, IncidentError, load_incidents, load_scenario, scenario_names
+from loadgen.realism import RealismError, RealismParams, scenario_realism
 from loadgen.runner import Progress, now_ms
 from loadgen.runner import run as run_generator
 from loadgen.sinks import JsonlSink, KafkaSink, ParquetSink, Sink, SinkError
@@ -147,6 +148,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="malformed messages per valid event, cycling through every kind the decoder rejects",
     )
 
+    real = parser.add_argument_group(
+        "realistic traffic (all off by default; a --scenario may set them, these flags win)"
+    )
+    add_option(
+        real,
+        "--dispersion",
+        type=non_negative_float,
+        help="overdispersion d: each country x device type's session rate x a gamma(1/d^2, mean 1) factor "
+        "redrawn every --dispersion-every (variance of a window's count: mean + d^2 mean^2); e.g. 0.2",
+    )
+    add_option(real, "--dispersion-every", type=positive_duration_ms, help="how often the factor is redrawn; 10s")
+    add_option(
+        real, "--peak-trough", type=positive_float, help="each country's daily peak/trough ratio (real: 5-10); e.g. 8"
+    )
+    add_option(real, "--weekend-boost", type=positive_float, help="local Saturdays and Sundays x this against weekdays")
+    add_option(
+        real,
+        "--top-of-hour-boost",
+        type=non_negative_float,
+        help="extra sessions in the first 2 minutes of every local hour (0.25: +25 %%)",
+    )
+    add_option(real, "--drift-per-day", type=float, help="session rate growth per day (0.03: +3 %% a day)")
+
     inc = parser.add_argument_group("incidents")
     add_option(inc, "--incidents", help="YAML or JSON file of scripted incidents (see loadgen/incidents.py)")
     add_option(inc, "--scenario", type=_scenario, help=f"a ready scenario: {', '.join(scenario_names())}")
@@ -185,6 +209,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("delivery", "now"),
         help="message timestamps: the (simulated) delivery time, or the producer's clock",
     )
+
+
+REALISM_FLAGS: dict[str, str] = {
+    "dispersion": "dispersion",
+    "dispersion_every": "dispersion_every_ms",
+    "peak_trough": "peak_trough",
+    "weekend_boost": "weekend_boost",
+    "top_of_hour_boost": "top_of_hour_boost",
+    "drift_per_day": "drift_per_day",
+}
+
+
+def non_negative_float(text: str) -> float:
+    """A number of 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def build_realism(args: argparse.Namespace) -> RealismParams:
+    """The realistic-traffic options: the scenario's `traffic:` object, then every flag given; ConfigError."""
+    try:
+        values = scenario_realism(args.scenario) if args.scenario else {}
+        values |= {field: getattr(args, arg) for arg, field in REALISM_FLAGS.items() if getattr(args, arg) is not None}
+        return RealismParams(**values)
+    except RealismError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def default_start_ms(span_ms: int, now: int) -> int:
@@ -249,6 +304,7 @@ def build_config(args: argparse.Namespace, now: int | None = None) -> LoadgenCon
             incidents=tuple(incidents),
             windows_ms=args.truth_windows,
             session_timeout_ms=args.session_timeout,
+            realism=build_realism(args),
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

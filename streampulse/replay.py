@@ -9,6 +9,10 @@ flows/sources/replay_range.py; docs/replay-and-archive.md says it for users.
 The namespace is checked before anything is written: never the live one
 (`--live-namespace`), and never one holding windows that no replay wrote (a
 Redis hash `sp:{ns}:replay` marks a replay's namespace).
+
+The anomaly detectors start from the live run's saved state valid through the
+newest time at or before `--from` (flows/anomaly/warm_start.py), or cold when
+there is none; the replay says which in its log and in its marker hash.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from streampulse.archive import add_archive_dir_option
 from streampulse.configure import add_flow_options, add_kafka_options, add_redis_options
 from streampulse.dataflow import FlowSettings, SourceFactory
 from streampulse.options import add_option, duration_ms
+from streampulse.replay_detector import detector_start
 from streampulse.run import (
     add_cluster_options,
     add_metrics_options,
@@ -134,6 +139,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="how far an event's time may be ahead of its Kafka record timestamp; the seek goes this much earlier",
     )
     add_option(group, "--live-namespace", default="live", help="the live run's namespace, which a replay never writes")
+    add_option(
+        group,
+        "--detector-start",
+        default="live",
+        choices=("live", "cold"),
+        help="start the anomaly detectors from the live run's newest saved state at or before --from (live; cold "
+        "when there is none), or cold (learning from the range alone)",
+    )
     add_metrics_options(parser, default_port="0")
     add_cluster_options(parser)
     add_kafka_options(parser)
@@ -250,9 +263,19 @@ def run(args: argparse.Namespace) -> int:
     client = connect(settings.redis)
     claim_namespace(client, settings, replay, args.source)
     _describe(replay, settings, args.source)
+    warm, started = detector_start(client, args.live_namespace, args.detector_start, replay.from_ms, settings.shards)
+    log.info("%s", started)
+    # Where a user looks after the run: `HGETALL sp:{namespace}:replay`.
+    client.hset(
+        replay_marker_key(settings.redis.namespace),
+        mapping={"detector_start": started, "detector_state_through_ms": -1 if warm is None else warm.through_ms},
+    )
+    settings = replace(settings, warm_start=warm)
     code = execute(settings, process_settings(args), source_factory, job="replay")
     client.hset(
         replay_marker_key(settings.redis.namespace), mapping={"state": "done", "finished_ms": int(time.time() * 1000)}
     )
     print(shared_progress(replay).summary(), file=sys.stderr, flush=True)
+    # Said again at the end, beside the summary, for whoever reads the replay's anomalies from its output.
+    print(f"replay: {started}", file=sys.stderr, flush=True)
     return code

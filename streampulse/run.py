@@ -34,7 +34,7 @@ from streampulse.configure import (
     redis_settings,
 )
 from streampulse.dataflow import FlowSettings, SourceFactory, build_dataflow
-from streampulse.options import add_flag, add_option, port, positive_duration_ms, positive_int
+from streampulse.options import add_flag, add_option, duration_ms, port, positive_duration_ms, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_metrics_options(parser)
     add_cluster_options(parser)
     add_recovery_options(parser)
+    add_detector_state_options(parser)
     add_kafka_options(parser)
     add_redis_options(parser)
     add_flow_options(parser)
     parser.set_defaults(func=run)
+
+
+def add_detector_state_options(parser: argparse.ArgumentParser) -> None:
+    """How often the live anomaly detectors leave their state for replays to start from, and how many are kept."""
+    group = parser.add_argument_group("anomaly detector state (for replays)")
+    add_option(
+        group,
+        "--detector-state-interval",
+        type=duration_ms,
+        default="1h",
+        help="save the anomaly detectors' state to Redis every this much event time, for a replay to start from "
+        "(a whole multiple of --coarse-window; 0 = never)",
+    )
+    add_option(
+        group,
+        "--detector-states-kept",
+        type=positive_int,
+        default="24",
+        help="how many saved detector states Redis keeps (the newest, at least 2; each about 0.5 MB per 735 series)",
+    )
 
 
 def add_metrics_options(parser: argparse.ArgumentParser, default_port: str = "9464") -> None:
@@ -195,13 +216,40 @@ def _check_shards(directory: Path, marker: Path, shards: int) -> None:
 
 def flow_settings(args: argparse.Namespace, exit_at_end: bool) -> FlowSettings:
     """Validated settings of the flow; raises ConfigError saying what to fix."""
+    reader = reader_config(args, exit_at_end=exit_at_end)
     return FlowSettings(
         kafka=kafka_settings(args),
         redis=redis_settings(args),
-        reader=reader_config(args, exit_at_end=exit_at_end),
+        reader=reader,
         redis_ttl_s=max(args.redis_ttl // 1000, 1),
         shards=shard_count(args),
+        # Only `run` has them: a replay saves no detector state.
+        detector_state_interval_ms=detector_state_interval(
+            getattr(args, "detector_state_interval", 0), reader.windows.coarse_ms
+        ),
+        detector_states_kept=detector_states_kept(getattr(args, "detector_states_kept", 24)),
     )
+
+
+def detector_states_kept(kept: int) -> int:
+    """The validated --detector-states-kept; raises ConfigError saying what to fix."""
+    if kept < 2:
+        # The shards write a new state's parts one by one: with one kept, the whole previous state would be gone
+        # before the new one is whole, and a replay starting then would find none.
+        raise ConfigError(f"--detector-states-kept ({kept}) must be at least 2, so a whole state is always kept")
+    return kept
+
+
+def detector_state_interval(interval_ms: int, coarse_ms: int) -> int | None:
+    """The validated --detector-state-interval (None: 0, never); raises ConfigError saying what to fix."""
+    if interval_ms == 0:
+        return None
+    if interval_ms % coarse_ms:
+        raise ConfigError(
+            f"--detector-state-interval ({interval_ms} ms) must be a whole multiple of --coarse-window "
+            f"({coarse_ms} ms), so a replay aligned to coarse windows can start exactly at a saved state: e.g. 1h"
+        )
+    return interval_ms
 
 
 def check_services(settings: FlowSettings) -> None:

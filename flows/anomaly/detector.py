@@ -129,6 +129,7 @@ class AnomalyDetector(BaselineLearning):
         self._groups: set[tuple[str, str]] = set()
         self._next_start: int | None = None
         self._window_ms: int | None = None
+        self._profile_memo = {}
 
     # --- feeding -----------------------------------------------------------------------------------
 
@@ -196,6 +197,7 @@ class AnomalyDetector(BaselineLearning):
         detection = Detection(start_ms, end_ms)
         if not self._keys:
             return detection
+        self._profile_memo.clear()
         config, s = self.config, self._state
         inputs = self._inputs(cells, roll_ups)
         k_table, n_table = observations(inputs)
@@ -278,6 +280,7 @@ class AnomalyDetector(BaselineLearning):
             s.hits[row], s.quiet[row], s.cooldown[row] = series.hits, series.quiet, series.cooldown
             if series.accepted:
                 s.accept(row)
+                self._profile_memo.clear()
             if series.open is None:
                 self._open.pop(row, None)
             else:
@@ -393,6 +396,20 @@ class AnomalyDetector(BaselineLearning):
         z = np.where(s.count | s.rate, np.where(sm > 0.0, poisson, 0.0), np.where((sn > 0.0) & (sv > 0.0), normal, 0.0))
         judged = ready & (self._horizons[:, None] <= s.filled)
         return np.where(judged, z, 0.0), judged, inflate, phi, shape
+
+    @property
+    def next_window_start(self) -> int | None:
+        """Where the next window is expected to start (the end of the last one stepped); None before any."""
+        return self._next_start
+
+    def break_in_data(self) -> None:
+        """Take the next window as coming after a break: its recent-window sums restart, the baselines stay.
+
+        What a gap longer than `max_gap_windows` does; for a replay resumed from live state whose windows up to
+        its start it does not feed (flows/anomaly/warm_start.py), rather than judging them as empty.
+        """
+        self._state.clear(np.ones(len(self._state), np.bool_))
+        self._next_start = None
 
     @property
     def series_count(self) -> int:

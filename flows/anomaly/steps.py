@@ -17,6 +17,11 @@ window order, as a single detector would. Both keep plain state that bytewax
 snapshots with the shard's store, so a restart resumes them at the same
 window. The outputs — anomaly events and current scores — go to Kafka, Redis
 and /metrics (sinks/anomaly_sink.py, sinks/prometheus.py).
+
+The live run also leaves each step's detector state once per interval of event
+time (`SavedState`, stored by sinks/detector_state.py), and a replay starts
+each step's detector from such a state (`WarmStart`) rather than cold:
+flows/anomaly/warm_start.py says when and why.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from flows.anomaly.config import DetectorConfig
 from flows.anomaly.detector import AnomalyDetector
 from flows.anomaly.events import AnomalyEvent, Detection
 from flows.anomaly.series import ALL, Cell, Cells, cell_inputs
+from flows.anomaly.warm_start import ROLL_UP_PART, SavedState, StateSchedule, WarmStart, shard_part
 from flows.windows.store import ShardProgress, WindowUpdate
 from settings.windows import WindowConfig
 
@@ -67,24 +73,72 @@ def _add_cells(into: Cells, cells: Cells) -> None:
         into[group] = list(cell) if held is None else [a + b for a, b in zip(held, cell, strict=True)]
 
 
+@dataclass(frozen=True)
+class StateSaving:
+    """A live run's detector states: every `interval_ms` of event time, by a cluster of `shards` shards."""
+
+    interval_ms: int
+    shards: int
+
+
+class _Saver:
+    """Takes one step's detector state when due (`StateSchedule`), named as its part of the cluster's state."""
+
+    def __init__(self, saving: StateSaving | None, part: str | None) -> None:
+        self._saving = saving
+        self._schedule = StateSchedule(saving.interval_ms) if saving is not None else None
+        self.part = part
+
+    def before(self, detector: AnomalyDetector, window_start_ms: int, out: list[SavedState]) -> None:
+        """Add the detector's state to `out` if it is due before it steps the window starting at `window_start_ms`."""
+        if self._schedule is None or self._saving is None or self.part is None:
+            return
+        through = self._schedule.due(detector, window_start_ms)
+        if through is not None:
+            out.append(SavedState(self.part, self._saving.shards, through, detector.snapshot()))
+
+
 def _observe_in_order(
-    detector: AnomalyDetector, windows: Sequence[tuple[int, int, Cells]], detections: list[Detection]
+    detector: AnomalyDetector,
+    windows: Sequence[tuple[int, int, Cells]],
+    detections: list[Detection],
+    saver: _Saver,
+    states: list[SavedState],
 ) -> None:
     # Only the newest window's scores reach /metrics: a replay finalising hours at once skips the rest.
     last = len(windows) - 1
     for i, (start, end, cells) in enumerate(sorted(windows, key=lambda w: w[0])):
+        if cells:  # a window without inputs is not stepped (AnomalyDetector.observe_cells)
+            saver.before(detector, start, states)
         detections += detector.observe_cells(start, end, cells, scores=i == last)
 
 
-class ShardDetectorLogic(StatefulBatchLogic[WindowUpdate | ShardProgress, Detection | RollUpInput, DetectorState]):
+# What a shard's detector step emits: detections, its roll-up sums with its progress, its saved state.
+ShardOutput = Detection | RollUpInput | SavedState
+
+
+class ShardDetectorLogic(StatefulBatchLogic[WindowUpdate | ShardProgress, ShardOutput, DetectorState]):
     """One shard's cell series: each final fine window, oldest first; its roll-up sums go on with its progress.
 
     `alone`: the only shard, so it holds every cell and watches the roll-ups itself (one detector step a window
-    instead of two; the same results: tests/unit/flows/anomaly/test_sharded_detection.py).
+    instead of two; the same results: tests/unit/flows/anomaly/test_sharded_detection.py). `saving`: a live
+    run's, which leaves the detector's state every interval; `warm`: a replay's, whose detector starts from
+    this shard's part of the live state (the shard is known from its first input: bytewax does not tell a
+    logic its key).
     """
 
-    def __init__(self, resume: DetectorState | None, config: DetectorConfig | None = None, alone: bool = False) -> None:
+    def __init__(
+        self,
+        resume: DetectorState | None,
+        config: DetectorConfig | None = None,
+        alone: bool = False,
+        saving: StateSaving | None = None,
+        warm: WarmStart | None = None,
+    ) -> None:
         self._alone = alone
+        self._config = config
+        self._saver = _Saver(saving, None)
+        self._warm = warm if resume is None else None  # a recovery snapshot is newer than any live state
         if resume is None:
             self._detector = AnomalyDetector(config, roll_up=alone)
             self._pending: dict[int, tuple[int, Cells]] = {}
@@ -94,7 +148,12 @@ class ShardDetectorLogic(StatefulBatchLogic[WindowUpdate | ShardProgress, Detect
                 int(start): (end, {tuple(g): c for g, c in cells}) for start, end, cells in resume["pending"]
             }
 
-    def on_batch(self, values: list[WindowUpdate | ShardProgress]) -> tuple[list[Detection | RollUpInput], bool]:
+    def on_batch(self, values: list[WindowUpdate | ShardProgress]) -> tuple[list[ShardOutput], bool]:
+        if self._saver.part is None and values:
+            self._saver.part = shard_part(values[0].shard)
+            if self._warm is not None:
+                self._detector = self._warm.detector(self._saver.part, self._config)
+                self._warm = None
         windows: list[tuple[int, int, Cells]] = []
         progress: ShardProgress | None = None
         for item in values:
@@ -107,8 +166,9 @@ class ShardDetectorLogic(StatefulBatchLogic[WindowUpdate | ShardProgress, Detect
             if cells and not self._alone:
                 self._pending[item.window_start_ms] = (item.window_end_ms, roll_up_sums(cells))
         detections: list[Detection] = []
-        _observe_in_order(self._detector, windows, detections)
-        out: list[Detection | RollUpInput] = list(detections)
+        states: list[SavedState] = []
+        _observe_in_order(self._detector, windows, detections, self._saver, states)
+        out: list[ShardOutput] = [*detections, *states]
         if progress is not None and not self._alone:
             # Every window this shard made final so far is in `_pending` or was sent: the progress can go.
             out.append(RollUpInput(progress.shard, progress.shards, progress.final_through_ms, self._pending))
@@ -122,12 +182,21 @@ class ShardDetectorLogic(StatefulBatchLogic[WindowUpdate | ShardProgress, Detect
         return {"detector": self._detector.snapshot(), "pending": pending}
 
 
-class RollUpLogic(StatefulBatchLogic[RollUpInput, Detection, DetectorState]):
+class RollUpLogic(StatefulBatchLogic[RollUpInput, Detection | SavedState, DetectorState]):
     """The roll-up series: a window is stepped once every shard has passed it, with every shard's sums."""
 
-    def __init__(self, resume: DetectorState | None, config: DetectorConfig | None = None) -> None:
+    def __init__(
+        self,
+        resume: DetectorState | None,
+        config: DetectorConfig | None = None,
+        saving: StateSaving | None = None,
+        warm: WarmStart | None = None,
+    ) -> None:
+        self._saver = _Saver(saving, ROLL_UP_PART)
         if resume is None:
-            self._detector = AnomalyDetector(config, roll_up=False)
+            self._detector = (
+                AnomalyDetector(config, roll_up=False) if warm is None else warm.detector(ROLL_UP_PART, config)
+            )
             self._final_through: dict[int, int] = {}
             self._shards = 0
             self._waiting: dict[int, tuple[int, Cells]] = {}
@@ -137,7 +206,7 @@ class RollUpLogic(StatefulBatchLogic[RollUpInput, Detection, DetectorState]):
             self._shards = resume["shards"]
             self._waiting = {int(s): (e, {tuple(g): c for g, c in cells}) for s, e, cells in resume["waiting"]}
 
-    def on_batch(self, values: list[RollUpInput]) -> tuple[list[Detection], bool]:
+    def on_batch(self, values: list[RollUpInput]) -> tuple[list[Detection | SavedState], bool]:
         for part in values:
             self._shards = part.shards
             self._final_through[part.shard] = max(part.final_through_ms, self._final_through.get(part.shard, -(2**62)))
@@ -150,8 +219,9 @@ class RollUpLogic(StatefulBatchLogic[RollUpInput, Detection, DetectorState]):
         for start, _end, _cells in ready:
             del self._waiting[start]
         detections: list[Detection] = []
-        _observe_in_order(self._detector, ready, detections)
-        return detections, StatefulBatchLogic.RETAIN
+        states: list[SavedState] = []
+        _observe_in_order(self._detector, ready, detections, self._saver, states)
+        return [*detections, *states], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> DetectorState:
         return {
@@ -173,8 +243,20 @@ def is_final_fine_or_progress(fine_resolution: str) -> Callable[[WindowUpdate | 
     return keep
 
 
-def _is_detection(item: Detection | RollUpInput) -> bool:
+def _is_detection(item: ShardOutput) -> bool:
     return isinstance(item, Detection)
+
+
+def _is_state(item: ShardOutput) -> bool:
+    return isinstance(item, SavedState)
+
+
+@dataclass(frozen=True)
+class AnomalyOutputs:
+    """The detector steps' streams: each final window's detection, and (live) the detectors' saved states."""
+
+    detections: Stream[Detection]
+    states: Stream[SavedState]
 
 
 def detect_anomalies(
@@ -182,25 +264,40 @@ def detect_anomalies(
     windows: WindowConfig,
     shard_keys: Sequence[str],
     config: DetectorConfig | None = None,
-) -> Stream[Detection]:
-    """The detector's output for the shards' window updates (all resolutions, partial and final) and progress."""
+    saving: StateSaving | None = None,
+    warm: WarmStart | None = None,
+) -> AnomalyOutputs:
+    """The detector's output for the shards' window updates (all resolutions, partial and final) and progress.
+
+    `saving` (a live run): each step also leaves its detector's state once per interval of event time. `warm` (a
+    replay): each step's detector starts from its part of that live state.
+    """
     wanted = op.filter("final_fine_windows", outputs, is_final_fine_or_progress(windows.fine_name))
     # The shard's own key again: the same worker as its window state, so nothing moves.
     keyed = op.key_on("shard_detector_key", wanted, lambda item: shard_keys[item.shard])
     alone = len(shard_keys) == 1
-    per_shard = op.stateful_batch("anomaly_detector", keyed, lambda resume: ShardDetectorLogic(resume, config, alone))
+    per_shard = op.stateful_batch(
+        "anomaly_detector", keyed, lambda resume: ShardDetectorLogic(resume, config, alone, saving, warm)
+    )
+    saved = op.branch("shard_states_apart", op.map("drop_shard_key", per_shard, lambda kv: kv[1]), _is_state)
+    shard_states: Stream[SavedState] = saved.trues  # type: ignore[assignment]
     if alone:
-        return op.filter_map("drop_shard_key", per_shard, lambda kv: kv[1] if isinstance(kv[1], Detection) else None)
-    split = op.branch("roll_ups_apart", op.map("drop_shard_key", per_shard, lambda kv: kv[1]), _is_detection)
+        return AnomalyOutputs(saved.falses, shard_states)  # type: ignore[arg-type]
+    split = op.branch("roll_ups_apart", saved.falses, _is_detection)
     cell_detections: Stream[Detection] = split.trues  # type: ignore[assignment]
     to_roll_up: Stream[RollUpInput] = split.falses  # type: ignore[assignment]
     rolled = op.stateful_batch(
         "anomaly_roll_ups",
         op.key_on("roll_up_key", to_roll_up, lambda _part: ROLL_UP_KEY),
-        lambda resume: RollUpLogic(resume, config),
+        lambda resume: RollUpLogic(resume, config, saving, warm),
     )
-    roll_up_detections = op.map("drop_roll_up_key", rolled, lambda kv: kv[1])
-    return op.merge("all_detections", cell_detections, roll_up_detections)
+    rolled_apart = op.branch("roll_up_states_apart", op.map("drop_roll_up_key", rolled, lambda kv: kv[1]), _is_state)
+    roll_up_states: Stream[SavedState] = rolled_apart.trues  # type: ignore[assignment]
+    roll_up_detections: Stream[Detection] = rolled_apart.falses  # type: ignore[assignment]
+    return AnomalyOutputs(
+        op.merge("all_detections", cell_detections, roll_up_detections),
+        op.merge("all_detector_states", shard_states, roll_up_states),
+    )
 
 
 def anomaly_events(detections: Stream[Detection]) -> Stream[AnomalyEvent]:
@@ -208,4 +305,14 @@ def anomaly_events(detections: Stream[Detection]) -> Stream[AnomalyEvent]:
     return op.flat_map("anomaly_events", detections, lambda detection: detection.events)
 
 
-__all__ = ["Cell", "RollUpInput", "RollUpLogic", "ShardDetectorLogic", "detect_anomalies", "roll_up_sums"]
+__all__ = [
+    "AnomalyOutputs",
+    "Cell",
+    "RollUpInput",
+    "RollUpLogic",
+    "ShardDetectorLogic",
+    "ShardOutput",
+    "StateSaving",
+    "detect_anomalies",
+    "roll_up_sums",
+]

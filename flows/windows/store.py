@@ -350,12 +350,20 @@ class WindowStore(ConcurrencyBook):
         )
 
     def _expand(self, window: Window) -> None:
-        """Recompute the row-counted aggregates of `window` from its rows (they only ever grow)."""
+        """Recompute the row-counted aggregates of `window` from its rows (they only ever grow).
+
+        Only the aggregates whose values differ are marked changed: a window's rows change as a whole, but a batch
+        adds to a few event types, and every aggregate marked changed is written to Redis and diffed for /metrics
+        by every shard at every publish.
+        """
         expanded: WindowValues = {}
         for index, rows in window.rows.items():
             expand_rows(rows, self._layout_list[index], expanded)
-        window.values.update(expanded)
-        window.changed.update(expanded)
+        values, changed = window.values, window.changed
+        for aggregate, new in expanded.items():
+            if values.get(aggregate) != new:
+                values[aggregate] = new
+                changed.add(aggregate)
         window.rows_changed = False
 
     @property

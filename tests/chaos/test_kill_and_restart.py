@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 from loadgen.api import Generated, produce
 from streampulse.processes import free_port
 from tests.conftest import Stack
-from tests.integration.helpers import REPO, create_topics, scrape, streampulse
+from tests.integration.helpers import create_topics, scrape, start_cluster, streampulse
 from tests.integration.helpers import produce as produce_messages
 from tests.integration.test_metrics_against_truth import (
     CLOSE_MS,
@@ -47,12 +46,7 @@ def generated() -> Generated:
 
 def _start_live(connection: list[str], recovery: list[str], log: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streampulse.cli", "run", "--metrics-port", str(port), *recovery, *connection],
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-    )
+    [process] = start_cluster([*recovery, *connection], [log], [port], append=True)
     return process, port
 
 
@@ -122,19 +116,7 @@ CLUSTER_KILLS = 2
 
 def _start_cluster(options: list[str], logs: list[Path]) -> list[subprocess.Popen[bytes]]:
     """`streampulse run OPTIONS` as a cluster of one process per log, each serving /metrics on a port of its own."""
-    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
-    return [
-        subprocess.Popen(
-            [
-                *(sys.executable, "-m", "streampulse.cli", "run", "--metrics-port", str(free_port())),
-                *("--process-id", str(i), "--addresses", addresses, *options),
-            ],
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-        for i, log in enumerate(logs)
-    ]
+    return start_cluster(options, logs, [free_port() for _ in logs], append=True)
 
 
 def test_kill_9_one_process_of_a_cluster_then_restart_equals_truth(

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connect.kafka_admin import ensure_topics
 from settings.kafka import KafkaSettings
+from streampulse.processes import free_port
 
 COUNTRIES = ("BR", "US", "DE", "IN")
 DEVICES = ("tv", "mobile", "web")
@@ -135,6 +136,37 @@ def start_streampulse(*args: str, log_path: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "streampulse.cli", *args], stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO
     )
+
+
+def start_cluster(
+    options: Sequence[str], logs: Sequence[Path], metrics_ports: Sequence[int] | None = None, append: bool = False
+) -> list[subprocess.Popen[bytes]]:
+    """`streampulse run OPTIONS` as a bytewax cluster of one process per log, all started at once.
+
+    One log: a lone process (no cluster flags). Each process serves /metrics on its port of `metrics_ports` (one the
+    OS picks by default) and writes its output to its log (`append`: after what a previous run wrote there).
+    """
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in logs)
+    ports = list(metrics_ports) if metrics_ports is not None else [0] * len(logs)
+    return [
+        subprocess.Popen(
+            [
+                *(sys.executable, "-m", "streampulse.cli", "run", "--metrics-port", str(port)),
+                *(("--process-id", str(i), "--addresses", addresses) if len(logs) > 1 else ()),
+                *options,
+            ],
+            stdout=log.open("ab" if append else "wb"),
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        for i, (port, log) in enumerate(zip(ports, logs, strict=True))
+    ]
+
+
+def wait_cluster(cluster: Sequence[subprocess.Popen[bytes]], logs: Sequence[Path], timeout: float = 300) -> None:
+    """Wait for every process of a cluster to exit; a failure shows the end of its log."""
+    for process, log in zip(cluster, logs, strict=True):
+        assert process.wait(timeout=timeout) == 0, log.read_text()[-3000:]
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -33,7 +33,16 @@ from sinks.redis_query import query
 from sinks.window_read import read_windows
 from streampulse.processes import free_port
 from tests.conftest import Stack
-from tests.integration.helpers import REPO, create_topics, read_to_end, scrape, streampulse, yesterday_at
+from tests.integration.helpers import (
+    REPO,
+    create_topics,
+    read_to_end,
+    scrape,
+    start_cluster,
+    streampulse,
+    wait_cluster,
+    yesterday_at,
+)
 from tests.integration.helpers import produce as produce_messages
 
 pytestmark = pytest.mark.integration
@@ -145,34 +154,8 @@ def _run(topology: str, connection: list[str], tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr[-3000:]
     else:
         workers = "2" if topology == "2 processes x 2 workers" else "1"
-        addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
         logs = [tmp_path / f"process-{i}.log" for i in range(2)]
-        processes = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "streampulse.cli",
-                    "run",
-                    "--exit-at-end",
-                    "--metrics-port",
-                    "0",
-                    "--process-id",
-                    str(i),
-                    "--addresses",
-                    addresses,
-                    "--workers",
-                    workers,
-                    *connection,
-                ],
-                stdout=logs[i].open("wb"),
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-            )
-            for i in range(2)
-        ]
-        for process, log in zip(processes, logs, strict=True):
-            assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
+        wait_cluster(start_cluster(["--exit-at-end", "--workers", workers, *connection], logs), logs)
 
 
 def _cells(truth: dict[str, Any], resolution: str, section: str) -> Iterator[tuple[int, dict[str, Any]]]:

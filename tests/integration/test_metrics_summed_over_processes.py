@@ -8,8 +8,6 @@ equal to the ground truth), and nothing is counted twice by a process that holds
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,7 +20,7 @@ from sinks.redis_layout import index_key
 from sinks.window_read import read_windows
 from streampulse.processes import free_port
 from tests.conftest import Stack
-from tests.integration.helpers import REPO, create_topics, scrape
+from tests.integration.helpers import create_topics, scrape, start_cluster
 from tests.integration.test_metrics_against_truth import (
     CLOSE_MS,
     PARTITIONS,
@@ -74,22 +72,9 @@ def test_counters_summed_over_processes_equal_what_redis_holds(
     create_topics(stack.bootstrap, {kafka.playback_topic: PARTITIONS, kafka.signup_topic: PARTITIONS})
     namespace = f"summed-{unique_name}"
     CLOSE_MS[namespace] = _produce_closed(generated, kafka)
-    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
     ports = [free_port() for _ in range(processes)]
     logs = [tmp_path / f"process-{i}.log" for i in range(processes)]
-    cluster = [
-        subprocess.Popen(
-            [
-                *(sys.executable, "-m", "streampulse.cli", "run", "--metrics-port", str(port)),
-                *(("--process-id", str(i), "--addresses", addresses) if processes > 1 else ()),
-                *("--workers", str(workers), *_connection(kafka, stack, namespace)),
-            ],
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-        for i, (port, log) in enumerate(zip(ports, logs, strict=True))
-    ]
+    cluster = start_cluster(["--workers", str(workers), *_connection(kafka, stack, namespace)], logs, ports)
     client = redis.Redis.from_url(stack.redis_url)
     # What Redis ends with (the truth test holds it to that, window by window): the truth's stream starts.
     truth: Counter[tuple[str, str, str]] = Counter()

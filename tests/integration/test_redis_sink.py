@@ -82,9 +82,38 @@ def test_writing_the_same_updates_again_leaves_the_same_keys(stack: Stack, uniqu
     assert first[index_key(ns, "1m")] == [(str(T0).encode(), T0)]
     assert len(first) == 3 + 2  # a hash per window, an index per resolution
 
-    # Every key expires: the retention TTL is set (again) by each write.
+    # Every key expires: the retention TTL is set by a window's first write (and again by its final one).
     for key in first:
         assert 0 < client.ttl(key) <= TTL_S, key
+
+
+def test_partial_rewrites_of_an_open_window_are_one_hset_each(stack: Stack, unique_name: str) -> None:
+    # Every shard re-writes its open windows at every publish, whatever its share of the cells: the index entry and
+    # the TTL go with a window's first and final writes only.
+    settings = RedisSettings(stack.redis_url, f"sink-{unique_name}")
+    ns = settings.namespace
+    client = connect(settings)
+    partition = RedisWindowSink(settings, TTL_S).build("test.redis_out", 0, 1)
+
+    def calls() -> dict[str, int]:
+        stats = client.info("commandstats")
+        return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("hset", "expire", "zadd")}
+
+    partition.write_batch([update("10s", T0, 10_000, 1)])
+    before = calls()
+    for starts in (2, 3, 4):
+        partition.write_batch([update("10s", T0, 10_000, starts)])
+    after = calls()
+    # Per batch: the window's HSET and the index's EXPIRE (once per resolution in a batch), nothing else.
+    assert {name: after[name] - before[name] for name in after} == {"hset": 3, "expire": 3, "zadd": 0}
+    assert 0 < client.ttl(window_key(ns, "10s", T0)) <= TTL_S
+    partition.write_batch([update("10s", T0, 10_000, 5, final=True), ShardProgress(0, 1, T0 + 10_000, T0 + 10_000)])
+    final = calls()
+    assert final["zadd"] - after["zadd"] == 1  # the final write indexes the window again (a Redis that lost it)
+    [window] = read_windows(client, ns, "10s", [T0], ["stream_starts"])
+    assert window.final and window.values["stream_starts"] == {("BR", "tv", "c1"): 5, ("US", "web", "c2"): 1}
+    assert client.zrange(index_key(ns, "10s"), 0, -1) == [str(T0).encode()]
+    partition.close()
 
 
 def test_a_later_update_replaces_the_value_absolutely(stack: Stack, unique_name: str) -> None:

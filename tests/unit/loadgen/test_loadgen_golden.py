@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import orjson
 import pytest
 
 from loadgen.api import generate
 from loadgen.config import FaultConfig, ModelParams
+from loadgen.incidents import load_scenario
 
 START_MS = 1_714_564_800_000  # 2024-05-01T12:00:00Z
 _IN_10_MIN = {"start": "+5m", "duration": "10m"}
@@ -55,13 +57,28 @@ RUNS: dict[str, dict[str, Any]] = {
         "seed": 11, "events": 10_000, "start_ms": START_MS + 7_777, "span_ms": 600_000,
         "params": BUSY, "faults": FAULTS, "incidents": INCIDENTS,
     },
+    # A shipped scenario with every default (diurnal curve, warm start), over its whole day.
+    "scenario_incident_day": {
+        "seed": 5, "events": 25_000, "start_ms": START_MS - 43_200_000, "span_ms": 86_400_000,
+        "incidents": list(load_scenario("incident-day")),
+    },
 }  # fmt: skip
 
 # sha256 of every message (family, key, value, kind, delivery time) in delivery order, and the message count.
+# scenario_incident_day (and EXPECTED_TRUTH) recorded from main at f8e27e7, before the realistic-traffic options
+# of issue 15 were added: with them all off, nothing may change.
 EXPECTED: dict[str, tuple[str, int]] = {
     "plain": ("7927d09e66e18307", 20_000),
     "incidents_and_faults": ("62aa50f592579a70", 30_900),
     "cold_flat_busy": ("9dc59af59a2d9238", 10_300),
+    "scenario_incident_day": ("5c9f9953866d0624", 25_000),
+}
+# sha256 of the ground-truth document (orjson bytes) of the same runs: the truth records the run's options and
+# incidents, and options that are off must not show in it either.
+EXPECTED_TRUTH: dict[str, str] = {
+    "plain": "1a54dadf7c5bc3da",
+    "incidents_and_faults": "f502a7c6cbcdd211",
+    "scenario_incident_day": "ff922435398b260f",
 }
 
 
@@ -74,11 +91,21 @@ def digest(run: dict[str, Any]) -> tuple[str, int]:
     return h.hexdigest()[:16], len(messages)
 
 
+def truth_digest(run: dict[str, Any]) -> str:
+    """The first 16 hex digits of the sha256 of the run's ground truth, serialised as `--truth` writes it."""
+    return hashlib.sha256(orjson.dumps(generate(**run).truth)).hexdigest()[:16]
+
+
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_generated_bytes_are_unchanged(name: str) -> None:
     assert digest(RUNS[name]) == EXPECTED[name]
 
 
+@pytest.mark.parametrize("name", sorted(EXPECTED_TRUTH))
+def test_ground_truth_is_unchanged(name: str) -> None:
+    assert truth_digest(RUNS[name]) == EXPECTED_TRUTH[name]
+
+
 if __name__ == "__main__":
     for run_name, run_args in RUNS.items():
-        print(run_name, digest(run_args))
+        print(run_name, digest(run_args), truth_digest(run_args) if run_name in EXPECTED_TRUTH else "")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from loadgen.api import Generated, generate
-from loadgen.config import ModelParams
+from loadgen.config import LoadgenConfig, ModelParams
 from loadgen.incidents import IncidentError, load_scenario, parse_incidents, scenario_description, scenario_names
 
 START_MS = 1_714_564_800_000  # 2024-05-01T12:00:00Z
@@ -198,8 +198,9 @@ def test_every_ready_scenario_loads() -> None:
     for name in names:
         incidents = load_scenario(name)
         assert incidents and scenario_description(name)
+        titles = LoadgenConfig(start_ms=START_MS).title_at_rank  # a premiere names a title by popularity
         for inc in incidents:
-            inc.resolve(START_MS)
+            inc.resolve(START_MS, START_MS + 24 * 60 * MIN_MS, titles)
     day = [i.resolve(START_MS) for i in load_scenario("incident-day")]
     assert len(day) >= 5 and max(i.end_ms for i in day) <= START_MS + 24 * 60 * MIN_MS
 
@@ -213,7 +214,7 @@ def test_every_ready_scenario_loads() -> None:
         ),
         ({"start": "+1m", "duration": "1m", "effect": {"rebuffer_multiplier": -1}}, ">= 0"),
         ({"start": "+1m", "duration": "1m", "effect": {"starts_drop": 2}}, "0..1"),
-        ({"start": "+1m", "effect": {"starts_drop": 0.5}}, "exactly one of duration and end"),
+        ({"start": "+1m", "effect": {"starts_drop": 0.5}}, "exactly one of duration, end and persistent"),
         ({"start": "tomorrow", "duration": "1m", "effect": {"starts_drop": 0.5}}, "ISO 8601"),
         (
             {"start": "+1m", "duration": "1m", "effect": {"starts_drop": 0.5}, "where": {"device_type": "fridge"}},

@@ -36,6 +36,10 @@ def test_bad_environment_variable_is_reported_like_a_bad_flag(
         (["--redis-url", "http://x"], "--redis-url"),
         (["--redis-url", "rediss://127.0.0.1:1/0", "--redis-ssl-ca-location", "/no/such/ca.pem"], "No such file"),
         (["--redis-ssl-ca-location", __file__], "use a rediss:// --redis-url"),
+        (["--coarse-window", "1m", "--detector-state-interval", "90s"], "--detector-state-interval (90000 ms) must be"),
+        (["--detector-state-interval", "hourly"], "--detector-state-interval"),
+        (["--detector-states-kept", "0"], "--detector-states-kept"),
+        (["--detector-states-kept", "1"], "--detector-states-kept (1) must be at least 2"),
     ],
 )
 def test_invalid_configuration_stops_with_what_to_fix(
@@ -86,3 +90,18 @@ def test_only_the_named_subcommand_is_built(argv: list[str], command: str | None
 def test_a_lone_subcommand_parses_as_with_all_of_them() -> None:
     argv = ["query", "stream_starts", "--resolution", "1m", "--by", "country"]
     assert vars(build_parser(only="query").parse_args(argv)).keys() == vars(build_parser().parse_args(argv)).keys()
+
+
+def test_a_bad_detector_start_stops_the_replay_with_the_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    code, output = run_cli(["replay", "--detector-start", "warm"], capsys)
+    assert code == 2
+    assert "--detector-start" in output and "'live', 'cold'" in output
+
+
+def test_the_detector_state_interval_comes_from_its_environment_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STREAMPULSE_DETECTOR_STATE_INTERVAL", "45s")
+    code, output = run_cli(["run"], capsys)
+    assert code == 2
+    assert "--detector-state-interval (45000 ms) must be a whole multiple of --coarse-window" in output

@@ -17,6 +17,7 @@ from bytewax.testing import TestingSink, TestingSource, cluster_main
 from bytewax.visualize import to_rendered
 
 from flows.anomaly.events import AnomalyEvent, Detection
+from flows.anomaly.warm_start import SavedState
 from flows.fold.partition_aggregator import Folder, PartitionAggregator
 from flows.partials import BatchSummary, DeadLetter
 from flows.pipeline_health import PipelineHealth
@@ -47,6 +48,7 @@ class Outputs:
         self.anomalies_kafka: list[AnomalyEvent] = []
         self.anomalies_redis: list[AnomalyEvent] = []
         self.anomalies_prometheus: list[Detection] = []
+        self.detector_states: list[SavedState] = []
 
     def sinks(self) -> FlowSinks:
         return FlowSinks(**{name: TestingSink(items) for name, items in vars(self).items()})

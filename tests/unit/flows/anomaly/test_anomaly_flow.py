@@ -54,7 +54,7 @@ def test_the_step_feeds_final_fine_windows_and_publishes_their_anomalies() -> No
     flow = Dataflow("anomaly_step")
     detections = detect_anomalies(
         op.input("in", flow, TestingSource(updates)), WindowConfig(fine_ms=FINE, coarse_ms=COARSE), ["only-shard"]
-    )
+    ).detections
     got_detections: list[Detection] = []
     got_events: list[AnomalyEvent] = []
     op.output("detections", detections, TestingSink(got_detections))

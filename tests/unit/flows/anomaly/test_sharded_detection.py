@@ -14,7 +14,7 @@ import pytest
 
 from flows.anomaly.detector import AnomalyDetector
 from flows.anomaly.events import AnomalyEvent, Detection
-from flows.anomaly.steps import RollUpInput, RollUpLogic, ShardDetectorLogic
+from flows.anomaly.steps import RollUpInput, RollUpLogic, ShardDetectorLogic, ShardOutput
 from flows.sharding import ShardRouter
 from flows.windows.store import ShardProgress, WindowUpdate, WindowValues
 
@@ -62,7 +62,7 @@ def _sharded(traffic: list[WindowValues], shards: int, publish_every: int, alone
     router = ShardRouter(shards)
     cell_logic = [ShardDetectorLogic(None, alone=alone) for _ in range(shards)]
     roll_ups = RollUpLogic(None)
-    outputs: list[Detection | RollUpInput] = []
+    outputs: list[ShardOutput] = []
     batches: list[list[WindowUpdate | ShardProgress]] = [[] for _ in range(shards)]
     for w, values in enumerate(traffic):
         start, end = T0 + w * FINE, T0 + (w + 1) * FINE
@@ -82,7 +82,7 @@ def _sharded(traffic: list[WindowValues], shards: int, publish_every: int, alone
     # The roll-up stage gets the shards' parts in any interleaving: here, shards in reverse order.
     parts = sorted((p for p in outputs if isinstance(p, RollUpInput)), key=lambda p: (p.final_through_ms, -p.shard))
     for part in parts:
-        events += [e for d in roll_ups.on_batch([part])[0] for e in d.events]
+        events += [e for d in roll_ups.on_batch([part])[0] if isinstance(d, Detection) for e in d.events]
     return events
 
 

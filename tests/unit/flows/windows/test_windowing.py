@@ -218,3 +218,28 @@ def test_stream_starts_only_counts_what_all_metrics_count() -> None:
         store.merge(aggregator.summary("finished"))
         totals.append(final_starts(store.finish(), "10s"))
     assert totals[0] == totals[1] == expected_starts([e for e in events if e.event_type == "play_start"], 10_000)
+
+
+def test_a_partial_republish_carries_only_the_aggregates_that_changed() -> None:
+    # Every aggregate an update carries is written to Redis and diffed for /metrics by its shard: a window whose
+    # rows changed in one event type must not carry the aggregates of the others again.
+    store = WindowStore(WINDOWS, ["p"])
+    agg = PartitionAggregator("p", WINDOWS, folder())
+
+    def playback(event_id: str, t: int, event_type: str, **fields: int) -> SimpleNamespace:
+        # The same session as the start: no session opens, so concurrent streams stay as they are.
+        return SimpleNamespace(
+            **{**vars(start(event_id, t)), "session_id": "session-a", "event_type": event_type, **fields}
+        )
+
+    agg.add(start("a", BASE + 1_000))
+    agg.add(playback("h", BASE + 2_000, "heartbeat", played_ms=1_000, bitrate_kbps=3_000))
+    store.merge(agg.summary("active"))
+    first = {u.resolution: u for u in store.publish()}
+    assert {"played_ms", "stream_starts"} <= set(first["10s"].changes)
+    agg.add(playback("r", BASE + 3_000, "rebuffer", rebuffer_ms=400))
+    store.merge(agg.summary("active"))
+    again = {u.resolution: u for u in store.publish()}
+    for resolution in ("10s", "1m"):
+        assert set(again[resolution].changes) == {"events", "rebuffers", "rebuffer_ms"}
+        assert again[resolution].changes["rebuffer_ms"] == {("BR", "tv"): 400}

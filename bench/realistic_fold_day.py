@@ -1,0 +1,597 @@
+"""One realistic day through the real fold (issue 15): is the aggregate-level evaluation faithful to events?
+
+    .venv/bin/python -m bench.realistic_fold_day               # one day at 150 events/s (~15 min first, cached)
+    .venv/bin/python -m bench.realistic_fold_day --rate 40     # lighter
+
+bench/realistic_eval.py judges the detector on two weeks of realistic-noise traffic drawn directly as per-window
+aggregates (bench/realistic_traffic.py), since folding two weeks of events would take days here. This runs one
+day of the same kind of traffic as *events*: the load generator's `realistic-day` scenario (gamma–Poisson
+arrivals per country x device type, an 8x daily peak/trough, busier weekends, top-of-the-hour bursts, drift,
+a benign premiere, four incidents and a persistent one), on a Saturday, folded by the flows' own code exactly as
+bench/anomaly_eval.py folds its days, and:
+
+(a) checks every final 10 s window's detector inputs against the load generator's ground truth (built an hour
+    at a time, loadgen/truth.py);
+(b) measures, on the folded starts and on the aggregate model's starts for a Saturday at the same mean rate, the
+    statistics the aggregate evaluation rests on: the dispersion of a window's count around its local level
+    (d², with var = mean + d² mean²), each country's daily peak/trough, the top-of-the-hour burst and the
+    steepest hourly ramp;
+(c) runs the detector over the day (default `DetectorConfig`, `observe_cells` on every final window, a cold
+    start at midnight) and reports false alarms, the incidents it detected (bench/anomaly_eval.py's scoring) and
+    what it made of the benign premiere.
+
+The folded windows and the truth check are cached (~/.cache/streampulse/realistic-fold-day), so judging the
+detector again takes a minute. Writes bench/results/realistic_fold_day.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import gzip
+import hashlib
+import inspect
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import orjson
+
+from bench.anomaly_eval import REPO, SESSION_TIMEOUT_MS, SIGNUP_TIMEOUT_MS, SIGNUP_TYPES, DayData, explains, judge
+from bench.realistic_traffic import COUNTRIES as AGGREGATE_COUNTRIES
+from bench.realistic_traffic import DAY_WINDOWS, Traffic
+from flows.anomaly.config import DetectorConfig
+from flows.anomaly.detector import AnomalyDetector
+from flows.anomaly.events import CLOSED_STATES, AnomalyEvent
+from flows.anomaly.series import CELL_FIELDS, Cells, cell_inputs
+from flows.fold.partition_aggregator import PartitionAggregator
+from flows.fold.playback import PlaybackFolder
+from flows.fold.signup import SignupFolder
+from flows.windows.store import WindowStore
+from loadgen.config import LoadgenConfig, ModelParams
+from loadgen.diurnal import DAY_MS
+from loadgen.incidents import IncidentSet, load_scenario
+from loadgen.model import Model
+from loadgen.realism import RealismParams, scenario_realism
+from loadgen.truth import TruthBuilder
+from loadgen.world import COUNTRIES
+from settings.windows import WindowConfig
+
+RESULTS = REPO / "bench" / "results"
+CACHE = Path.home() / ".cache" / "streampulse" / "realistic-fold-day"
+CACHE_VERSION = "1"
+SCENARIO = "realistic-day"
+START_MS = 1_714_780_800_000  # 2024-05-04T00:00:00Z, a Saturday
+AGGREGATE_SATURDAY = 5  # bench/realistic_traffic.py's day 0 is a Monday
+HOUR_MS = 3_600_000
+FOLD_BATCH = 5_000
+PREMIERE_GRACE_MS = 300_000
+# The detector inputs the ground truth also has: cell field -> (truth cell key, how deep its dict nests).
+TRUTH_OF: dict[str, tuple[str, int]] = {
+    "starts": ("stream_starts", 1),
+    "failures": ("start_failures", 1),
+    "played_ms": ("played_ms_sum", 0),
+    "rebuffer_ms": ("rebuffer_ms_sum", 0),
+    "rebuffers": ("rebuffers", 0),
+    "errors": ("playback_errors", 1),
+    "signups_started": ("signups_started", 1),
+    "signups_completed": ("signups_completed", 2),
+    "payments": ("payments_submitted", 1),
+    "declines": ("payment_declines", 1),
+    "startup_n": ("startup_ms_count", 0),
+}
+_CHECKED = [CELL_FIELDS.index(f) for f in TRUTH_OF]
+STARTS = CELL_FIELDS.index("starts")
+
+
+def say(message: str) -> None:
+    """Progress on stderr."""
+    print(f"[realistic-fold-day] {message}", file=sys.stderr, flush=True)
+
+
+# --- (a) the day, folded, checked against the ground truth -------------------------------------------------
+
+
+def _total(value: Any, depth: int) -> int:
+    return int(value) if depth == 0 else sum(_total(v, depth - 1) for v in value.values())
+
+
+class TruthCheck:
+    """Compares folded windows with the ground truth's, an hour of truth at a time (a day's would not fit)."""
+
+    def __init__(self, fine_ms: int) -> None:
+        self.fine_ms = fine_ms
+        self.hidden: dict[str, dict[str, str]] = {}
+        self.builder: TruthBuilder | None = None
+        self.hour = -1
+        self.expected: dict[int, dict[tuple[str, str], tuple[int, ...]]] = {}
+        """Truth by window start, then (country, device_type): the checked fields, cells with any non-zero."""
+        self.truth_until_ms = 0
+        self.compared = 0
+        self.windows_equal = 0
+        self.mismatches: list[str] = []
+        self.starts_truth = 0
+        self.starts_folded = 0
+
+    def add(self, events: list[dict[str, Any]]) -> None:
+        """Count a batch of events (in event-time order) into the current hour's truth."""
+        i = 0
+        while i < len(events):
+            hour = events[i]["event_time_ms"] // HOUR_MS
+            if hour != self.hour:
+                self._finish_hour()
+                self.builder = TruthBuilder((self.fine_ms,), SESSION_TIMEOUT_MS)
+                self.builder.hidden = self.hidden
+                self.hour = hour
+            j = i
+            end = (hour + 1) * HOUR_MS
+            while j < len(events) and events[j]["event_time_ms"] < end:
+                j += 1
+            assert self.builder is not None
+            self.builder.add(events[i:j])
+            i = j
+
+    def _finish_hour(self) -> None:
+        if self.builder is None:
+            return
+        for window in self.builder.windows_document(with_concurrency=False)[f"{self.fine_ms // 1000}s"]["windows"]:
+            for cell in window["cells"]:
+                values = tuple(_total(cell[key], depth) if key in cell else 0 for key, depth in TRUTH_OF.values())
+                if any(values):
+                    cells = self.expected.setdefault(window["start_ms"], {})
+                    cells[(cell["country"], cell["device_type"])] = values
+                    self.starts_truth += values[0]
+        self.truth_until_ms = (self.hour + 1) * HOUR_MS
+        self.builder = None
+
+    def compare(self, windows: list[tuple[int, int, Cells]], final: bool) -> list[tuple[int, int, Cells]]:
+        """Check the folded windows whose hour of truth is complete; returns those still waiting."""
+        if final:
+            self._finish_hour()
+        waiting = []
+        for start, end, cells in windows:
+            if end > self.truth_until_ms and not final:
+                waiting.append((start, end, cells))
+                continue
+            self.compared += 1
+            truth = self.expected.pop(start, {})
+            got_cells = {}
+            for key, row in cells.items():
+                got = tuple(row[i] for i in _CHECKED)
+                if any(got):
+                    got_cells[key] = got
+                    self.starts_folded += got[0]
+            if got_cells == truth:
+                self.windows_equal += 1
+            else:
+                for key in sorted(got_cells.keys() | truth.keys()):
+                    if got_cells.get(key) != truth.get(key) and len(self.mismatches) < 10:
+                        self.mismatches.append(f"{start} {key}: folded {got_cells.get(key)}, truth {truth.get(key)}")
+        if final:
+            for start, truth in list(self.expected.items())[:10]:
+                self.mismatches.append(f"{start}: in the truth, never folded: {len(truth)} cells")
+        return waiting
+
+    def result(self) -> dict[str, Any]:
+        """The check's figures."""
+        return {
+            "windows_compared": self.compared,
+            "windows_equal": self.windows_equal,
+            "fields": list(TRUTH_OF),
+            "starts_truth": self.starts_truth,
+            "starts_folded": self.starts_folded,
+            "mismatches": self.mismatches,
+        }
+
+
+def day_config(rate: float, seed: int, windows: WindowConfig) -> LoadgenConfig:
+    """The load generator's run: the realistic-day scenario over one Saturday."""
+    return LoadgenConfig(
+        start_ms=START_MS,
+        seed=seed,
+        span_ms=DAY_MS,
+        rate=rate,
+        params=ModelParams(),
+        incidents=load_scenario(SCENARIO),
+        realism=RealismParams(**scenario_realism(SCENARIO)),
+        windows_ms=(windows.fine_ms, windows.coarse_ms),
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+    )
+
+
+def simulate(config: LoadgenConfig, windows: WindowConfig) -> tuple[DayData, dict[str, Any]]:
+    """Generate the day, fold it with the flows' own code (as bench/anomaly_eval.py does), check it on the truth."""
+    assert config.span_ms is not None
+    started = time.monotonic()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # millions of short-lived dicts, no cycles: like loadgen.runner
+    try:
+        incident_set = IncidentSet(config.resolved_incidents())
+        model = Model(config, incident_set)
+        check = TruthCheck(windows.fine_ms)
+        model.hidden = check.hidden
+        playback = PartitionAggregator("playback", windows, PlaybackFolder(windows, SESSION_TIMEOUT_MS))
+        signup = PartitionAggregator("signup", windows, SignupFolder(SIGNUP_TIMEOUT_MS))
+        store = WindowStore(windows, ["playback", "signup"], SESSION_TIMEOUT_MS)
+        out: list[tuple[int, int, Cells]] = []
+        waiting: list[tuple[int, int, Cells]] = []
+        end_ms = config.start_ms + config.span_ms
+        fine = windows.fine_ms
+        events = 0
+        pending = 0
+        next_report = HOUR_MS
+
+        def publish(final: bool) -> None:
+            nonlocal waiting
+            store.merge(playback.summary("finished" if final else "active"))
+            store.merge(signup.summary("finished" if final else "active"))
+            updates = store.finish() if final else store.publish()
+            fresh = []
+            for update in sorted(updates, key=lambda u: u.window_start_ms):
+                # Past the span only sessions still "open" are counted (the generator just stops): not traffic.
+                if (
+                    update.final
+                    and update.complete is not None
+                    and update.window_end_ms - update.window_start_ms == fine
+                    and update.window_end_ms <= end_ms
+                ):
+                    fresh.append((update.window_start_ms, update.window_end_ms, cell_inputs(update.complete)))
+            out.extend(fresh)
+            waiting = check.compare(waiting + fresh, final)
+
+        for batch in model.batches(4096):
+            check.add(batch)
+            for event in batch:
+                aggregator = signup if event["event_type"] in SIGNUP_TYPES else playback
+                aggregator.add(SimpleNamespace(**event))
+            events += len(batch)
+            pending += len(batch)
+            if pending >= FOLD_BATCH:
+                publish(False)
+                pending = 0
+            if batch[-1]["event_time_ms"] - config.start_ms >= next_report:
+                say(f"{next_report // HOUR_MS} h folded: {events:,} events, {time.monotonic() - started:.0f} s")
+                next_report += HOUR_MS
+        publish(True)
+        incidents = []
+        for incident in incident_set.incidents:
+            entry = incident.to_truth()  # as the ground-truth file records it (loadgen/TRUTH.md)
+            entry["dropped_attempts"] = incident_set.dropped_attempts[incident.name]
+            incidents.append(entry)
+        day = DayData(SCENARIO, out, incidents, events, config.span_ms, time.monotonic() - started)
+        return day, check.result()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _cache_path(config: LoadgenConfig, windows: WindowConfig) -> Path:
+    digest = hashlib.blake2b(CACHE_VERSION.encode(), digest_size=8)
+    # What the cached windows and truth check depend on: the generator, the scenario, the detector's inputs.
+    for path in [*sorted((REPO / "loadgen").glob("*.py")), REPO / "loadgen" / "scenarios" / f"{SCENARIO}.yaml"]:
+        digest.update(path.read_bytes())
+    digest.update(inspect.getsource(cell_inputs).encode() + repr(CELL_FIELDS).encode())
+    digest.update(orjson.dumps({"run": config.describe(), "windows": asdict(windows)}))
+    return CACHE / f"{SCENARIO}-{config.rate:g}-{digest.hexdigest()}.json.gz"
+
+
+def day_data(rate: float, seed: int, windows: WindowConfig, use_cache: bool) -> tuple[DayData, dict[str, Any]]:
+    """The folded day and its truth check: from the cache, or generated, folded and checked (then cached)."""
+    config = day_config(rate, seed, windows)
+    path = _cache_path(config, windows)
+    if use_cache and path.exists():
+        doc = orjson.loads(gzip.decompress(path.read_bytes()))
+        folded = [(s, e, {(row[0], row[1]): row[2:] for row in rows}) for s, e, rows in doc["windows"]]
+        day = DayData(SCENARIO, folded, doc["incidents"], doc["events"], doc["span_ms"], doc["seconds"], True)
+        return day, doc["truth_check"]
+    say(f"simulating and folding {SCENARIO} (24 h at {rate:g} events/s) ...")
+    day, check = simulate(config, windows)
+    say(f"{day.events:,} events, {len(day.windows)} windows in {day.seconds:.0f} s")
+    doc = {
+        "incidents": day.incidents,
+        "events": day.events,
+        "span_ms": day.span_ms,
+        "seconds": day.seconds,
+        "truth_check": check,
+        "windows": [[s, e, [[c, d, *cell] for (c, d), cell in cells.items()]] for s, e, cells in day.windows],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(gzip.compress(orjson.dumps(doc), compresslevel=3))
+    tmp.replace(path)
+    return day, check
+
+
+# --- (b) the statistics the aggregate model must reproduce ---------------------------------------------------
+
+
+def starts_table(windows: list[tuple[int, int, Cells]], day_start_ms: int, fine_ms: int) -> dict[tuple[str, str], Any]:
+    """Each cell's starts per window of the day, as an array (0 where a window has none)."""
+    count = DAY_MS // fine_ms
+    table: dict[tuple[str, str], Any] = {}
+    for start, _end, cells in windows:
+        w = (start - day_start_ms) // fine_ms
+        if not 0 <= w < count:
+            continue
+        for key, row in cells.items():
+            if key not in table:
+                table[key] = np.zeros(count)
+            table[key][w] = row[STARTS]
+    return table
+
+
+def traffic_statistics(
+    table: dict[tuple[str, str], Any], offset_ms: dict[str, int], fine_ms: int, half_width: int = 15
+) -> dict[str, Any]:
+    """Dispersion, peak/trough, top-of-the-hour burst and steepest ramp of starts per cell and window.
+
+    Dispersion: each window's count against its local level, the mean of the `half_width` windows on each
+    side (not itself; a linear trend cancels), away from the top-of-the-hour bursts; pooled over cells,
+    d² = (Σ(x - m)² / (1 + 1/(2 half_width)) - Σm) / Σm² (a gamma–Poisson count has variance m + d² m²; the
+    local mean's own noise is the 1/(2 half_width)). Its standard error, approximately: each (x - m)² has a
+    variance of about 2 v² + m (v = m + d² m²); at a fraction of a start per window it is what limits the estimate.
+    """
+    count = DAY_MS // fine_ms
+    index = np.arange(count)
+    kernel = np.ones(2 * half_width + 1)
+    kernel[half_width] = 0
+    sq_dev = sum_m = sum_m2 = 0.0
+    levels = []
+    burst_in = burst_out = 0.0
+    n_in = n_out = 0
+    per_country: dict[str, Any] = {}
+    for (country, _device), series in table.items():
+        local = (index * fine_ms + offset_ms[country]) % HOUR_MS
+        in_burst = local < 120_000
+        margin = (half_width + 1) * fine_ms
+        clear = (local >= 120_000 + margin) & (local < HOUR_MS - margin)
+        clear[:half_width] = clear[-half_width:] = False
+        level = np.convolve(series, kernel, "same") / (2 * half_width)
+        sq_dev += float(((series - level) ** 2)[clear].sum())
+        sum_m += float(level[clear].sum())
+        sum_m2 += float((level[clear] ** 2).sum())
+        levels.append(level[clear])
+        burst_in += float(series[in_burst].sum())
+        n_in += int(in_burst.sum())
+        burst_out += float(series[~in_burst].sum())
+        n_out += int((~in_burst).sum())
+        hours = ((index * fine_ms + offset_ms[country]) % DAY_MS) // HOUR_MS
+        per_country[country] = per_country.get(country, 0) + np.bincount(hours, weights=series, minlength=24)
+    d2 = (sq_dev / (1 + 1 / (2 * half_width)) - sum_m) / sum_m2 if sum_m2 else None
+    d2_se = None
+    if d2 is not None:
+        m = np.concatenate(levels)
+        v = m + max(d2, 0.0) * m * m
+        d2_se = float(np.sqrt((2 * v * v + m).sum())) / sum_m2
+    ratios, ramps = {}, {}
+    for country, hourly in per_country.items():
+        if hourly.min() >= 50:  # enough starts an hour for the ratio to mean something
+            ratios[country] = round(float(hourly.max() / hourly.min()), 2)
+            steps = np.abs(np.diff(np.log(np.append(hourly, hourly[0]))))
+            ramps[country] = round(float(steps.max() / 60 * 100), 2)
+    total = sum(float(s.sum()) for s in table.values())
+    return {
+        "starts": int(total),
+        "starts_per_window_per_cell": round(total / count / max(len(table), 1), 3),
+        "dispersion_d2": round(d2, 4) if d2 is not None else None,
+        "dispersion_d2_se": round(d2_se, 4) if d2_se is not None else None,
+        "dispersion_d": round(float(np.sqrt(max(d2, 0.0))), 3) if d2 is not None else None,
+        "peak_trough_median": round(statistics.median(ratios.values()), 2) if ratios else None,
+        "peak_trough_by_country": ratios,
+        "top_of_hour_ratio": round((burst_in / n_in) / (burst_out / n_out), 3) if n_in and burst_out else None,
+        "steepest_ramp_pct_per_min_median": round(statistics.median(ramps.values()), 2) if ramps else None,
+        "steepest_ramp_pct_per_min_max": max(ramps.values()) if ramps else None,
+    }
+
+
+def aggregate_model_day(starts_per_s: float, seed: int) -> dict[tuple[str, str], Any]:
+    """bench/realistic_traffic.py's starts for its Saturday, at `starts_per_s` (its noise and curves as they are)."""
+    traffic = Traffic(days=AGGREGATE_SATURDAY + 1, starts_per_s=starts_per_s, seed=seed)
+    first = AGGREGATE_SATURDAY * DAY_WINDOWS
+    table: dict[tuple[str, str], Any] = {key: np.zeros(DAY_WINDOWS) for key in traffic.cells}
+    for w in range(first + DAY_WINDOWS):
+        cells, _active = traffic.window(w)
+        if w >= first:
+            for key, row in cells.items():
+                table[key][w - first] = row[STARTS]
+    return table
+
+
+# --- (c) the detector over the day ------------------------------------------------------------------------
+
+
+def detector_run(day: DayData) -> dict[str, Any]:
+    """Every window through the detector; false alarms, incidents (anomaly_eval's scoring) and the premiere."""
+    detector = AnomalyDetector(DetectorConfig())
+    events: list[AnomalyEvent] = []
+    cpu = time.process_time()
+    for start, end, cells in day.windows:
+        for detection in detector.observe_cells(start, end, cells, scores=False):
+            events.extend(detection.events)
+    cpu = time.process_time() - cpu
+    real = [i for i in day.incidents if not i.get("benign")]
+    benign = [i for i in day.incidents if i.get("benign")]
+    judged = judge(DayData(day.name, day.windows, real, day.events, day.span_ms, day.seconds), events)
+    opened = [e for e in events if e.state == "open"]
+    closed: dict[str, AnomalyEvent] = {}
+    for e in events:
+        if e.state in CLOSED_STATES and e.anomaly_id not in closed:
+            closed[e.anomaly_id] = e
+    premiere_anomalies = [e for e in opened if any(_premiere_explains(p, e) for p in benign)]
+    explained = {e.anomaly_id for e in opened for i in real if explains(i, e)}
+    premiere_ids = {e.anomaly_id for e in premiere_anomalies}
+    false_alarms = [e for e in opened if e.anomaly_id not in explained | premiere_ids]
+    closing = []
+    for incident in real:
+        for e in (e for e in opened if explains(incident, e)):
+            done = closed.get(e.anomaly_id)
+            since = e.opened_ms if incident.get("persistent") else incident["end_ms"]
+            closing.append(
+                {
+                    "incident": incident["name"],
+                    "anomaly": e.anomaly_id,
+                    "state": done.state if done else "still open",
+                    "after_s": (done.window_end_ms - since) / 1000 if done else None,
+                }
+            )
+    severities = {c.severity for e in premiere_anomalies for c in events if c.anomaly_id == e.anomaly_id}
+    series_days = detector.series_count * day.span_ms / DAY_MS
+    return {
+        "series": detector.series_count,
+        "cpu_ms_per_window": round(cpu * 1000 / max(len(day.windows), 1), 3),
+        "anomalies_opened": len(opened),
+        "incidents": judged["incidents"],
+        "closing": closing,
+        "premiere": {
+            "anomalies": len(premiere_anomalies),
+            "worst_severity": "critical" if "critical" in severities else ("warning" if severities else None),
+            "series": sorted({f"{e.series}:{e.country}:{e.device_type}" for e in premiere_anomalies}),
+        },
+        "false_alarms": len(false_alarms),
+        "false_alarms_per_1000_series_day": round(len(false_alarms) / series_days * 1000, 2) if series_days else None,
+        "false_alarm_list": [
+            {
+                "hour": (e.window_start_ms - START_MS) / HOUR_MS,
+                "series": e.series,
+                "country": e.country,
+                "device_type": e.device_type,
+                "direction": e.direction,
+                "severity": e.severity,
+                "score": e.score,
+            }
+            for e in false_alarms
+        ],
+        "still_open_at_end": detector.open_anomalies(),
+    }
+
+
+def _premiere_explains(premiere: dict[str, Any], event: AnomalyEvent) -> bool:
+    """A premiere moves its country's starts (every device type, and the roll-ups above)."""
+    countries = premiere["where"].get("country")
+    return (
+        event.series == "sps"
+        and (countries is None or event.country in (*countries, "all"))
+        and event.window_end_ms >= premiere["start_ms"]
+        and event.onset_ms < premiere["end_ms"] + PREMIERE_GRACE_MS
+    )
+
+
+# --- report -----------------------------------------------------------------------------------------------
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The results as Markdown."""
+    check, det = report["truth_check"], report["detector"]
+    folded, model = report["statistics"]["folded"], report["statistics"]["aggregate_model"]
+    lines = [
+        "# One realistic day through the real fold",
+        "",
+        f"`python -m bench.realistic_fold_day --rate {report['rate']:g} --seed {report['seed']}`: the load"
+        f" generator's `{SCENARIO}` scenario over a Saturday, {report['events']:,} events at {report['rate']:g}"
+        f" events/s, folded by the flows' own code ({report['fold_seconds']:.0f} s here), every final 10 s window"
+        " checked against the ground truth and fed to the detector (default `DetectorConfig`, cold at midnight).",
+        "",
+        f"**(a) Folded inputs against the ground truth**: {check['windows_equal']:,} of"
+        f" {check['windows_compared']:,} windows equal on every checked input ({', '.join(check['fields'])});"
+        f" starts {check['starts_folded']:,} folded, {check['starts_truth']:,} in the truth;"
+        f" {len(check['mismatches'])} mismatches listed.",
+        "",
+        "**(b) The folded day against the aggregate model** (bench/realistic_traffic.py, its Saturday, at the same"
+        f" {report['statistics']['starts_per_s']:.2f} starts/s): starts per country x device type and 10 s window.",
+        "",
+        "| statistic | folded events | aggregate model | configured (events / model) |",
+        "|---|---:|---:|---|",
+        f"| starts per window per cell | {folded['starts_per_window_per_cell']} |"
+        f" {model['starts_per_window_per_cell']} | |",
+        f"| dispersion d (var = m + d² m²) | {folded['dispersion_d']} | {model['dispersion_d']} |"
+        f" {report['realism']['dispersion']} / {report['aggregate_dispersion_d']:.3f} |",
+        f"| d², ± its standard error | {folded['dispersion_d2']} ± {folded['dispersion_d2_se']} |"
+        f" {model['dispersion_d2']} ± {model['dispersion_d2_se']} |"
+        f" {report['realism']['dispersion'] ** 2:.3f} / {report['aggregate_dispersion_d'] ** 2:.3f} |",
+        f"| daily peak/trough, median over countries (hourly sums) | {folded['peak_trough_median']} |"
+        f" {model['peak_trough_median']} | {report['realism']['peak_trough']} / 5-10 per country |",
+        f"| top-of-the-hour burst (first 2 min against the rest) | {folded['top_of_hour_ratio']} |"
+        f" {model['top_of_hour_ratio']} | {1 + report['realism']['top_of_hour_boost']} / 1.25 |",
+        f"| steepest hourly ramp, median / max over countries (%/min) |"
+        f" {folded['steepest_ramp_pct_per_min_median']} / {folded['steepest_ramp_pct_per_min_max']} |"
+        f" {model['steepest_ramp_pct_per_min_median']} / {model['steepest_ramp_pct_per_min_max']} | |",
+        "",
+        f"**(c) The detector over the day** ({det['series']} series, {det['cpu_ms_per_window']} ms CPU a window):"
+        f" {det['anomalies_opened']} anomalies opened; {det['false_alarms']} false alarms"
+        f" ({det['false_alarms_per_1000_series_day']} per 1,000 series per day, the first day: no daily profile"
+        f" learned yet); the benign premiere: {det['premiere']['anomalies']} anomalies, worst severity"
+        f" {det['premiere']['worst_severity'] or '-'}; {len(det['still_open_at_end'])} still open at the end.",
+        "",
+        "| incident | detected | time to detect | anomalies | evidence z: all / first 2 min | closed |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for inc in det["incidents"]:
+        closes = [c for c in det["closing"] if c["incident"] == inc["name"]]
+        closed_text = ", ".join(f"{c['state']} {c['after_s']} s" for c in closes) or "-"
+        lines.append(
+            f"| {inc['name']} | {'yes' if inc['detected'] else '**no**'} |"
+            f" {inc['detect_s'] if inc['detect_s'] is not None else '-'} s | {inc['anomalies']} |"
+            f" {inc['evidence_z']} / {inc['evidence_z_first_2_min']} | {closed_text} |"
+        )
+    lines.append("")
+    lines.append("Closed: after the incident's end (the persistent one: after the anomaly opened).")
+    if det["false_alarm_list"]:
+        lines += ["", "False alarms:", ""]
+        lines += [
+            f"- {f['hour']:.2f} h: {f['series']} {f['country']}/{f['device_type']} {f['direction']} {f['severity']}"
+            f" z={f['score']:.1f}"
+            for f in det["false_alarm_list"]
+        ]
+    if check["mismatches"]:
+        lines += ["", "Truth mismatches (first ten):", ""] + [f"- {m}" for m in check["mismatches"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the day and write bench/results/realistic_fold_day.md and .json."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=150.0, help="mean events/s of the simulated day")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-cache", action="store_true", help="simulate again even when the day is cached")
+    parser.add_argument("--out", type=Path, default=RESULTS / "realistic_fold_day", help="PATH(.md, .json)")
+    args = parser.parse_args(argv)
+    windows = WindowConfig()
+    day, check = day_data(args.rate, args.seed, windows, not args.no_cache)
+    folded = starts_table(day.windows, START_MS, windows.fine_ms)
+    offsets = {c.code: c.utc_offset_min * 60_000 for c in COUNTRIES}
+    folded_stats = traffic_statistics(folded, offsets, windows.fine_ms)
+    starts_per_s = folded_stats["starts"] / (DAY_MS / 1000)
+    say(f"aggregate model: a Saturday at {starts_per_s:.2f} starts/s ...")
+    model_table = aggregate_model_day(starts_per_s, args.seed)
+    model_offsets = {c: h * HOUR_MS for c, _share, h in AGGREGATE_COUNTRIES}
+    model_stats = traffic_statistics(model_table, model_offsets, windows.fine_ms)
+    say("detector ...")
+    report = {
+        "rate": args.rate,
+        "seed": args.seed,
+        "events": day.events,
+        "fold_seconds": day.seconds,
+        "realism": asdict(day_config(args.rate, args.seed, windows).realism),
+        "aggregate_dispersion_d": 1 / np.sqrt(Traffic.dispersion),
+        "truth_check": check,
+        "statistics": {"starts_per_s": starts_per_s, "folded": folded_stats, "aggregate_model": model_stats},
+        "detector": detector_run(day),
+        "incidents": day.incidents,
+    }
+    text = markdown(report)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text(text, encoding="utf-8")
+    args.out.with_suffix(".json").write_bytes(
+        orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
