@@ -111,11 +111,7 @@ def score_series(config: DetectorConfig, series: SeriesView, index: int, spec: S
                 verdict.alarm, verdict.alarm_score, verdict.horizon = direction, z, horizon
                 verdict.k, verdict.n, verdict.expected, verdict.aux = sk, sn, sm, sums[at + 4]
                 verdict.effect = effect
-                # |z| standard errors separate observed from expected: the severity is judged on the effect
-                # critical_margin_z of them closer, on this strongest horizon (a short one's noise must not
-                # make a warning-sized effect critical).
-                shrunk = sk - (sk - sm) * min(1.0, config.critical_margin_z / abs(z))
-                verdict.severity_effect = effect_of(index, kind, shrunk, sn, sm)
+                verdict.severity_effect = effect_of(index, kind, _with_margin(config, kind, z, sk, sn, sm, phi), sn, sm)
         at += SLOT
     if best_up == -math.inf:
         return verdict
@@ -126,6 +122,27 @@ def score_series(config: DetectorConfig, series: SeriesView, index: int, spec: S
     else:
         verdict.score = best_up if best_up >= -best_down else best_down
     return verdict
+
+
+def _with_margin(config: DetectorConfig, kind: Kind, z: float, k: float, n: float, mean: float, phi: float) -> float:
+    """The observation moved `critical_margin_z` standard errors towards `mean`: what severity is judged on.
+
+    On the strongest horizon, so a short one's noise does not make a warning-sized effect critical. |z| standard
+    errors separate k from mean; for counts and shares the observation's own standard error is used too, and the
+    closer of the two taken: a sparse series' few events (3 failures against 0.4 expected) are a large effect on
+    little evidence, and must not page critical on it.
+    """
+    margin = config.critical_margin_z
+    moved = k - (k - mean) * min(1.0, margin / abs(z))
+    if kind in ("count", "rate"):
+        own = math.sqrt(phi * max(k, 1.0))
+    elif kind == "share" and n > 0:
+        own = math.sqrt(phi * max(k * (n - k) / n, 1.0))
+    else:
+        return moved
+    # Towards the mean by at most the whole distance: the effect is never judged past no effect.
+    step = min(margin * own, abs(k - mean))
+    return min(moved, k - step) if z > 0 else max(moved, k + step)
 
 
 def effect_of(index: int, kind: Kind, k: float, n: float, mean: float) -> float:
