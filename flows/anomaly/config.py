@@ -33,6 +33,9 @@ class DetectorConfig:
     # An anomaly still open this many windows after it opened (1 hour of 10 s windows) is the new normal:
     # published as "accepted", the baseline adopts the level of its last windows, and it closes.
     accept_after: int = 360
+    # Critical pages: the effect must pass the critical bound even moved this many standard errors towards
+    # the expected value, so a small series' noise on a warning-sized effect (a premiere's ×1.6) is not critical.
+    critical_margin_z: float = 2.0
     # sps: a seasonal profile (hour of the day, and of the week once a week has been seen) times the
     # short-term level. Bins of this many ms, linearly interpolated; each learns with this half-life in visits.
     season_bin_ms: int = 3_600_000

@@ -38,7 +38,7 @@ def life_cycle(
         series.open = opened = OpenAnomaly(
             id=f"{spec.id}:{group[0]}:{group[1]}:{alarm}:{onset}",
             direction=alarm,
-            severity=severity(spec, alarm, verdict.effect),
+            severity=severity(spec, alarm, verdict.severity_effect),
             onset_ms=onset,
             opened_ms=end_ms,
             horizon=verdict.horizon,
@@ -60,7 +60,7 @@ def life_cycle(
     if verdict is not None and alarm == direction:
         if abs(verdict.alarm_score) > abs(opened.peak):
             keep_peak(opened, verdict)
-        if opened.severity != "critical" and severity(spec, direction, verdict.effect) == "critical":
+        if opened.severity != "critical" and severity(spec, direction, verdict.severity_effect) == "critical":
             opened.severity = "critical"
             keep_peak(opened, verdict)
             events.append(anomaly_event(series, index, spec, opened, "escalated", start_ms, end_ms, window_s, group))
@@ -84,7 +84,7 @@ def keep_peak(opened: OpenAnomaly, verdict: Verdict) -> None:
 
 
 def severity(spec: SeriesSpec, direction: Direction, effect: float) -> Severity:
-    """Critical once the effect passes the series' critical bound, else a warning."""
+    """Critical once the effect (judged with its margin: Verdict.severity_effect) passes the critical bound."""
     if direction == "up":
         return "critical" if effect >= spec.critical_up else "warning"
     return "critical" if effect <= spec.critical_down else "warning"

@@ -54,6 +54,9 @@ class Verdict:
     expected: float = 0.0
     aux: float = 0.0
     effect: float = 1.0
+    # The effect its severity is judged on: the alarming horizon's, observed moved towards expected by
+    # critical_margin_z standard errors.
+    severity_effect: float = 1.0
 
 
 def score_series(config: DetectorConfig, series: SeriesView, index: int, spec: SeriesSpec) -> Verdict:
@@ -77,7 +80,11 @@ def score_series(config: DetectorConfig, series: SeriesView, index: int, spec: S
         sk, sn, sm = sums[at], sums[at + 1], sums[at + 2]
         z = normal_z
         beyond = z >= screen or z <= -screen
-        if beyond and poisson_like:
+        if beyond and kind == "count":
+            z = _negative_binomial_score(sk, sm, _shape_with_dispersion(series.shape, phi, sm))
+        elif beyond and poisson_like:
+            # Rebuffers and errors come in clusters (one bad session has several): k / phi is the count of
+            # clusters, Poisson, whose mean is mean / phi — the quasi-Poisson test is that model's.
             z = _negative_binomial_score(sk / phi, sm / phi, series.shape)
         elif beyond and kind == "share":
             z = binomial_score(sk, sn, sm / sn, inflate)
@@ -104,6 +111,7 @@ def score_series(config: DetectorConfig, series: SeriesView, index: int, spec: S
                 verdict.alarm, verdict.alarm_score, verdict.horizon = direction, z, horizon
                 verdict.k, verdict.n, verdict.expected, verdict.aux = sk, sn, sm, sums[at + 4]
                 verdict.effect = effect
+                verdict.severity_effect = effect_of(index, kind, _with_margin(config, kind, z, sk, sn, sm, phi), sn, sm)
         at += SLOT
     if best_up == -math.inf:
         return verdict
@@ -114,6 +122,27 @@ def score_series(config: DetectorConfig, series: SeriesView, index: int, spec: S
     else:
         verdict.score = best_up if best_up >= -best_down else best_down
     return verdict
+
+
+def _with_margin(config: DetectorConfig, kind: Kind, z: float, k: float, n: float, mean: float, phi: float) -> float:
+    """The observation moved `critical_margin_z` standard errors towards `mean`: what severity is judged on.
+
+    On the strongest horizon, so a short one's noise does not make a warning-sized effect critical. |z| standard
+    errors separate k from mean; for counts and shares the observation's own standard error is used too, and the
+    closer of the two taken: a sparse series' few events (3 failures against 0.4 expected) are a large effect on
+    little evidence, and must not page critical on it.
+    """
+    margin = config.critical_margin_z
+    moved = k - (k - mean) * min(1.0, margin / abs(z))
+    if kind in ("count", "rate"):
+        own = math.sqrt(phi * max(k, 1.0))
+    elif kind == "share" and n > 0:
+        own = math.sqrt(phi * max(k * (n - k) / n, 1.0))
+    else:
+        return moved
+    # Towards the mean by at most the whole distance: the effect is never judged past no effect.
+    step = min(margin * own, abs(k - mean))
+    return min(moved, k - step) if z > 0 else max(moved, k + step)
 
 
 def effect_of(index: int, kind: Kind, k: float, n: float, mean: float) -> float:
@@ -152,6 +181,19 @@ def passes(
         return False
     # Up: at least a few events; down: enough expected that their absence means something.
     return (k if direction == "up" else mean) >= config.min_events
+
+
+def _shape_with_dispersion(shape: float, phi: float, mean: float) -> float:
+    """The negative binomial's shape once the learned extra spread is a gamma-distributed rate too.
+
+    The volume's overdispersion is the rate itself varying window to window (correlated behaviour: a
+    premiere, a push notification), a right-skewed factor: a gamma–Poisson count's variance is mean + mean² / r. The spread beyond Poisson that `phi`
+    measured, (phi - 1) x mean, is that gamma's; the baseline's own uncertainty (relative variance 1 / shape)
+    adds to it. The variance is the quasi-Poisson one (phi x mean + mean² / shape); the upper tail is the
+    skewed one real bursts have, where scaling a Poisson by phi made it too thin (false alarms upwards).
+    """
+    extra = (phi - 1.0) / mean if mean > 0.0 else 0.0
+    return 1.0 / (1.0 / shape + extra)
 
 
 def _negative_binomial_score(k: float, mean: float, shape: float) -> float:

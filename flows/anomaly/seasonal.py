@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,11 +27,27 @@ _MINUTE_VISITS = 12.0
 _MINUTE_HALFLIFE = 48.0
 
 
-def _bins(at_ms: float, bin_ms: int) -> tuple[int, float]:
-    """The profile bin whose centre is at or before `at_ms` (an absolute bin number), and how far towards the next."""
+def _bins(at_ms: float, bin_ms: int, stepwise: bool) -> tuple[int, float]:
+    """The profile bin whose centre is at or before `at_ms` (an absolute bin number), and how far towards the next.
+
+    `stepwise`: the bin `at_ms` falls in, wholly (0 towards the next).
+    """
+    if stepwise:
+        return math.floor(at_ms / bin_ms), 0.0
     position = at_ms / bin_ms - 0.5
     lower = math.floor(position)
     return lower, position - lower
+
+
+class Profile(NamedTuple):
+    """One seasonal profile: its bins (bins x series: Σk, Σ slow level, weight) and how it is read."""
+
+    num: Floats
+    den: Floats
+    seen: Floats
+    bin_ms: int
+    visits: float  # visits of a bin before it is used
+    stepwise: bool  # a step per bin, else interpolated between bin centres
 
 
 class SeasonalBaseline:
@@ -43,22 +60,22 @@ class SeasonalBaseline:
     # begins, when a baseline adopts a new level (it moves `b`, which the values rest on) and once the profiles learn.
     _profile_memo: dict[tuple[int, int, float, int], tuple[Floats, Bools]]
 
-    def _profiles(self) -> tuple[tuple[Floats, Floats, Floats, int, float], ...]:
-        """The seasonal profiles: (Σk, Σ slow level, weight, bin ms, visits before use), as `SeriesArrays` holds them.
+    def _profiles(self) -> tuple[Profile, ...]:
+        """The seasonal profiles as `SeriesArrays` holds them, with their bin size and visits before use.
 
-        The hour of the day and of the week are one profile (the week's where learned, else the day's); the
-        minute of the hour is another (the top of the hour is busier), learned over many hours before use.
+        The hour of the day and of the week are one profile (the week's where learned, else the day's),
+        interpolated between bin centres: the daily curve is smooth. The minute of the hour is another (the top
+        of the hour is busier), learned over many hours before use, and a step per minute: what is scheduled
+        starts on the minute, and interpolating across that edge would expect the burst's first windows too low.
         """
         s, config = self._state, self.config
         return (
-            (s.day_num, s.day_den, s.day_w, config.season_bin_ms, 0.5),
-            (s.week_num, s.week_den, s.week_w, config.season_bin_ms, 0.5),
-            (s.minute_num, s.minute_den, s.minute_w, _MINUTE_MS, _MINUTE_VISITS),
+            Profile(s.day_num, s.day_den, s.day_w, config.season_bin_ms, 0.5, stepwise=False),
+            Profile(s.week_num, s.week_den, s.week_w, config.season_bin_ms, 0.5, stepwise=False),
+            Profile(s.minute_num, s.minute_den, s.minute_w, _MINUTE_MS, _MINUTE_VISITS, stepwise=True),
         )
 
-    def _profile_at(
-        self, profile: tuple[Floats, Floats, Floats, int, float], at_ms: float, size: int, learned_only: bool = True
-    ) -> Floats:
+    def _profile_at(self, profile: Profile, at_ms: float, size: int, learned_only: bool = True) -> Floats:
         """One profile's value at `at_ms` per series (interpolated between bin centres); NaN where not learned.
 
         With `learned_only` False, its value wherever it has any (NaN only where nothing was seen).
@@ -66,22 +83,18 @@ class SeasonalBaseline:
         value, enough = self._profile_values(profile, at_ms, size)
         return np.where(enough, value, np.nan) if learned_only else value
 
-    def _profile_values(
-        self, profile: tuple[Floats, Floats, Floats, int, float], at_ms: float, size: int
-    ) -> tuple[Floats, Bools]:
+    def _profile_values(self, profile: Profile, at_ms: float, size: int) -> tuple[Floats, Bools]:
         """A profile's value at `at_ms` per series wherever it has any (NaN elsewhere), and where learned enough."""
-        num, bin_ms = profile[0], profile[3]
+        num, bin_ms = profile.num, profile.bin_ms
         key = (num.shape[0], bin_ms, at_ms, size)  # bins and their width tell the three profiles apart
         memo = self._profile_memo.get(key)
         if memo is None:
             memo = self._profile_memo[key] = self._compute_profile_values(profile, at_ms, size)
         return memo
 
-    def _compute_profile_values(
-        self, profile: tuple[Floats, Floats, Floats, int, float], at_ms: float, size: int
-    ) -> tuple[Floats, Bools]:
-        num, den, seen, bin_ms, visits = profile
-        lower, upper = _bins(at_ms, bin_ms)
+    def _compute_profile_values(self, profile: Profile, at_ms: float, size: int) -> tuple[Floats, Bools]:
+        num, den, seen, bin_ms, visits, stepwise = profile
+        lower, upper = _bins(at_ms, bin_ms, stepwise)
         state = self._state
         # Only count series have profiles: the arithmetic runs on their columns alone, of the two nearest bins.
         cols = state.count_rows
@@ -173,9 +186,9 @@ class SeasonalBaseline:
             (week, config.season_halflife_weeks, minute),
             (minute_profile, _MINUTE_HALFLIFE, main),
         ):
-            num, den, seen, bin_ms, _ = profile
+            num, den, seen, bin_ms, _, stepwise = profile
             bins = num.shape[0]
-            lower, upper = _bins(middle, bin_ms)
+            lower, upper = _bins(middle, bin_ms, stepwise)
             # Discounted per window of the bin, so what a visit (bin_ms / size windows) taught halves in
             # `halflife` visits.
             forget = 1.0 - 0.5 ** (size / (halflife * bin_ms))

@@ -99,9 +99,12 @@ def test_a_drop_in_stream_starts_opens_one_critical_down_anomaly_and_resolves() 
 
     events, _ = run(AnomalyDetector(), STEP_AT + STEP_WINDOWS + 120, make)
     cell_events = [e for e in events if (e.country, e.device_type) == ("BR", "tv")]
-    assert [e.state for e in cell_events] == ["open", "resolved"], describe(events)
-    opening, resolving = cell_events
-    assert opening.series == "sps" and opening.direction == "down" and opening.severity == "critical"
+    # Critical is judged with a margin of 2 standard errors on the opening horizon, which may still hold a window
+    # from before the drop: then it opens as a warning and escalates with the next window.
+    assert [e.state for e in cell_events if e.state != "escalated"] == ["open", "resolved"], describe(events)
+    opening, resolving = cell_events[0], cell_events[-1]
+    assert opening.series == "sps" and opening.direction == "down"
+    assert window_of(next(e for e in cell_events if e.severity == "critical")) <= window_of(opening) + 1
     assert opening.score < -5
     # Two alarming windows of the last three open it: the step's second window, or the third at worst.
     assert STEP_AT + 1 <= window_of(opening) <= STEP_AT + 2
@@ -194,7 +197,10 @@ def test_slow_startup_is_caught_from_the_sketch() -> None:
             events.extend(detection.events)
     startup = [e for e in opened(events, "startup_ms") if e.country == "JP" and e.device_type == "tv"]
     assert len(startup) == 1, describe(events)
-    assert startup[0].severity == "critical" and STEP_AT + 1 <= window_of(startup[0]) <= STEP_AT + 2
+    assert STEP_AT + 1 <= window_of(startup[0]) <= STEP_AT + 2
+    # Critical (x2) with its margin of 2 standard errors: at once, or with the next window.
+    mine = [e for e in events if e.anomaly_id == startup[0].anomaly_id]
+    assert window_of(next(e for e in mine if e.severity == "critical")) <= window_of(startup[0]) + 1, describe(mine)
     assert startup[0].expected == pytest.approx(2000, rel=0.1)  # geometric mean ≈ median
     assert not [e for e in opened(events) if e.series != "startup_ms"], describe(events)
 
