@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 
 from flows.anomaly.detector import AnomalyDetector
+from flows.anomaly.seasonal import Profile
 from flows.anomaly.series import Bools, Cells, Floats
 
 T0 = 1_714_521_600_000
@@ -23,9 +24,7 @@ CELLS = [(c, d) for c in ("US", "BR", "DE", "JP") for d in ("tv", "mobile")]
 class _Afresh(AnomalyDetector):
     """Reads every profile afresh: the reference."""
 
-    def _profile_values(
-        self, profile: tuple[Floats, Floats, Floats, int, float], at_ms: float, size: int
-    ) -> tuple[Floats, Bools]:
+    def _profile_values(self, profile: Profile, at_ms: float, size: int) -> tuple[Floats, Bools]:
         return self._compute_profile_values(profile, at_ms, size)
 
 
