@@ -93,6 +93,18 @@ def shard_keys(shards: int) -> tuple[str, ...]:
     return tuple(keys)
 
 
+def roll_up_key(shards: int) -> str:
+    """The anomaly roll-up step's state key, placed by bytewax on the last worker (of `shards` workers).
+
+    Worker 0's shard also counts what belongs to no cell (late events, duplicates, the readers' health), so the
+    roll-up step goes to the other end of the cluster: in a cluster of processes, not the busiest one.
+    """
+    n = 0
+    while bytewax_worker_of(f"anomaly-roll-ups-{n}", shards) != shards - 1:
+        n += 1
+    return f"anomaly-roll-ups-{n}"
+
+
 class ShardRouter:
     """Splits batch summaries by the shard that owns each cell; one per dataflow, shared by its readers."""
 

@@ -39,10 +39,9 @@ from flows.anomaly.detector import AnomalyDetector
 from flows.anomaly.events import AnomalyEvent, Detection
 from flows.anomaly.series import ALL, Cell, Cells, cell_inputs
 from flows.anomaly.warm_start import ROLL_UP_PART, SavedState, StateSchedule, WarmStart, shard_part
+from flows.sharding import roll_up_key
 from flows.windows.store import ShardProgress, WindowUpdate
 from settings.windows import WindowConfig
-
-ROLL_UP_KEY = "anomaly-roll-ups"
 
 DetectorState = dict[str, Any]
 
@@ -286,9 +285,10 @@ def detect_anomalies(
     split = op.branch("roll_ups_apart", saved.falses, _is_detection)
     cell_detections: Stream[Detection] = split.trues  # type: ignore[assignment]
     to_roll_up: Stream[RollUpInput] = split.falses  # type: ignore[assignment]
+    rolled_on = roll_up_key(len(shard_keys))
     rolled = op.stateful_batch(
         "anomaly_roll_ups",
-        op.key_on("roll_up_key", to_roll_up, lambda _part: ROLL_UP_KEY),
+        op.key_on("roll_up_key", to_roll_up, lambda _part: rolled_on),
         lambda resume: RollUpLogic(resume, config, saving, warm),
     )
     rolled_apart = op.branch("roll_up_states_apart", op.map("drop_roll_up_key", rolled, lambda kv: kv[1]), _is_state)

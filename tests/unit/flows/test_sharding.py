@@ -14,7 +14,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, cluster_main
 
 from flows.partials import BatchSummary, Partials
-from flows.sharding import DEVICE_TYPES, ShardRouter, bytewax_worker_of, shard_keys, siphash13
+from flows.sharding import DEVICE_TYPES, ShardRouter, bytewax_worker_of, roll_up_key, shard_keys, siphash13
 
 
 class _WorkerLog(DynamicSink[Any]):
@@ -123,3 +123,10 @@ def test_each_cell_has_one_shard_and_a_country_s_cells_go_round_the_shards() -> 
         owners = [router.shard_of(country, device) for device in DEVICE_TYPES]
         assert owners.count(0) == owners.count(1) == len(DEVICE_TYPES) // 2
         assert router.shard_of(country, "tv") == ShardRouter(2).shard_of(country, "tv")
+
+
+@pytest.mark.parametrize("shards", [2, 3, 4])
+def test_the_roll_up_step_runs_on_the_last_worker_not_beside_shard_0(shards: int) -> None:
+    # Shard 0 also counts late events, duplicates and the readers' health: the roll-ups go to the other end.
+    key = roll_up_key(shards)
+    assert _workers_of([key, *shard_keys(shards)], shards)[key] == shards - 1
