@@ -97,8 +97,9 @@ def say(message: str) -> None:
 # --- (a) the day, folded, checked against the ground truth -------------------------------------------------
 
 
-def _total(value: Any, depth: int) -> int:
-    return int(value) if depth == 0 else sum(_total(v, depth - 1) for v in value.values())
+def truth_total(value: Any, depth: int) -> int:
+    """A truth cell's value summed over the dicts it nests in (`depth` levels; 0: a plain number)."""
+    return int(value) if depth == 0 else sum(truth_total(v, depth - 1) for v in value.values())
 
 
 class TruthCheck:
@@ -141,7 +142,7 @@ class TruthCheck:
             return
         for window in self.builder.windows_document(with_concurrency=False)[f"{self.fine_ms // 1000}s"]["windows"]:
             for cell in window["cells"]:
-                values = tuple(_total(cell[key], depth) if key in cell else 0 for key, depth in TRUTH_OF.values())
+                values = tuple(truth_total(cell[key], depth) if key in cell else 0 for key, depth in TRUTH_OF.values())
                 if any(values):
                     cells = self.expected.setdefault(window["start_ms"], {})
                     cells[(cell["country"], cell["device_type"])] = values

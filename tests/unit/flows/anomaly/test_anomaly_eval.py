@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 from bench.anomaly_eval import START_MS, DaySpec, absolute, detect, judge, simulate
+from bench.realistic_fold_day import TRUTH_OF, truth_total
 from flows.anomaly.config import DetectorConfig
 from flows.anomaly.series import CELL_FIELDS
 from loadgen.api import generate
@@ -13,27 +13,6 @@ from loadgen.incidents import load_scenario
 from settings.windows import WindowConfig
 
 MINUTE_MS = 60_000
-
-# Cell field -> (truth cell key, how deep its dict nests: 0 = a plain number)
-TRUTH_OF: dict[str, tuple[str, int]] = {
-    "starts": ("stream_starts", 1),
-    "failures": ("start_failures", 1),
-    "played_ms": ("played_ms_sum", 0),
-    "rebuffer_ms": ("rebuffer_ms_sum", 0),
-    "rebuffers": ("rebuffers", 0),
-    "errors": ("playback_errors", 1),
-    "signups_started": ("signups_started", 1),
-    "signups_completed": ("signups_completed", 2),
-    "payments": ("payments_submitted", 1),
-    "declines": ("payment_declines", 1),
-    "startup_n": ("startup_ms_count", 0),
-}
-
-
-def _total(value: Any, depth: int) -> int:
-    if depth == 0:
-        return int(value)
-    return sum(_total(v, depth - 1) for v in value.values())
 
 
 def test_the_detector_inputs_of_the_eval_equal_the_load_generators_truth() -> None:
@@ -54,7 +33,7 @@ def test_the_detector_inputs_of_the_eval_equal_the_load_generators_truth() -> No
         for cell in window["cells"]:
             for field, (key, depth) in TRUTH_OF.items():
                 if key in cell:
-                    expected[(window["start_ms"], cell["country"], cell["device_type"], field)] += _total(
+                    expected[(window["start_ms"], cell["country"], cell["device_type"], field)] += truth_total(
                         cell[key], depth
                     )
     measured: Counter[tuple[int, str, str, str]] = Counter()
