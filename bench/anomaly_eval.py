@@ -68,7 +68,8 @@ from flows.fold.signup import SignupFolder
 from flows.windows.store import WindowStore
 from loadgen.config import LoadgenConfig, ModelParams
 from loadgen.diurnal import DAY_MS
-from loadgen.incidents import Incident, IncidentSet, load_scenario
+from loadgen.incident_effects import IncidentSet
+from loadgen.incidents import Incident, load_scenario
 from loadgen.model import Model
 from schemas.contract import families
 from settings.windows import WindowConfig

@@ -55,7 +55,8 @@ from flows.fold.signup import SignupFolder
 from flows.windows.store import WindowStore
 from loadgen.config import LoadgenConfig, ModelParams
 from loadgen.diurnal import DAY_MS
-from loadgen.incidents import IncidentSet, load_scenario
+from loadgen.incident_effects import IncidentSet
+from loadgen.incidents import load_scenario
 from loadgen.model import Model
 from loadgen.realism import RealismParams, scenario_realism
 from loadgen.truth import TruthBuilder

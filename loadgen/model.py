@@ -48,7 +48,7 @@ from typing import Any
 from loadgen.arrivals import HOUR_MS, MIN_WATCH_MS, next_arrival, replay_warm_start
 from loadgen.config import LoadgenConfig
 from loadgen.diurnal import DiurnalTable
-from loadgen.incidents import IncidentSet
+from loadgen.incident_effects import IncidentSet
 from loadgen.playback_arrival import session_arrival, shaped_session_arrival
 from loadgen.playback_session import PlaybackSession
 from loadgen.signup_funnel import FUNNEL_ABANDON_REPORTED, FUNNEL_PAYMENT_RATE, FUNNEL_PLAN_RATE, signup_arrival

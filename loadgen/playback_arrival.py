@@ -16,7 +16,8 @@ import random
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from loadgen.diurnal import MINUTE_MS
-from loadgen.incidents import ResolvedIncident, active_throughout, product
+from loadgen.incident_effects import active_throughout, product
+from loadgen.incidents import ResolvedIncident
 from loadgen.playback_session import PlaybackSession, hash_seed
 from loadgen.world import (
     CDNS,

@@ -14,7 +14,8 @@ import hashlib
 import math
 from typing import TYPE_CHECKING, Any
 
-from loadgen.incidents import ResolvedIncident, code_override, mean_multiplier, place, rate_runs
+from loadgen.incident_effects import code_override, mean_multiplier, place, rate_runs
+from loadgen.incidents import ResolvedIncident
 from loadgen.world import DEVICE_PROFILES, PLAY_ERROR_CODES
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from loadgen.config import LoadgenConfig
 from loadgen.faults import DUPLICATE, LATE, MALFORMED, VALID, Delivery, Out
-from loadgen.incidents import IncidentSet
+from loadgen.incident_effects import IncidentSet
 from loadgen.malformed import EXPECTED_REASON
 from loadgen.model import Model
 from loadgen.sinks import Sink

@@ -15,7 +15,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from loadgen.diurnal import MINUTE_MS
-from loadgen.incidents import multiplier
+from loadgen.incident_effects import multiplier
 from loadgen.world import (
     CHANNEL_WEIGHTS,
     CHANNELS,

@@ -25,7 +25,8 @@ import pytest
 
 from loadgen.api import Generated, generate
 from loadgen.config import ModelParams
-from loadgen.incidents import parse_incidents, place, rate_runs
+from loadgen.incident_effects import place, rate_runs
+from loadgen.incidents import parse_incidents
 from loadgen.truth_rows import TruthRow, iter_rows
 
 START_MS = 1_714_564_800_000  # 2024-05-01T12:00:00Z: fixed, and the traffic is flat (no diurnal curve) anyway
