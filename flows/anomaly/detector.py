@@ -15,8 +15,8 @@ and life cycles.
 
 Series (`SERIES`) and the statistics that score them:
 
-- `sps` (stream starts): a Poisson count per window (overdispersed: see
-  `phi`) against an EWMA level with an 8-minute memory times seasonal
+- `sps` (stream starts): a gamma–Poisson count per window (overdispersed:
+  see `phi`) against an EWMA level with an 8-minute memory times seasonal
   factors — the hour of the week (of the day until a week is learned) and
   the minute of the hour, learned online (`_seasonal_ratio`) — so daily
   ramps, weekends and the top of the hour are expected, not flagged (a
@@ -36,31 +36,11 @@ Series (`SERIES`) and the statistics that score them:
   time is log-normal, so this is a z-test; the value shown is the geometric
   mean (≈ the median).
 
-Overdispersion: the spread beyond Poisson/binomial (`phi`) is learned per
-horizon, robustly and with no upper bound (`_learn_dispersion`), so a series
-of a million starts a window is judged against its own noise.
-
-Volume awareness: each score is the exact tail probability (Poisson,
-binomial; flows/anomaly/stats.py) turned into a z-like number, and the
-baseline's own uncertainty widens it (negative binomial for counts, whose
-shape is the number of events the baseline rests on: the fewer, the more a
-count must deviate; variance inflation for shares and means). Sparse series gather evidence over several
-*horizons* — the sums of the last 1, 3, 6, 12 and 30 windows — so a
-country with a few attempts per window is still judged on a minute of
-them, while a big series flags within one or two windows.
-
-Low false alarms: a horizon alarms only if its score passes `z_open`, the
-relative effect is large enough to matter (`min_effect_up`/`_down`: +50 %
-on a rate, -30 % on starts, …) and there is volume behind it (at least
-`min_events` events, `min_trials` trials); an anomaly opens only when
-`confirm_n` of the last `confirm_m` windows alarm, resolves after
-`resolve_after` windows quiet at the scale it was seen at
-(`resolve_horizon`), and the series then rests for `cooldown` windows, so
-one incident is one anomaly. While a series looks suspicious (any horizon beyond
-`z_learn`) or is anomalous, its baseline learns ten times slower, so an
-incident does not become the new normal within minutes; one still open after
-`accept_after` windows is accepted as the new normal (published as such, the
-baseline adopts its level), so every anomaly ends.
+Each score is an exact tail (flows/anomaly/stats.py, flows/anomaly/scoring.py) over several *horizons*
+(the sums of the last 1 to 30 windows), widened by the spread beyond Poisson/binomial learned per horizon
+(`phi`, flows/anomaly/learning.py) and by the baseline's own uncertainty; an alarm needs an effect and a
+volume big enough to matter, an anomaly a few alarming windows, and it ends resolved or accepted as the new
+normal (flows/anomaly/life_cycle.py). docs/anomalies.md explains each step and its parameters.
 """
 
 from __future__ import annotations
@@ -76,6 +56,7 @@ from flows.anomaly.events import AnomalyEvent, Detection, OpenAnomaly, SeriesSco
 from flows.anomaly.learning import BaselineLearning
 from flows.anomaly.life_cycle import life_cycle
 from flows.anomaly.scoring import SeriesView, score_series
+from flows.anomaly.seasonal import DAY_MS, HOUR_MS, MINUTE_MS
 from flows.anomaly.series import (
     ALL,
     CELL_FIELDS,
@@ -92,15 +73,6 @@ from flows.anomaly.series import (
 )
 from flows.anomaly.state import SeriesArrays
 
-_DAY_MS = 86_400_000
-# The minute-of-the-hour profile: 60 bins of a minute, used once each has been seen in 12 hours (it learns
-# from a few windows an hour), its memory halving in 48 hours.
-_MINUTE_MS = 60_000
-# A fresh dispersion starts at Poisson's 1 weighted as this many windows: a running mean from the first residual
-# alone would let one early outlier (or one early quiet window) set it.
-_PHI_PRIOR_WINDOWS = 6.0
-_MINUTE_VISITS = 12.0
-_MINUTE_HALFLIFE = 48.0
 # 2: a dispersion per horizon, the seasonal profiles; version 1 snapshots still restore (SeriesArrays.load).
 SNAPSHOT_VERSION = 2
 
@@ -118,7 +90,7 @@ class AnomalyDetector(BaselineLearning):
         self._roll_up = roll_up
         self._ring = self.config.horizons[-1]
         self._horizons: Ints = np.array(self.config.horizons, np.int64)
-        self._state = SeriesArrays(self.config.horizons, _DAY_MS // self.config.season_bin_ms, 3_600_000 // _MINUTE_MS)
+        self._state = SeriesArrays(self.config.horizons, DAY_MS // self.config.season_bin_ms, HOUR_MS // MINUTE_MS)
         self._keys: list[tuple[int, str, str]] = []  # per series number: (SERIES index, country, device_type)
         self._rows: dict[tuple[int, str, str], int] = {}  # the inverse
         self._open: dict[int, OpenAnomaly] = {}  # series number -> its open anomaly

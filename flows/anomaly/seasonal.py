@@ -19,10 +19,11 @@ from flows.anomaly.series import (
 )
 from flows.anomaly.state import SeriesArrays
 
-_DAY_MS = 86_400_000
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
 # The minute-of-the-hour profile: 60 bins of a minute, used once each has been seen in 12 hours (it learns
 # from a few windows an hour), its memory halving in 48 hours.
-_MINUTE_MS = 60_000
+MINUTE_MS = 60_000
 _MINUTE_VISITS = 12.0
 _MINUTE_HALFLIFE = 48.0
 
@@ -72,7 +73,7 @@ class SeasonalBaseline:
         return (
             Profile(s.day_num, s.day_den, s.day_w, config.season_bin_ms, 0.5, stepwise=False),
             Profile(s.week_num, s.week_den, s.week_w, config.season_bin_ms, 0.5, stepwise=False),
-            Profile(s.minute_num, s.minute_den, s.minute_w, _MINUTE_MS, _MINUTE_VISITS, stepwise=True),
+            Profile(s.minute_num, s.minute_den, s.minute_w, MINUTE_MS, _MINUTE_VISITS, stepwise=True),
         )
 
     def _profile_at(self, profile: Profile, at_ms: float, size: int, learned_only: bool = True) -> Floats:
