@@ -53,8 +53,12 @@ Fields = tuple[str, int, str, str, str]
 Decode = Callable[[bytes | None, int], Fields | None]
 
 
-def consumer_for(bootstrap: str, topics: list[str]) -> tuple[Consumer, int]:
-    """A consumer assigned every partition of `topics` at its low offset; also the partition count."""
+def consumer_for(bootstrap: str, topics: list[str], share: tuple[int, int] = (0, 1)) -> tuple[Consumer, int]:
+    """A consumer assigned the partitions of `topics` at their low offsets; also how many.
+
+    `share` (k, n): only every n-th partition from the k-th, counted over both topics in order, so n processes
+    with k = 0 .. n-1 read the topics once between them.
+    """
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -67,9 +71,13 @@ def consumer_for(bootstrap: str, topics: list[str]) -> tuple[Consumer, int]:
         }
     )
     assignment: list[TopicPartition] = []
+    index, (k, n) = 0, share
     for topic in topics:
         metadata = consumer.list_topics(topic, timeout=30).topics[topic]
         for p in sorted(metadata.partitions):
+            index += 1
+            if (index - 1) % n != k:
+                continue
             # Explicit offsets: OFFSET_BEGINNING costs tansu 0.5 s per partition.
             low, _high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
             assignment.append(TopicPartition(topic, p, low))
@@ -77,9 +85,11 @@ def consumer_for(bootstrap: str, topics: list[str]) -> tuple[Consumer, int]:
     return consumer, len(assignment)
 
 
-def run_limit(bootstrap: str, topics: list[str], families: list[str]) -> dict[str, object]:
-    """Consume and decode everything; count messages and rejections."""
-    consumer, partitions = consumer_for(bootstrap, topics)
+def run_limit(
+    bootstrap: str, topics: list[str], families: list[str], share: tuple[int, int] = (0, 1)
+) -> dict[str, object]:
+    """Consume and decode everything (or this process's `share` of the partitions); count messages and rejections."""
+    consumer, partitions = consumer_for(bootstrap, topics, share)
     decoders = {t: EventDecoder(f).decode for t, f in zip(topics, families, strict=True)}
     consumed = rejected = 0
     at_end: set[tuple[str, int]] = set()
@@ -341,6 +351,17 @@ RUNS: dict[str, Callable[[str, list[str], list[str]], dict[str, object]]] = {
 }
 
 
+def _share(text: str) -> tuple[int, int]:
+    k, _, n = text.partition("/")
+    try:
+        share = int(k), int(n)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not K/N (e.g. 0/4)") from None
+    if not 0 <= share[0] < share[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: K must be 0 .. N-1")
+    return share
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one reference consumer and write its result as JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -348,10 +369,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--topics", required=True, help="playback topic,signup topic")
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument(
+        "--share",
+        type=_share,
+        default=(0, 1),
+        metavar="K/N",
+        help="limit only: read every N-th partition from the K-th (K = 0 .. N-1), one of N processes",
+    )
     args = parser.parse_args(argv)
     topics = args.topics.split(",")
     families = ["playback", "signup"][: len(topics)]
-    result = RUNS[args.mode](args.bootstrap, topics, families)
+    if args.share != (0, 1) and args.mode != "limit":
+        parser.error("--share is for the limit only (the baselines count every partition)")
+    result = (
+        run_limit(args.bootstrap, topics, families, args.share)
+        if args.mode == "limit"
+        else RUNS[args.mode](args.bootstrap, topics, families)
+    )
     args.out.write_bytes(orjson.dumps(result))
     return 0
 

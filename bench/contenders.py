@@ -94,6 +94,33 @@ def reference(mode: str, data: Preloaded, target: Target, run_id: str) -> RunRes
     return RunResult(mode, timed.wall_s, data.messages, timed.peak_rss_bytes, check, _cpu(timed))
 
 
+def parallel_limit(data: Preloaded, target: Target, run_id: str, processes: int) -> RunResult:
+    """The limit on `processes` processes at once, each reading its share of the partitions (`--share k/N`).
+
+    Nothing is shared or exchanged between them: how evenly and cheaply the most parallel work there is splits on
+    this machine, the ceiling of any N-process efficiency measured here (bench/scaleout.py).
+    """
+    outs = [target.work_dir / f"{run_id}-p{k}.json" for k in range(processes)]
+    commands = []
+    for k, out in enumerate(outs):
+        argv = [
+            PYTHON,
+            "-m",
+            "bench.consumers",
+            "limit",
+            "--bootstrap",
+            target.bootstrap,
+            "--share",
+            f"{k}/{processes}",
+        ]
+        argv += ["--topics", f"{data.playback_topic},{data.signup_topic}", "--out", str(out)]
+        commands.append((f"{run_id}-p{k}", argv))
+    timed = run_timed(commands, target.work_dir, timeout_s=_timeout(data))
+    consumed = sum(orjson.loads(out.read_bytes())["consumed"] for out in outs)
+    _expect_all_consumed(run_id, consumed, data)
+    return RunResult(f"limit_{processes}p", timed.wall_s, data.messages, timed.peak_rss_bytes, None, _cpu(timed))
+
+
 def _timeout(data: Preloaded) -> float:
     # Generous: a run slower than 2 000 messages/s is broken, not slow.
     return 120 + data.messages / 2_000

@@ -8,6 +8,8 @@ from typing import Any
 # (key in the results, label, what it is)
 THROUGHPUT_ROWS: tuple[tuple[str, str, str], ...] = (
     ("limit", "limit", "confluent-kafka consume + contract decoder, no aggregation, 1 process"),
+    ("limit_2p", "limit, 2 processes", "the limit as 2 processes at once, each reading half of the partitions"),
+    ("limit_4p", "limit, 4 processes", "the limit as 4 processes at once, each reading a quarter of the partitions"),
     (
         "baseline_orjson",
         "baseline_orjson: hand-written, orjson (the issue's baseline)",
@@ -315,12 +317,14 @@ def _scaleout(results: dict[str, Any]) -> list[str]:
         "Efficiency = CPU s of the 1-process run / (N x CPU s of the busiest process); capacity = events / CPU s "
         "of the busiest process (what N free cores would hold); wall clock = events/s / the 1-process events/s "
         "measured here, where the broker and Redis share the cores. Steady state: the same with each process's "
-        "start-up and shutdown (its CPU s on empty topics, in the column) taken out. Medians.",
+        "start-up and shutdown (its CPU s on empty topics, in the column) taken out. Ceiling: the same efficiency "
+        "of the limit (consume + decode, nothing shared) as N processes each reading 1/N of the partitions, what "
+        "N processes on this machine's cores, beside the broker and Redis, let any N-process run reach. Medians.",
         "",
         "| processes | events/s here | wall clock vs 1 | CPU s of each process (first round) | busiest CPU s | "
-        "efficiency | start-up CPU s (busiest) | steady-state efficiency | capacity events/s | "
-        "rest of machine CPU s | cores left for the flow |",
-        "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "efficiency | start-up CPU s (busiest) | steady-state efficiency | ceiling (the limit's efficiency) | "
+        "capacity events/s | rest of machine CPU s | cores left for the flow |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in (1, 2, 4):
         series = [r for r in runs.get(f"streampulse_all_{n}p", []) if "eps" in r]
@@ -332,6 +336,7 @@ def _scaleout(results: dict[str, Any]) -> list[str]:
             f"{_ratio(1.0 if n == 1 and series else results.get(f'scaleout_efficiency_{n}p'))} | "
             f"{_seconds(results.get(f'startup_busiest_cpu_s_{n}p'))} | "
             f"{_ratio(1.0 if n == 1 and series else results.get(f'scaleout_efficiency_{n}p_steady'))} | "
+            f"{_ratio(1.0 if n == 1 and series else results.get(f'limit_efficiency_{n}p'))} | "
             f"{_n(results.get(f'capacity_{n}p_eps'))} | {_seconds(results.get(f'other_cpu_s_{n}p'))} | "
             f"{_ratio(results.get(f'cores_left_for_flow_{n}p'))} |"
         )

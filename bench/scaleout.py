@@ -14,6 +14,9 @@ each of N processes spends 1/N of the 1-process run's CPU seconds.
 - steady-state efficiency at N: the same with each run's start-up taken out, the CPU seconds the busiest
   process of an N-process run spends on empty topics (imports, joining the cluster, connecting, shutting
   down): what a long-running cluster gets, where a benchmark of seconds pays start-up once per process.
+- the ceiling at N: the same efficiency of the limit (consume + decode, nothing shared) run as N processes that
+  each read 1/N of the partitions: the most parallel work there is, so what this machine (N processes on its
+  cores, beside the broker and Redis) lets any N-process efficiency reach.
 - wall-clock ratio = N-process events/s / 1-process events/s, measured here.
 - the rest of the machine (broker, Redis, the harness) over each run: its CPU
   seconds, and the cores that leaves the flow (cores - rest / wall time).
@@ -28,6 +31,8 @@ from typing import Any
 
 # The all-metrics contenders by process count (bench/harness.py CONTENDERS).
 ALL_METRICS = {1: "streampulse_all_1p", 2: "streampulse_all_2p", 4: "streampulse_all_4p"}
+# The limit on 1, 2 and 4 processes: the ceiling of the efficiency on this machine.
+LIMIT = {1: "limit", 2: "limit_2p", 4: "limit_4p"}
 
 
 def efficiency(one_process_cpu_s: float, busiest_process_cpu_s: float, processes: int) -> float | None:
@@ -94,6 +99,11 @@ def summarise(
         out[f"capacity_{n}p_eps"] = None if capacity is None else round(capacity)
         eps, one_eps = figures["eps"], one["eps"]
         out[f"wallclock_ratio_{n}p"] = round(eps / one_eps, 3) if eps and one_eps else None
+    limit_one = _median([r for r in runs.get(LIMIT[1], []) if "eps" in r], "cpu_s")
+    for n in (2, 4):
+        busiest = _median([r for r in runs.get(LIMIT[n], []) if "eps" in r], "busiest_process_cpu_s")
+        ceiling = efficiency(limit_one or 0.0, busiest or 0.0, n)
+        out[f"limit_efficiency_{n}p"] = None if ceiling is None else round(ceiling, 3)
     capacity_one = capacity_eps(messages, one["cpu_s"] or 0.0)
     out["capacity_1p_eps"] = None if capacity_one is None else round(capacity_one)
     return out

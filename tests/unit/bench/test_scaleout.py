@@ -77,3 +77,15 @@ def test_the_steady_state_efficiency_takes_each_process_s_start_up_out() -> None
     assert out["scaleout_efficiency_2p"] == pytest.approx(11.0 / (2 * 6.5), abs=1e-3)
     assert out["scaleout_efficiency_2p_steady"] == pytest.approx(10.0 / (2 * 5.0), abs=1e-3)
     assert summarise(runs, 1_000_000, 2)["scaleout_efficiency_2p_steady"] is None  # not measured: not made up
+
+
+def test_the_ceiling_is_the_limit_s_own_efficiency_on_as_many_processes() -> None:
+    runs = {
+        "limit": [_run(500_000, 4.0, [5.0], 1.0), _run(480_000, 4.2, [5.4], 1.0)],
+        "limit_4p": [_run(600_000, 3.0, [1.4, 1.3, 1.5, 1.2], 1.0)],
+        "limit_2p": [{"error": "boom"}],
+    }
+    out = summarise(runs, 1_000_000, 2)
+    # Median 5.2 CPU s on one process; the busiest of four read its quarter in 1.5 s.
+    assert out["limit_efficiency_4p"] == pytest.approx(round(5.2 / (4 * 1.5), 3))
+    assert out["limit_efficiency_2p"] is None
