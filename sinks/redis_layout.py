@@ -26,7 +26,8 @@ writes a window with one HSET rather than one command per aggregate (the
 command count would otherwise grow with the shards). Every key carries the
 retention TTL: a window's is set with its first write and again with its
 final one, and it is indexed then too, so the partial re-writes between (every
-shard re-writes its open windows at every publish) are one HSET each.
+shard re-writes its open windows that changed at every publish, those at the live edge: flows/windows/store.py)
+are one HSET each.
 Anomalies are written the same way: each event sets the anomaly's whole
 latest state, so a retry or a replay writes the same document again.
 """

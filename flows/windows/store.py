@@ -4,7 +4,12 @@ The watermark is the slowest *active* partition's highest event time: a
 partition that has caught up with its log (idle) or reached its end
 (finished) does not hold the others back. It never moves backwards. A window
 is final once the watermark passes its end plus the allowed lateness; until
-then it is published repeatedly, marked partial. Every partition is known
+then it is published repeatedly, marked partial, while it is near the live edge
+(its end at most the allowed lateness plus one coarse window behind the newest
+event time any partition has read). Further back, where only a catch-up, a
+replay or a lagging partition keeps windows open, a window's changes wait for
+its final write: a catch-up's backlog is written once, not at every publish by
+every shard. Every partition is known
 from the start, so one whose reader has not reported yet holds the watermark
 at nothing rather than being ignored. A partial arriving for a
 window that is already final (only possible after a partition was idle) is
@@ -283,19 +288,29 @@ class WindowStore(ConcurrencyBook):
             return
         self.watermark_ms = max(self.watermark_ms, candidate)
 
+    def _live_edge_ms(self) -> int:
+        """The newest event time any partition has reported."""
+        return max((p.high_event_time_ms for p in self._partitions.values()), default=-1)
+
     def publish(self) -> list[WindowUpdate]:
         """Windows changed since the last call (partial) and windows that just closed (final)."""
         self._advance_watermark()
         self._settle_concurrency()
-        for window in self._open.values():
-            if window.rows_changed:
-                self._expand(window)
         updates: list[WindowUpdate] = []
+        behind_edge_ms = self._live_edge_ms() - self._lateness_ms - self._coarse_ms
         for (resolution, start), window in list(self._open.items()):
             final = self._is_final(resolution, start)
+            # A window far behind the newest event time is open only while a catch-up, a replay or a lagging
+            # partition sweeps through it: its changes wait for its final write rather than being re-written at
+            # every publish by every shard (the windows at the live edge are published as they change), and so
+            # does recomputing its row-counted aggregates.
+            at_edge = start + self._sizes[resolution] >= behind_edge_ms
+            if window.rows_changed and (final or at_edge):
+                self._expand(window)
+            partial = window.dirty and at_edge
             # A window holding nothing (only concurrency changes adding up to no session) is not written, unless
             # it was before: what was written must be overwritten.
-            if (final or window.dirty) and (window.values or window.published or (resolution, start) in self._late):
+            if (final or partial) and (window.values or window.published or (resolution, start) in self._late):
                 updates.append(self._update(resolution, start, window, final))
             if final:
                 del self._open[(resolution, start)]
@@ -315,6 +330,8 @@ class WindowStore(ConcurrencyBook):
         self.watermark_ms = max([self.watermark_ms, *(p.high_event_time_ms for p in self._partitions.values())])
         updates = self.publish()
         for (resolution, start), window in list(self._open.items()):
+            if window.rows_changed:
+                self._expand(window)
             if window.values or window.published or (resolution, start) in self._late:
                 updates.append(self._update(resolution, start, window, True))
         self._open.clear()

@@ -243,3 +243,47 @@ def test_a_partial_republish_carries_only_the_aggregates_that_changed() -> None:
     for resolution in ("10s", "1m"):
         assert set(again[resolution].changes) == {"events", "rebuffers", "rebuffer_ms"}
         assert again[resolution].changes["rebuffer_ms"] == {("BR", "tv"): 400}
+
+
+def test_windows_far_behind_the_newest_event_time_wait_for_their_final_write() -> None:
+    # A catch-up: "fast" has read 10 minutes ahead of "slow", which holds every window since BASE open. Its
+    # windows far behind the live edge change at every publish while "slow" sweeps through them; re-writing them
+    # partial each time, in every shard, is what a catch-up cost. They are written once, final, with all of it.
+    store = WindowStore(WINDOWS, ["fast", "slow"])
+    fast, slow = PartitionAggregator("fast", WINDOWS, folder()), PartitionAggregator("slow", WINDOWS, folder())
+    for i in range(600):
+        fast.add(start(f"f{i}", BASE + i * 1000))
+    store.merge(fast.summary("active"))
+    edge = BASE + 599_000
+    behind = edge - WINDOWS.allowed_lateness_ms - WINDOWS.coarse_ms  # the live edge's reach
+    first = store.publish()
+    assert first and not any(u.final for u in first)
+    assert {u.window_end_ms >= behind for u in first} == {True}, "only windows at the live edge go out partial"
+    # 10 s windows ending at or after 90 s before the newest event: from BASE + 500 s (it ends at 510 s >= 509 s).
+    assert {u.window_start_ms for u in first if u.resolution == "10s"} == set(range(BASE + 500_000, edge, 10_000))
+    published: list[WindowUpdate] = list(first)
+    for step in range(60):  # "slow" catches up 10 s at a time
+        slow.add(start(f"s{step}", BASE + step * 10_000 + 5_000, country="US"))
+        store.merge(slow.summary("active"))
+        published += store.publish()
+    published += store.finish()
+    old = [u for u in published if u.window_end_ms < behind]
+    assert old and all(u.final for u in old), "a window behind the edge was re-written partial"
+    assert len({(u.resolution, u.window_start_ms) for u in old}) == len(old), "written more than once"
+    # Nothing is lost by waiting: every event is in the final windows.
+    everything = [start(f"f{i}", BASE + i * 1000) for i in range(600)]
+    everything += [start(f"s{s}", BASE + s * 10_000 + 5_000, country="US") for s in range(60)]
+    assert final_starts(published, "10s") == expected_starts(everything, 10_000)
+    assert final_starts(published, "1m") == expected_starts(everything, 60_000)
+
+
+def test_windows_at_the_live_edge_are_published_partial_at_every_change() -> None:
+    store = WindowStore(WINDOWS, ["p"])
+    agg = PartitionAggregator("p", WINDOWS, folder())
+    for i in range(5):
+        agg.add(start(f"e{i}", BASE + i * 1000))
+        store.merge(agg.summary("active"))
+        partial = [u for u in store.publish() if u.resolution == "10s"]
+        assert [(u.window_start_ms, u.final, u.changes["stream_starts"]) for u in partial] == [
+            (BASE, False, {("BR", "tv", "c1"): i + 1})
+        ]
