@@ -52,6 +52,8 @@ def test_bench_harness_runs_on_tiny_input(tmp_path: Path) -> None:
     assert not data["failures"], data["failures"]
     names = (
         "limit",
+        "limit_2p",
+        "limit_4p",
         "baseline",
         "baseline_orjson",
         "streampulse_all_1p",
@@ -66,7 +68,10 @@ def test_bench_harness_runs_on_tiny_input(tmp_path: Path) -> None:
         run = data["runs"][f"streampulse_all_{processes}p"][0]
         assert len(run["process_cpu_s"]) == processes and all(s > 0 for s in run["process_cpu_s"]), run
         assert run["busiest_process_cpu_s"] == max(run["process_cpu_s"])
-    for key in ("scaleout_efficiency_2p", "scaleout_efficiency_4p", "capacity_2p_eps", "capacity_4p_eps"):
+    # The ceiling: the limit as 4 processes, which between them read every message once (else a failure above).
+    assert len(data["runs"]["limit_4p"][0]["process_cpu_s"]) == 4
+    scaleout_keys = ("scaleout_efficiency_2p", "scaleout_efficiency_4p", "capacity_2p_eps", "capacity_4p_eps")
+    for key in (*scaleout_keys, "limit_efficiency_2p", "limit_efficiency_4p"):
         assert data[key] is not None and data[key] > 0, key
     assert data["wallclock_ratio_2p"] is not None and data["other_cpu_s_2p"] is not None
     # Every run that counts stream starts matched the truth (a correctness check, not a timing one).
