@@ -101,7 +101,7 @@ class AnomalyDetector(BaselineLearning):
         self._groups: set[tuple[str, str]] = set()
         self._next_start: int | None = None
         self._window_ms: int | None = None
-        self._profile_memo = {}
+        self._now_reads = None
 
     # --- feeding -----------------------------------------------------------------------------------
 
@@ -169,7 +169,7 @@ class AnomalyDetector(BaselineLearning):
         detection = Detection(start_ms, end_ms)
         if not self._keys:
             return detection
-        self._profile_memo.clear()
+        self._now_reads = None
         config, s = self.config, self._state
         inputs = self._inputs(cells, roll_ups)
         k_table, n_table = observations(inputs)
@@ -252,7 +252,7 @@ class AnomalyDetector(BaselineLearning):
             s.hits[row], s.quiet[row], s.cooldown[row] = series.hits, series.quiet, series.cooldown
             if series.accepted:
                 s.accept(row)
-                self._profile_memo.clear()
+                self._now_reads = None
             if series.open is None:
                 self._open.pop(row, None)
             else:
