@@ -227,6 +227,8 @@ class AnomalyDetector(BaselineLearning):
         suspect = np.zeros(len(s), np.bool_)
         window_s = (end_ms - start_ms) / 1000
         rare_rows = self._order[rare[self._order]]
+        if not rare_rows.size:
+            return suspect  # most windows of a shard's few series: skip taking the views apart
         rows = rare_rows.tolist()
         # Each rare series' numbers as Python ones, taken from the arrays in one go (in SeriesView' order).
         views = map(
