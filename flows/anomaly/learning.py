@@ -45,7 +45,7 @@ class BaselineLearning(SeasonalBaseline):
         # as a running minimum from the longest horizon down: whole arrays, not a loop over the horizons.
         rows = np.arange(len(learned))[:, None]
         nearest = np.minimum.accumulate(np.where(learned, rows, len(learned))[::-1], axis=0)[::-1]
-        later = np.take_along_axis(np.vstack((s.phi, np.ones((1, len(s))))), nearest, axis=0)
+        later = np.vstack((s.phi, np.ones((1, len(s)))))[nearest, np.arange(len(s))]
         used: Floats = np.maximum(np.where(np.logical_or.accumulate(learned, axis=0), longest, later), 1.0)
         return used
 

@@ -254,7 +254,8 @@ class SeasonalBaseline:
             rows += (layout.first + lower % layout.bins, layout.first + (lower + 1) % layout.bins)
             shares += (1.0 - upper, upper)
             forgets += [1.0 - 0.5 ** (size / (layout.halflife * layout.bin_ms))] * 2
-        other = np.stack((minute, minute, minute, minute, main, main))
+        other = np.empty((len(rows), len(cols)))
+        other[:4], other[4:] = minute, main  # rows 0-3: the hour profiles'
         # A bin learns twice only if a profile has a single bin (a day-long season_bin_ms): then one after another.
         batches = [slice(None)] if len(set(rows)) == len(rows) else [slice(i, i + 1) for i in range(len(rows))]
         for batch in batches:
