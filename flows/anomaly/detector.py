@@ -101,7 +101,7 @@ class AnomalyDetector(BaselineLearning):
         self._groups: set[tuple[str, str]] = set()
         self._next_start: int | None = None
         self._window_ms: int | None = None
-        self._profile_memo = {}
+        self._now_reads = None
 
     # --- feeding -----------------------------------------------------------------------------------
 
@@ -169,7 +169,7 @@ class AnomalyDetector(BaselineLearning):
         detection = Detection(start_ms, end_ms)
         if not self._keys:
             return detection
-        self._profile_memo.clear()
+        self._now_reads = None
         config, s = self.config, self._state
         inputs = self._inputs(cells, roll_ups)
         k_table, n_table = observations(inputs)
@@ -227,6 +227,8 @@ class AnomalyDetector(BaselineLearning):
         suspect = np.zeros(len(s), np.bool_)
         window_s = (end_ms - start_ms) / 1000
         rare_rows = self._order[rare[self._order]]
+        if not rare_rows.size:
+            return suspect  # most windows of a shard's few series: skip taking the views apart
         rows = rare_rows.tolist()
         # Each rare series' numbers as Python ones, taken from the arrays in one go (in SeriesView' order).
         views = map(
@@ -252,7 +254,7 @@ class AnomalyDetector(BaselineLearning):
             s.hits[row], s.quiet[row], s.cooldown[row] = series.hits, series.quiet, series.cooldown
             if series.accepted:
                 s.accept(row)
-                self._profile_memo.clear()
+                self._now_reads = None
             if series.open is None:
                 self._open.pop(row, None)
             else:

@@ -40,12 +40,13 @@ class BaselineLearning(SeasonalBaseline):
         """
         s = self._state
         learned = s.phi_n > 0
-        phi = np.maximum.accumulate(np.where(learned, s.phi, 1.0), axis=0)
-        later = np.ones(len(s))
-        for h in range(phi.shape[0] - 1, -1, -1):
-            later = np.where(learned[h], s.phi[h], later)
-            phi[h] = np.where(learned[: h + 1].any(axis=0), phi[h], later)
-        used: Floats = np.maximum(phi, 1.0)
+        longest = np.maximum.accumulate(np.where(learned, s.phi, 1.0), axis=0)
+        # The nearest learned horizon at or beyond each one (its row; the row past the end is Poisson's 1), found
+        # as a running minimum from the longest horizon down: whole arrays, not a loop over the horizons.
+        rows = np.arange(len(learned))[:, None]
+        nearest = np.minimum.accumulate(np.where(learned, rows, len(learned))[::-1], axis=0)[::-1]
+        later = np.vstack((s.phi, np.ones((1, len(s)))))[nearest, np.arange(len(s))]
+        used: Floats = np.maximum(np.where(np.logical_or.accumulate(learned, axis=0), longest, later), 1.0)
         return used
 
     def _learn(

@@ -180,16 +180,18 @@ def observation(index: int, cell: Cell) -> tuple[float, float]:
     return k, n
 
 
+# The same table as arrays, so a window's observations are a few numpy calls whatever the number of series: k
+# gathers its field, n is the cells' product with a 0/1 matrix (CELL_FIELDS x SERIES) plus sps' exposure of 1.
+# Exact: the cells are integer counts, so every sum of them is too (< 2**53), in any order.
+_K_COLUMNS = np.array(_K_FIELD)
+_N_MATRIX = np.array([[1.0 if field in fields else 0.0 for fields in _N_FIELDS] for field in range(len(CELL_FIELDS))])
+_N_WITHOUT_FIELDS = np.array([0.0 if fields else 1.0 for fields in _N_FIELDS])
+
+
 def observations(cells: Floats) -> tuple[Floats, Floats]:
     """`observation` over arrays: k and n (groups x SERIES) from each group's cell (groups x CELL_FIELDS)."""
-    k = cells[:, list(_K_FIELD)]
-    n = np.ones_like(k)
-    for index, fields in enumerate(_N_FIELDS):
-        if fields:
-            total = cells[:, fields[0]]
-            for f in fields[1:]:
-                total = total + cells[:, f]
-            n[:, index] = total
+    k = cells[:, _K_COLUMNS]
+    n: Floats = cells @ _N_MATRIX + _N_WITHOUT_FIELDS
     k[:, PAYMENT] = np.minimum(k[:, PAYMENT], n[:, PAYMENT])
     return k, n
 

@@ -59,6 +59,22 @@ _SEASON: tuple[str, ...] = (
 )
 
 
+# The stacked arrays of the seasonal profiles' bins (see SeriesArrays.__init__).
+_STACKED: tuple[str, ...] = ("season_num", "season_den", "season_w")
+
+
+class _Bins:
+    """One profile's bins of a stacked seasonal array, as a view (reads and writes go to the stacked array)."""
+
+    def __init__(self, stacked: str, profile: int) -> None:
+        self._stacked = stacked
+        self._profile = profile
+
+    def __get__(self, arrays: SeriesArrays, owner: type | None = None) -> Floats:
+        view: Floats = getattr(arrays, self._stacked)[arrays.profile_bins[self._profile]]
+        return view
+
+
 class SeriesArrays:
     """Every series' state as arrays indexed by series number (in order of creation): struct of arrays.
 
@@ -72,6 +88,10 @@ class SeriesArrays:
     position `pos` (where its snapshot ring has the next slot) moves in step with `at` while it has windows.
     Its own slot i is shared slot (i + at - pos) % ring size, and a window's push is whole slices of the ring.
     """
+
+    day_num, day_den, day_w = (_Bins(name, 0) for name in _STACKED)
+    week_num, week_den, week_w = (_Bins(name, 1) for name in _STACKED)
+    minute_num, minute_den, minute_w = (_Bins(name, 2) for name in _STACKED)
 
     def __init__(self, horizons: tuple[int, ...], day_bins: int, minute_bins: int) -> None:
         self.horizons = horizons
@@ -93,16 +113,14 @@ class SeriesArrays:
         self.phi_n: Floats = np.zeros((len(horizons), 0))
         # count series: the seasonal profile, per bin of the day (day_*) and of the week (week_*): discounted Σk
         # (num) over Σ slow level (den) of the windows in the bin, and their weight (w, windows, for "seen yet");
-        # bin x series, zero for other series.
-        self.day_num: Floats = np.zeros((day_bins, 0))
-        self.day_den: Floats = np.zeros((day_bins, 0))
-        self.day_w: Floats = np.zeros((day_bins, 0))
-        self.week_num: Floats = np.zeros((7 * day_bins, 0))
-        self.week_den: Floats = np.zeros((7 * day_bins, 0))
-        self.week_w: Floats = np.zeros((7 * day_bins, 0))
-        self.minute_num: Floats = np.zeros((minute_bins, 0))  # and per minute of the hour
-        self.minute_den: Floats = np.zeros((minute_bins, 0))
-        self.minute_w: Floats = np.zeros((minute_bins, 0))
+        # bin x series, zero for other series. The three profiles' bins (day, week, then minute of the hour) are
+        # stacked in one array per quantity (season_*), so a step reads and learns all of them with one gather
+        # and one scatter each (SeasonalBaseline): a step's fixed cost, paid by every shard whatever its series.
+        # day_num, week_num, ... are views of their bins.
+        self.profile_bins = (slice(0, day_bins), slice(day_bins, 8 * day_bins), slice(8 * day_bins, None))
+        self.season_num: Floats = np.zeros((8 * day_bins + minute_bins, 0))
+        self.season_den: Floats = np.zeros((8 * day_bins + minute_bins, 0))
+        self.season_w: Floats = np.zeros((8 * day_bins + minute_bins, 0))
         # count series: the short-term level's EWMA of the minute factor (its weights), 1 while none is learned
         self.minute_level: Floats = np.ones(0)
         # Last windows, newest at slot at - 1: k, n, expected k, variance of k, and rebuffer_ms for
@@ -137,7 +155,7 @@ class SeriesArrays:
         fresh.update({name: np.zeros(added) for name in ("a", "b", "c", "d", "d_num")})
         fresh["phi"] = np.ones((self.phi.shape[0], added))
         fresh["phi_n"] = np.zeros((self.phi.shape[0], added))
-        for name in _SEASON:
+        for name in _STACKED:
             fresh[name] = np.zeros((getattr(self, name).shape[0], added))
         fresh["minute_level"] = np.ones(added)
         fresh["ring"] = np.zeros((*self.ring.shape[:-1], added))
