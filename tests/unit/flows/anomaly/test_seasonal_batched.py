@@ -12,6 +12,8 @@ reuses reads a baseline's new level made stale.
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 
@@ -19,7 +21,6 @@ from flows.anomaly.config import DetectorConfig
 from flows.anomaly.detector import AnomalyDetector
 from flows.anomaly.seasonal import _MINUTE_HALFLIFE, _bins
 from flows.anomaly.series import Bools, Cells, Floats
-from tests.unit.flows.anomaly.test_detector_profile_memo import FINE, T0, _traffic
 
 
 class _OneAtATime(AnomalyDetector):
@@ -84,8 +85,33 @@ class _OneAtATime(AnomalyDetector):
                 seen[slot, cols] = seen[slot, cols] * keep + w
 
 
+T0 = 1_714_521_600_000
+FINE = 60_000  # minute windows: a day of traffic in few windows, so the seasonal profiles learn
+WINDOWS = 1_800
+CELLS = [(c, d) for c in ("US", "BR", "DE", "JP") for d in ("tv", "mobile")]
+
+
+def _traffic() -> list[Cells]:
+    rng = random.Random(5)
+    windows: list[Cells] = []
+    for w in range(WINDOWS):
+        hour = (w * FINE // 3_600_000) % 24
+        season = 1.6 if hour % 6 in (2, 3) else 1.0
+        cells: Cells = {}
+        for i, cell in enumerate(CELLS):
+            starts = int(rng.randint(40, 60) * season * (1 + i % 3))
+            if cell == ("BR", "tv") and w >= 700:
+                starts //= 5  # a drop that stays: accepted as the new normal
+            failures = rng.randint(0, 3) + (30 if cell[0] == "DE" and 1_000 <= w < 1_030 else 0)
+            played = starts * 60_000
+            cells[cell] = [starts, failures, played, rng.randint(0, 3_000), rng.randint(0, 4), rng.randint(0, 2)]
+            cells[cell] += [0, 0, 0, 0, starts, starts * 300, starts * 90_000]
+        windows.append(cells)
+    return windows
+
+
 def _traffic_with_a_lasting_rise() -> list[Cells]:
-    """The profile memo test's day, with US tv's starts four times as many from window 1,200 on (sps accepted)."""
+    """`_traffic`'s day, with US tv's starts four times as many from window 1,200 on (sps accepted)."""
     traffic = _traffic()
     for cells in traffic[1_200:]:
         cell = cells[("US", "tv")]
