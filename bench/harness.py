@@ -17,7 +17,7 @@ Phases (all by default; `--only`/`--skip` pick):
   seconds recorded, from which the scale-out efficiency and capacity come
   (bench/scaleout.py).
 - profile: `streampulse run --exit-at-end` (all metrics) under py-spy on every process: 1, 2 and 4 processes
-  (bench/profiling.py).
+  (bench/profiling.py); then each process's CPU seconds step by step (bench/cpu_split.py).
 - freshness: produce -> visible in Redis and on /metrics under steady live load (bench/freshness.py).
 - memory: RSS as open sessions grow (bench/memory.py).
 - quix, pathway: the peers, Quix Streams (bench/quix_peer.py) and Pathway
@@ -52,6 +52,7 @@ import orjson
 from bench import contenders as c
 from bench import scaleout
 from bench.common import REPO, ChildFailed, code_fingerprint, git_commit, machine, run_timed, say
+from bench.cpu_split import out_path
 from bench.freshness import measure_freshness, summary_line
 from bench.memory import measure_memory
 from bench.peer import PATHWAY, QUIX, Peer, peer_env, peer_python
@@ -410,6 +411,32 @@ class Bench:
             say(f"profile: {entry['share']:6.1%} {entry['what']}")
         for processes in (2, 4):
             self._profile_cluster(data, target, processes)
+        self._cpu_split(data, target)
+
+    def _cpu_split(self, data: Preloaded, target: c.Target) -> None:
+        """All metrics on 1, 2 and 4 processes with each step's CPU seconds counted (bench/cpu_split.py)."""
+        split: dict[str, list[dict[str, Any]]] = {}
+        for processes in (1, 2, 4):
+            namespace = f"bench-cpu-split-{processes}p-{self.run_id}"
+            flow = c.streampulse_argv(target, data, namespace, "--exit-at-end", "--metrics-port", "0")
+            out = self.work_dir / f"cpu-split-{processes}p.json"
+            argv = [flow[0], "-m", "bench.cpu_split", str(out), "--", *flow[3:]]  # flow: PYTHON -m streampulse.cli
+            commands = c.cluster_commands(f"cpu-split-{processes}p", processes, argv)
+            try:
+                run_timed(commands, self.work_dir, timeout_s=600)
+            except ChildFailed as exc:
+                self.results["skipped"][f"cpu_split_{processes}p"] = str(exc).splitlines()[0]
+                continue
+            finally:
+                drop_namespace(target.redis_url, namespace)
+            paths = [out] if processes == 1 else [out_path(out, ["--process-id", str(i)]) for i in range(processes)]
+            split[str(processes)] = [orjson.loads(path.read_bytes()) for path in paths]
+            busiest = max(split[str(processes)], key=lambda figures: figures["total_cpu_s"])
+            top = ", ".join(
+                f"{s:.2f} {step}" for step, s in sorted(busiest["cpu_s"].items(), key=lambda kv: -kv[1])[:4]
+            )
+            say(f"CPU split, {processes} process(es), the busiest: {busiest['total_cpu_s']:.2f} CPU s: {top}")
+        self.results["cpu_split"] = split
 
     def _profile_cluster(self, data: Preloaded, target: c.Target, processes: int) -> None:
         """All metrics on a cluster of `processes`, a py-spy on every process: where each one's time goes."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from bench.cpu_split import table
+
 # (key in the results, label, what it is)
 THROUGHPUT_ROWS: tuple[tuple[str, str, str], ...] = (
     ("limit", "limit", "confluent-kafka consume + contract decoder, no aggregation, 1 process"),
@@ -243,6 +245,7 @@ def render(results: dict[str, Any]) -> str:
         lines.append(f"skipped: {results.get('skipped', {}).get('profile', 'not run')}")
     for processes in (2, 4):
         lines += _cluster_profile(results, processes)
+    lines += _cpu_split(results)
     skipped = results.get("skipped") or {}
     if skipped:
         lines += ["", "## Skipped", ""] + [f"- {k}: {v}" for k, v in skipped.items()]
@@ -287,6 +290,27 @@ def _peer_ratios(results: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---|",
         *rows,
     ]
+
+
+def _cpu_split(results: dict[str, Any]) -> list[str]:
+    """Each process's CPU seconds step by step, at 1, 2 and 4 processes (bench/cpu_split.py)."""
+    split = results.get("cpu_split") or {}
+    if not split:
+        return []
+    lines = [
+        "",
+        "## CPU seconds of each process, step by step (all metrics)",
+        "",
+        "Counted with `time.thread_time()` around the flow's steps (bench/cpu_split.py), not sampled: where "
+        "processes share the cores, a sample cannot tell waiting from working. One run per process count; "
+        "`rest` is bytewax's own work (scheduling, exchange, progress), the maps between steps, librdkafka's "
+        "threads and shutdown.",
+        "",
+    ]
+    for processes, figures in split.items():
+        labels = ["1 process"] if processes == "1" else [f"process {i} of {processes}" for i in range(len(figures))]
+        lines += [*table(figures, labels), ""]
+    return lines[:-1]
 
 
 def _cluster_profile(results: dict[str, Any], processes: int) -> list[str]:

@@ -1,0 +1,73 @@
+"""The step-by-step CPU accounting of `make bench` (bench/cpu_split.py), on stand-ins for the flow's steps."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.cpu_split import REST, START_UP, Accounts, out_path, table
+
+
+def _spin(seconds: float) -> None:
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
+
+
+class _Step:
+    def on_batch(self, seconds: float) -> str:
+        _spin(seconds)
+        return "done"
+
+
+class RedisWindowWriter:
+    """Named as the real writer: a sink's write is accounted under what its writer writes to."""
+
+
+class _Partition:
+    def __init__(self) -> None:
+        self._writer = RedisWindowWriter()
+
+    def write_batch(self, seconds: float) -> None:
+        _spin(seconds)
+
+
+def test_each_step_s_cpu_seconds_and_calls_are_counted_under_its_name() -> None:
+    accounts = Accounts()
+    accounts.wrap(_Step, "on_batch", "window store: merge")
+    accounts.wrap(_Partition, "write_batch", "sink")
+    step, sink = _Step(), _Partition()
+    assert step.on_batch(0.05) == "done"  # the wrapped call still returns what it returns
+    step.on_batch(0.05)
+    sink.write_batch(0.03)
+    figures = accounts.as_dict()
+    assert figures["calls"] == {"window store: merge": 2, "Redis: windows": 1}
+    assert figures["cpu_s"]["window store: merge"] == pytest.approx(0.10, abs=0.02)
+    assert figures["cpu_s"]["Redis: windows"] == pytest.approx(0.03, abs=0.02)
+    # Start-up is the process's CPU before the first accounted call; the rest is what no step holds.
+    parts = figures["cpu_s"][START_UP] + figures["cpu_s"][REST] + 0.13
+    assert figures["total_cpu_s"] == pytest.approx(parts, abs=0.03)
+
+
+def test_a_cluster_s_processes_write_their_own_files() -> None:
+    out = Path("/tmp/x/cpu-split-4p.json")
+    assert out_path(out, ["run", "--exit-at-end"]) == out
+    assert out_path(out, ["run", "--process-id", "3", "--addresses", "a;b"]) == Path("/tmp/x/cpu-split-4p-p3.json")
+
+
+def test_the_table_has_a_row_per_step_and_the_rest_last() -> None:
+    figures = [
+        {"cpu_s": {START_UP: 0.5, "read": 1.0, REST: 0.2}, "total_cpu_s": 1.7},
+        {"cpu_s": {START_UP: 0.6, "detector": 0.3, REST: 0.1}, "total_cpu_s": 1.0},
+    ]
+    lines = table(figures, ["p0", "p1"])
+    assert lines[0] == "| step | p0 | p1 |"
+    assert lines[2:] == [
+        f"| {START_UP} | 0.50 | 0.60 |",
+        "| read | 1.00 | 0.00 |",
+        "| detector | 0.00 | 0.30 |",
+        f"| {REST} | 0.20 | 0.10 |",
+        "| **all** | **1.70** | **1.00** |",
+    ]
