@@ -39,7 +39,6 @@ Writes bench/results/anomaly.md and anomaly.json.
 from __future__ import annotations
 
 import argparse
-import gc
 import gzip
 import hashlib
 import inspect
@@ -51,27 +50,22 @@ from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
 
+from bench.day_fold import SESSION_TIMEOUT_MS, fold_events, gc_paused, truth_incidents
 from flows.anomaly import series as anomaly_series
 from flows.anomaly.config import DetectorConfig
 from flows.anomaly.detector import AnomalyDetector
 from flows.anomaly.events import AnomalyEvent
-from flows.anomaly.series import CELL_FIELDS, SERIES, STARTUP_B2, Cells, cell_inputs, observation
+from flows.anomaly.series import CELL_FIELDS, SERIES, STARTUP_B2, Cells, observation
 from flows.anomaly.stats import binomial_score, normal_score, poisson_score
-from flows.fold.partition_aggregator import PartitionAggregator
-from flows.fold.playback import PlaybackFolder
-from flows.fold.signup import SignupFolder
-from flows.windows.store import WindowStore
 from loadgen.config import LoadgenConfig, ModelParams
 from loadgen.diurnal import DAY_MS
 from loadgen.incident_effects import IncidentSet
 from loadgen.incidents import Incident, load_scenario
 from loadgen.model import Model
-from schemas.contract import families
 from settings.windows import WindowConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,9 +75,6 @@ START_MS = 1_714_521_600_000  # 2024-05-01T00:00:00Z
 HOUR_MS = 3_600_000
 TARGET_DETECT_MS = 120_000
 MATCH_GRACE_MS = 300_000
-SESSION_TIMEOUT_MS = 60_000
-SIGNUP_TIMEOUT_MS = 3_600_000
-FOLD_BATCH = 5_000
 CACHE_VERSION = "1"
 
 # The series each incident effect moves: an anomaly on another series is not explained by the incident.
@@ -104,7 +95,6 @@ SCENARIO_ANCHORS_H: dict[str, float] = {
     "slow-startup-jp": 12.0,  # 21:00 in Japan
     "rebuffer-storm-us-tv": 15.0,  # 10:00 in the US
 }
-SIGNUP_TYPES = frozenset(families()["signup"].event_types)
 # What was tuned (`--variants`): each changes the defaults of DetectorConfig in one respect.
 VARIANTS: dict[str, dict[str, Any]] = {
     "z_open 4.5": {"z_open": 4.5},
@@ -192,9 +182,7 @@ def day_specs(quick: bool) -> list[DaySpec]:
 def simulate(spec: DaySpec, rate: float, windows: WindowConfig) -> DayData:
     """Generate the day with the load generator's model and fold it with the flows' own code."""
     started = time.monotonic()
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # millions of short-lived dicts, no cycles: like loadgen.runner
-    try:
+    with gc_paused():
         config = LoadgenConfig(
             start_ms=spec.start_ms,
             seed=spec.seed,
@@ -208,47 +196,9 @@ def simulate(spec: DaySpec, rate: float, windows: WindowConfig) -> DayData:
         incident_set = IncidentSet(config.resolved_incidents())
         model = Model(config, incident_set)
         model.hidden = None  # generator-side facts for the truth file: not needed here
-        playback = PartitionAggregator("playback", windows, PlaybackFolder(windows, SESSION_TIMEOUT_MS))
-        signup = PartitionAggregator("signup", windows, SignupFolder(SIGNUP_TIMEOUT_MS))
-        store = WindowStore(windows, ["playback", "signup"], SESSION_TIMEOUT_MS)
-        out: list[tuple[int, int, Cells]] = []
-        fine = windows.fine_ms
-        events = 0
-        pending = 0
-
-        def publish(final: bool) -> None:
-            store.merge(playback.summary("finished" if final else "active"))
-            store.merge(signup.summary("finished" if final else "active"))
-            updates = store.finish() if final else store.publish()
-            for update in sorted(updates, key=lambda u: u.window_start_ms):
-                # Past the span only sessions still "open" are counted (the generator just stops): not traffic.
-                if (
-                    update.final
-                    and update.complete is not None
-                    and update.window_end_ms - update.window_start_ms == fine
-                    and update.window_end_ms <= spec.start_ms + spec.span_ms
-                ):
-                    out.append((update.window_start_ms, update.window_end_ms, cell_inputs(update.complete)))
-
-        for batch in model.batches(4096):
-            for event in batch:
-                aggregator = signup if event["event_type"] in SIGNUP_TYPES else playback
-                aggregator.add(SimpleNamespace(**event))
-            events += len(batch)
-            pending += len(batch)
-            if pending >= FOLD_BATCH:
-                publish(False)
-                pending = 0
-        publish(True)
-        incidents = []
-        for incident in incident_set.incidents:
-            entry = incident.to_truth()  # as the ground-truth file records it (loadgen/TRUTH.md)
-            entry["dropped_attempts"] = incident_set.dropped_attempts[incident.name]
-            incidents.append(entry)
+        out, events = fold_events(model, windows, spec.start_ms + spec.span_ms)
+        incidents = truth_incidents(incident_set)
         return DayData(spec.name, out, incidents, events, spec.span_ms, time.monotonic() - started)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
 
 
 def _source_digest() -> str:

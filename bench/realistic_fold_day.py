@@ -27,7 +27,6 @@ detector again takes a minute. Writes bench/results/realistic_fold_day.md and .j
 from __future__ import annotations
 
 import argparse
-import gc
 import gzip
 import hashlib
 import inspect
@@ -36,23 +35,19 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import orjson
 
-from bench.anomaly_eval import REPO, SESSION_TIMEOUT_MS, SIGNUP_TIMEOUT_MS, SIGNUP_TYPES, DayData, explains, judge
+from bench.anomaly_eval import REPO, DayData, explains, judge
+from bench.day_fold import SESSION_TIMEOUT_MS, FoldedWindow, fold_events, gc_paused, truth_incidents
 from bench.realistic_traffic import COUNTRIES as AGGREGATE_COUNTRIES
 from bench.realistic_traffic import DAY_WINDOWS, Traffic
 from flows.anomaly.config import DetectorConfig
 from flows.anomaly.detector import AnomalyDetector
 from flows.anomaly.events import CLOSED_STATES, AnomalyEvent
 from flows.anomaly.series import CELL_FIELDS, Cells, cell_inputs
-from flows.fold.partition_aggregator import PartitionAggregator
-from flows.fold.playback import PlaybackFolder
-from flows.fold.signup import SignupFolder
-from flows.windows.store import WindowStore
 from loadgen.config import LoadgenConfig, ModelParams
 from loadgen.diurnal import DAY_MS
 from loadgen.incident_effects import IncidentSet
@@ -70,7 +65,6 @@ SCENARIO = "realistic-day"
 START_MS = 1_714_780_800_000  # 2024-05-04T00:00:00Z, a Saturday
 AGGREGATE_SATURDAY = 5  # bench/realistic_traffic.py's day 0 is a Monday
 HOUR_MS = 3_600_000
-FOLD_BATCH = 5_000
 PREMIERE_GRACE_MS = 300_000
 # The detector inputs the ground truth also has: cell field -> (truth cell key, how deep its dict nests).
 TRUTH_OF: dict[str, tuple[str, int]] = {
@@ -207,69 +201,32 @@ def day_config(rate: float, seed: int, windows: WindowConfig) -> LoadgenConfig:
 
 
 def simulate(config: LoadgenConfig, windows: WindowConfig) -> tuple[DayData, dict[str, Any]]:
-    """Generate the day, fold it with the flows' own code (as bench/anomaly_eval.py does), check it on the truth."""
+    """Generate the day, fold it with the flows' own code (bench/day_fold.py), check it on the truth."""
     assert config.span_ms is not None
     started = time.monotonic()
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # millions of short-lived dicts, no cycles: like loadgen.runner
-    try:
+    with gc_paused():
         incident_set = IncidentSet(config.resolved_incidents())
         model = Model(config, incident_set)
         check = TruthCheck(windows.fine_ms)
         model.hidden = check.hidden
-        playback = PartitionAggregator("playback", windows, PlaybackFolder(windows, SESSION_TIMEOUT_MS))
-        signup = PartitionAggregator("signup", windows, SignupFolder(SIGNUP_TIMEOUT_MS))
-        store = WindowStore(windows, ["playback", "signup"], SESSION_TIMEOUT_MS)
-        out: list[tuple[int, int, Cells]] = []
-        waiting: list[tuple[int, int, Cells]] = []
-        end_ms = config.start_ms + config.span_ms
-        fine = windows.fine_ms
-        events = 0
-        pending = 0
-        next_report = HOUR_MS
+        waiting: list[FoldedWindow] = []
+        next_report, folded = HOUR_MS, 0
 
-        def publish(final: bool) -> None:
+        def on_batch(batch: list[dict[str, Any]]) -> None:
+            nonlocal next_report, folded
+            check.add(batch)
+            folded += len(batch)
+            if batch[-1]["event_time_ms"] - config.start_ms >= next_report:
+                say(f"{next_report // HOUR_MS} h folded: {folded:,} events, {time.monotonic() - started:.0f} s")
+                next_report += HOUR_MS
+
+        def on_windows(fresh: list[FoldedWindow], final: bool) -> None:
             nonlocal waiting
-            store.merge(playback.summary("finished" if final else "active"))
-            store.merge(signup.summary("finished" if final else "active"))
-            updates = store.finish() if final else store.publish()
-            fresh = []
-            for update in sorted(updates, key=lambda u: u.window_start_ms):
-                # Past the span only sessions still "open" are counted (the generator just stops): not traffic.
-                if (
-                    update.final
-                    and update.complete is not None
-                    and update.window_end_ms - update.window_start_ms == fine
-                    and update.window_end_ms <= end_ms
-                ):
-                    fresh.append((update.window_start_ms, update.window_end_ms, cell_inputs(update.complete)))
-            out.extend(fresh)
             waiting = check.compare(waiting + fresh, final)
 
-        for batch in model.batches(4096):
-            check.add(batch)
-            for event in batch:
-                aggregator = signup if event["event_type"] in SIGNUP_TYPES else playback
-                aggregator.add(SimpleNamespace(**event))
-            events += len(batch)
-            pending += len(batch)
-            if pending >= FOLD_BATCH:
-                publish(False)
-                pending = 0
-            if batch[-1]["event_time_ms"] - config.start_ms >= next_report:
-                say(f"{next_report // HOUR_MS} h folded: {events:,} events, {time.monotonic() - started:.0f} s")
-                next_report += HOUR_MS
-        publish(True)
-        incidents = []
-        for incident in incident_set.incidents:
-            entry = incident.to_truth()  # as the ground-truth file records it (loadgen/TRUTH.md)
-            entry["dropped_attempts"] = incident_set.dropped_attempts[incident.name]
-            incidents.append(entry)
-        day = DayData(SCENARIO, out, incidents, events, config.span_ms, time.monotonic() - started)
+        out, events = fold_events(model, windows, config.start_ms + config.span_ms, on_batch, on_windows)
+        day = DayData(SCENARIO, out, truth_incidents(incident_set), events, config.span_ms, time.monotonic() - started)
         return day, check.result()
-    finally:
-        if gc_was_enabled:
-            gc.enable()
 
 
 def _cache_path(config: LoadgenConfig, windows: WindowConfig) -> Path:
