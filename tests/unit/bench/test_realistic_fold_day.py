@@ -7,7 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bench.realistic_fold_day import START_MS, TruthCheck, day_config, simulate, starts_table, traffic_statistics
+from bench.realistic_fold_day import START_MS, day_config, simulate, starts_table, traffic_statistics
+from bench.truth_check import TruthCheck
 from flows.anomaly.series import CELL_FIELDS
 from loadgen.diurnal import DAY_MS
 from settings.windows import WindowConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from bench.anomaly_eval import START_MS, DaySpec, absolute, detect, judge, simulate
-from bench.realistic_fold_day import TRUTH_OF, truth_total
+from bench.truth_check import TRUTH_OF, truth_total
 from flows.anomaly.config import DetectorConfig
 from flows.anomaly.series import CELL_FIELDS
 from loadgen.api import generate
