@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -33,6 +34,19 @@ SIGNUP_TYPES = frozenset(families()["signup"].event_types)
 
 # A final fine window: (start ms, end ms, its cells' detector inputs).
 FoldedWindow = tuple[int, int, Cells]
+
+
+@dataclass
+class DayData:
+    """What the detector is fed for one day: every final fine window's inputs, and the ground truth."""
+
+    name: str
+    windows: list[FoldedWindow]
+    incidents: list[dict[str, Any]]
+    events: int
+    span_ms: int
+    seconds: float
+    cached: bool = False
 
 
 @contextmanager

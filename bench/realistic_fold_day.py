@@ -40,8 +40,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from bench.anomaly_eval import REPO, DayData, explains, judge
-from bench.day_fold import SESSION_TIMEOUT_MS, FoldedWindow, fold_events, gc_paused, truth_incidents
+from bench.anomaly_eval import REPO
+from bench.anomaly_judging import explains, judge
+from bench.day_fold import SESSION_TIMEOUT_MS, DayData, FoldedWindow, fold_events, gc_paused, truth_incidents
 from bench.realistic_traffic import COUNTRIES as AGGREGATE_COUNTRIES
 from bench.realistic_traffic import DAY_WINDOWS, Traffic
 from bench.truth_check import TruthCheck

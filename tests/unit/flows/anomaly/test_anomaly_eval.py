@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from bench.anomaly_eval import START_MS, DaySpec, absolute, detect, judge, simulate
+from bench.anomaly_eval import START_MS, DaySpec, absolute, simulate
+from bench.anomaly_judging import detect, judge
 from bench.truth_check import TRUTH_OF, truth_total
 from flows.anomaly.config import DetectorConfig
 from flows.anomaly.series import CELL_FIELDS

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.anomaly_eval import DaySpec, absolute, detect, simulate
+from bench.anomaly_eval import DaySpec, absolute, simulate
+from bench.anomaly_judging import detect
 from flows.anomaly.config import DetectorConfig
 from loadgen.incidents import parse_incidents
 from settings.windows import WindowConfig
