@@ -278,3 +278,18 @@ def pathway(
     check["parsed"] = int(result["parsed"])
     messages = topic_messages(target.bootstrap, data.playback_topic)
     return RunResult("pathway", timed.wall_s, messages, timed.peak_rss_bytes, check, _cpu(timed))
+
+
+# Every throughput contender by name: a run on the preloaded topics (bench/harness.py alternates them).
+CONTENDERS: dict[str, Contender] = {
+    "limit": lambda d, t, i: reference("limit", d, t, i),
+    "limit_2p": lambda d, t, i: parallel_limit(d, t, i, 2),
+    "limit_4p": lambda d, t, i: parallel_limit(d, t, i, 4),
+    "baseline": lambda d, t, i: reference("baseline", d, t, i),
+    "baseline_orjson": lambda d, t, i: reference("baseline_orjson", d, t, i),
+    "streampulse_all_1p": lambda d, t, i: streampulse("streampulse_all_1p", d, t, i),
+    "streampulse_all_2p": lambda d, t, i: streampulse("streampulse_all_2p", d, t, i, processes=2),
+    "streampulse_all_4p": lambda d, t, i: streampulse("streampulse_all_4p", d, t, i, processes=4),
+    "streampulse_all_w2": lambda d, t, i: streampulse("streampulse_all_w2", d, t, i, workers=2),
+    "streampulse_starts_1p": lambda d, t, i: streampulse("streampulse_starts_1p", d, t, i, metric_set="stream_starts"),
+}

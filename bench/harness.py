@@ -52,46 +52,19 @@ import orjson
 from bench import contenders as c
 from bench import scaleout
 from bench.common import REPO, ChildFailed, code_fingerprint, git_commit, machine, run_timed, say
-from bench.cpu_split import out_path
+from bench.contenders import CONTENDERS
 from bench.freshness import measure_freshness, summary_line
 from bench.memory import measure_memory
-from bench.peer import PATHWAY, QUIX, Peer, peer_env, peer_python
+from bench.peer import PATHWAY, PEER_DESCRIPTIONS, QUIX, Peer, peer_env, peer_python
 from bench.preload import Preloaded, PreloadSpec, preload
-from bench.profiling import record, record_cluster
+from bench.profile_phase import run_profiles
 from bench.report import render
-from bench.stack import Services, create_topics, delete_topics, drop_namespace, start_services
+from bench.stack import Services, create_topics, delete_topics, start_services
 from streampulse.options import positive_duration_ms
 
 PHASES = ("throughput", "profile", "freshness", "memory", "quix", "pathway")
 # The peers' phases run in one sitting, on one broker (bench/peer.py makes their environments).
 PEERS: dict[str, Peer] = {"quix": QUIX, "pathway": PATHWAY}
-PEER_DESCRIPTIONS = {
-    "quix": "Quix Streams 3.28 with its defaults: the contract decoder as deserializer, "
-    "`filter` play_start, `group_by` country|device_type (a repartition topic), "
-    "`tumbling_window(10 s, grace 30 s).count().final()`; playback topic only; its time runs to "
-    "the last message processed (not the idle timeout that stops it).",
-    "pathway": "Pathway 0.33, one thread, as PEERS.md found it best: `pw.io.kafka.read(format=json, "
-    "mode=static, autocommit_duration_ms=10)` with a schema (its reader skips what does not fit), the "
-    "contract's other rules for a play_start as column filters, one tumbling 10 s `windowby` (cutoff 30 s) "
-    "per partition so each has its own clock, `count_distinct(event_id)` against duplicates, partitions "
-    "summed; playback topic only; its time is the process's, start to exit. Its JSON reader cannot see "
-    "message sizes: the contract's 64 KiB limit is not applied.",
-}
-Runner = Callable[[Preloaded, c.Target, str], c.RunResult]
-CONTENDERS: dict[str, Runner] = {
-    "limit": lambda d, t, i: c.reference("limit", d, t, i),
-    "limit_2p": lambda d, t, i: c.parallel_limit(d, t, i, 2),
-    "limit_4p": lambda d, t, i: c.parallel_limit(d, t, i, 4),
-    "baseline": lambda d, t, i: c.reference("baseline", d, t, i),
-    "baseline_orjson": lambda d, t, i: c.reference("baseline_orjson", d, t, i),
-    "streampulse_all_1p": lambda d, t, i: c.streampulse("streampulse_all_1p", d, t, i),
-    "streampulse_all_2p": lambda d, t, i: c.streampulse("streampulse_all_2p", d, t, i, processes=2),
-    "streampulse_all_4p": lambda d, t, i: c.streampulse("streampulse_all_4p", d, t, i, processes=4),
-    "streampulse_all_w2": lambda d, t, i: c.streampulse("streampulse_all_w2", d, t, i, workers=2),
-    "streampulse_starts_1p": lambda d, t, i: c.streampulse(
-        "streampulse_starts_1p", d, t, i, metric_set="stream_starts"
-    ),
-}
 # The keys latest.json always has (null when not measured).
 REQUIRED_KEYS = (
     "limit_eps",
@@ -397,69 +370,7 @@ class Bench:
         results.update(scaleout.summarise(results["runs"], messages, results["machine"]["cores"], startup))
 
     def _profile(self, data: Preloaded, target: c.Target) -> None:
-        namespace = f"bench-profile-{self.run_id}"
-        argv = c.streampulse_argv(target, data, namespace, "--exit-at-end", "--metrics-port", "0")
-        out = self.work_dir / "profile-streampulse-all-1p.txt"
-        say(f"profile: py-spy record --native at {self.args.profile_rate} Hz (raw stacks: {out})")
-        profile = record(argv, out, rate=self.args.profile_rate)
-        drop_namespace(target.redis_url, namespace)
-        if profile is None:
-            self.results["skipped"]["profile"] = "py-spy could not record here"
-            return
-        self.results["profile"] = {**profile.as_dict(), "mode": "py-spy --native", "raw_stacks": str(out)}
-        for entry in profile.as_dict()["by_category"]:
-            say(f"profile: {entry['share']:6.1%} {entry['what']}")
-        for processes in (2, 4):
-            self._profile_cluster(data, target, processes)
-        self._cpu_split(data, target)
-
-    def _cpu_split(self, data: Preloaded, target: c.Target) -> None:
-        """All metrics on 1, 2 and 4 processes with each step's CPU seconds counted (bench/cpu_split.py)."""
-        split: dict[str, list[dict[str, Any]]] = {}
-        for processes in (1, 2, 4):
-            namespace = f"bench-cpu-split-{processes}p-{self.run_id}"
-            flow = c.streampulse_argv(target, data, namespace, "--exit-at-end", "--metrics-port", "0")
-            out = self.work_dir / f"cpu-split-{processes}p.json"
-            argv = [flow[0], "-m", "bench.cpu_split", str(out), "--", *flow[3:]]  # flow: PYTHON -m streampulse.cli
-            commands = c.cluster_commands(f"cpu-split-{processes}p", processes, argv)
-            try:
-                run_timed(commands, self.work_dir, timeout_s=600)
-            except ChildFailed as exc:
-                self.results["skipped"][f"cpu_split_{processes}p"] = str(exc).splitlines()[0]
-                continue
-            finally:
-                drop_namespace(target.redis_url, namespace)
-            paths = [out] if processes == 1 else [out_path(out, ["--process-id", str(i)]) for i in range(processes)]
-            split[str(processes)] = [orjson.loads(path.read_bytes()) for path in paths]
-            busiest = max(split[str(processes)], key=lambda figures: figures["total_cpu_s"])
-            top = ", ".join(
-                f"{s:.2f} {step}" for step, s in sorted(busiest["cpu_s"].items(), key=lambda kv: -kv[1])[:4]
-            )
-            say(f"CPU split, {processes} process(es), the busiest: {busiest['total_cpu_s']:.2f} CPU s: {top}")
-        self.results["cpu_split"] = split
-
-    def _profile_cluster(self, data: Preloaded, target: c.Target, processes: int) -> None:
-        """All metrics on a cluster of `processes`, a py-spy on every process: where each one's time goes."""
-        key = f"profile_{processes}p"
-        namespace = f"bench-profile-{processes}p-{self.run_id}"
-        argv = c.streampulse_argv(target, data, namespace, "--exit-at-end", "--metrics-port", "0")
-        commands = c.cluster_commands(f"streampulse-all-{processes}p", processes, argv)
-        say(f"profile: {processes} processes, a py-spy on each (raw stacks: {self.work_dir}/profile-*-p*.txt)")
-        profiles = record_cluster(commands, self.work_dir, rate=self.args.profile_rate)
-        drop_namespace(target.redis_url, namespace)
-        if profiles is None:
-            self.results["skipped"][key] = "py-spy could not record the cluster here"
-            return
-        self.results[key] = {
-            "mode": "py-spy, one per process (native frames where it can)",
-            "processes": [
-                {"process_id": i, **profile.as_dict(n=10), "raw_stacks": str(self.work_dir / f"profile-{name}.txt")}
-                for i, ((name, _argv), profile) in enumerate(zip(commands, profiles, strict=True))
-            ],
-        }
-        for i, profile in enumerate(profiles):
-            top = ", ".join(f"{e['share']:.0%} {e['what'][:40]}" for e in profile.as_dict()["by_category"][:3])
-            say(f"profile {processes}p, process {i}: {profile.samples:,} samples: {top}")
+        run_profiles(self.results, data, target, self.work_dir, self.run_id, self.args.profile_rate)
 
     def _freshness(self, target: c.Target) -> None:
         args = self.args
@@ -533,7 +444,7 @@ class Bench:
         )
         create_topics(services.bootstrap, {peer_target.dead_letter_topic: args.partitions})
         data = self._preload(services, f"bench-peers-{self.run_id}", args.quix_events)
-        runners: dict[str, Runner] = {
+        runners: dict[str, c.Contender] = {
             "limit": CONTENDERS["limit"],
             "streampulse_starts_1p": CONTENDERS["streampulse_starts_1p"],
         }

@@ -81,3 +81,18 @@ def peer_env(peer: Peer = QUIX) -> dict[str, str]:
     """Environment of the peer process: the checkout on its path for its program, and the peer's own variables."""
     path = os.environ.get("PYTHONPATH")
     return {"PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO), **dict(peer.env)}
+
+
+# What each peer runs, for the report.
+PEER_DESCRIPTIONS = {
+    "quix": "Quix Streams 3.28 with its defaults: the contract decoder as deserializer, "
+    "`filter` play_start, `group_by` country|device_type (a repartition topic), "
+    "`tumbling_window(10 s, grace 30 s).count().final()`; playback topic only; its time runs to "
+    "the last message processed (not the idle timeout that stops it).",
+    "pathway": "Pathway 0.33, one thread, as PEERS.md found it best: `pw.io.kafka.read(format=json, "
+    "mode=static, autocommit_duration_ms=10)` with a schema (its reader skips what does not fit), the "
+    "contract's other rules for a play_start as column filters, one tumbling 10 s `windowby` (cutoff 30 s) "
+    "per partition so each has its own clock, `count_distinct(event_id)` against duplicates, partitions "
+    "summed; playback topic only; its time is the process's, start to exit. Its JSON reader cannot see "
+    "message sizes: the contract's 64 KiB limit is not applied.",
+}

@@ -29,7 +29,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-# The all-metrics contenders by process count (bench/harness.py CONTENDERS).
+# The all-metrics contenders by process count (bench/contenders.py CONTENDERS).
 ALL_METRICS = {1: "streampulse_all_1p", 2: "streampulse_all_2p", 4: "streampulse_all_4p"}
 # The limit on 1, 2 and 4 processes: the ceiling of the efficiency on this machine.
 LIMIT = {1: "limit", 2: "limit_2p", 4: "limit_4p"}
