@@ -92,6 +92,19 @@ def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
     ensure_topics(KafkaSettings(bootstrap, "unused-playback", "unused-signup", "unused-dead-letter"), topics)
 
 
+def own_topics(bootstrap: str, name: str, playback_partitions: int = 2, signup_partitions: int = 1) -> KafkaSettings:
+    """A test's own topics, named after `name` (`playback-{name}`, ...), with the two input topics created."""
+    kafka = KafkaSettings(
+        bootstrap=bootstrap,
+        playback_topic=f"playback-{name}",
+        signup_topic=f"signup-{name}",
+        dead_letter_topic=f"dead-letter-{name}",
+        anomalies_topic=f"anomalies-{name}",
+    )
+    create_topics(bootstrap, {kafka.playback_topic: playback_partitions, kafka.signup_topic: signup_partitions})
+    return kafka
+
+
 def produce(bootstrap: str, topic: str, messages: Sequence[tuple[int, bytes | None, bytes]]) -> None:
     """Produce (partition, key, value) messages and wait until every one is acknowledged."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})

@@ -20,11 +20,10 @@ import pytest
 import redis
 
 from loadgen.api import produce
-from settings.kafka import KafkaSettings
 from settings.windows import resolution_name
 from sinks.anomaly_sink import recent_anomalies
 from tests.conftest import Stack
-from tests.integration.helpers import create_topics, read_to_end, streampulse, yesterday_at
+from tests.integration.helpers import own_topics, read_to_end, streampulse, yesterday_at
 from tests.integration.test_metrics_against_truth import assert_anomalies_of_one_detector
 from tests.rebuffer_storm import COARSE_MS, FINE_MS, LATENESS_MS, check_anomalies, storm
 
@@ -45,14 +44,7 @@ def test_a_scripted_incident_is_published_as_one_anomaly_to_kafka_and_redis(
 ) -> None:
     generated = storm(yesterday_at(START_HOUR_UTC))
     incident = generated.truth["incidents"][0]
-    kafka = KafkaSettings(
-        bootstrap=stack.bootstrap,
-        playback_topic=f"playback-{unique_name}",
-        signup_topic=f"signup-{unique_name}",
-        dead_letter_topic=f"dead-letter-{unique_name}",
-        anomalies_topic=f"anomalies-{unique_name}",
-    )
-    create_topics(stack.bootstrap, {kafka.playback_topic: 2, kafka.signup_topic: 1})
+    kafka = own_topics(stack.bootstrap, unique_name)
     assert produce(generated.messages, kafka)["failed"] == 0
     namespace = f"test-{unique_name}"
     result = streampulse(

@@ -41,7 +41,7 @@ from sinks.redis_query import query
 from sinks.window_read import read_windows
 from streampulse.processes import free_port
 from tests.conftest import Stack
-from tests.integration.helpers import REPO, create_topics, read_to_end, streampulse, yesterday_at
+from tests.integration.helpers import REPO, create_topics, own_topics, read_to_end, streampulse, yesterday_at
 
 pytestmark = pytest.mark.integration
 
@@ -88,16 +88,7 @@ class Live:
 @pytest.fixture(scope="module")
 def live(stack: Stack) -> Live:
     name = os.urandom(5).hex()
-    kafka = KafkaSettings(
-        bootstrap=stack.bootstrap,
-        playback_topic=f"playback-{name}",
-        signup_topic=f"signup-{name}",
-        dead_letter_topic=f"dead-letter-{name}",
-        anomalies_topic=f"anomalies-{name}",
-    )
-    create_topics(
-        stack.bootstrap, {kafka.playback_topic: PARTITIONS["playback"], kafka.signup_topic: PARTITIONS["signup"]}
-    )
+    kafka = own_topics(stack.bootstrap, name, PARTITIONS["playback"], PARTITIONS["signup"])
     start = yesterday_at(20)  # the same time of day on every run: the same traffic, whatever the hour
     generated = generate(
         seed=31,

@@ -27,7 +27,7 @@ from settings.kafka import KafkaSettings
 from sinks.anomaly_sink import recent_anomalies
 from sinks.redis_layout import detector_state_key, detector_states_key, replay_marker_key
 from tests.conftest import Stack
-from tests.integration.helpers import create_topics, read_to_end, streampulse, yesterday_at
+from tests.integration.helpers import own_topics, read_to_end, streampulse, yesterday_at
 from tests.rebuffer_storm import COARSE_MS, FINE_MS, INCIDENT_AT_MS, LATENESS_MS, SPAN_MS, storm
 
 pytestmark = pytest.mark.integration
@@ -71,14 +71,7 @@ class Live:
 @pytest.fixture(scope="module", params=[1, 2], ids=["1-worker", "2-workers"])
 def live(request: pytest.FixtureRequest, stack: Stack) -> Live:
     name = os.urandom(5).hex()
-    kafka = KafkaSettings(
-        bootstrap=stack.bootstrap,
-        playback_topic=f"playback-{name}",
-        signup_topic=f"signup-{name}",
-        dead_letter_topic=f"dead-letter-{name}",
-        anomalies_topic=f"anomalies-{name}",
-    )
-    create_topics(stack.bootstrap, {kafka.playback_topic: 2, kafka.signup_topic: 1})
+    kafka = own_topics(stack.bootstrap, name)
     start = yesterday_at(START_HOUR_UTC)
     assert produce(storm(start).messages, kafka)["failed"] == 0
     run = Live(stack, kafka, f"live-{name}", start, request.param)

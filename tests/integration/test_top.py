@@ -25,10 +25,9 @@ import pytest
 import redis
 
 from loadgen.api import generate, produce
-from settings.kafka import KafkaSettings
 from sinks.redis_layout import health_key
 from tests.conftest import Stack
-from tests.integration.helpers import REPO, create_topics, streampulse, yesterday_at
+from tests.integration.helpers import REPO, own_topics, streampulse, yesterday_at
 from tests.services.terminal import Terminal, terminal_env
 
 pytestmark = pytest.mark.integration
@@ -59,14 +58,7 @@ def filled(stack: Stack) -> Filled:
     # so the same countries in the newest window, whatever the hour the test runs at.
     start = yesterday_at(21)
     generated = generate(seed=31, start_ms=start, span_ms=5 * MINUTE_MS, rate=300, incidents=[INCIDENT])
-    kafka = KafkaSettings(
-        bootstrap=stack.bootstrap,
-        playback_topic=f"playback-{name}",
-        signup_topic=f"signup-{name}",
-        dead_letter_topic=f"dead-letter-{name}",
-        anomalies_topic=f"anomalies-{name}",
-    )
-    create_topics(stack.bootstrap, {kafka.playback_topic: 2, kafka.signup_topic: 1})
+    kafka = own_topics(stack.bootstrap, name)
     # Sessions go on past the span; cut inside the traffic so the newest window (the one top shows) is a full one.
     messages = [m for m in generated.messages if m.delivery_ms < start + 5 * MINUTE_MS - 5_000]
     assert produce(messages, kafka)["failed"] == 0
