@@ -328,10 +328,10 @@ class WindowStore(ConcurrencyBook):
     def finish(self) -> list[WindowUpdate]:
         """Close every window: the input has ended."""
         self.watermark_ms = max([self.watermark_ms, *(p.high_event_time_ms for p in self._partitions.values())])
+        # What publish() left open ends after the newest event time less the lateness: at the live edge, so
+        # publish() has already expanded its rows.
         updates = self.publish()
         for (resolution, start), window in list(self._open.items()):
-            if window.rows_changed:
-                self._expand(window)
             if window.values or window.published or (resolution, start) in self._late:
                 updates.append(self._update(resolution, start, window, True))
         self._open.clear()
