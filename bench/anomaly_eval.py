@@ -58,6 +58,7 @@ from bench.anomaly_judging import TARGET_DETECT_MS, detect, judge, summarise
 from bench.day_fold import SESSION_TIMEOUT_MS, DayData, fold_events, gc_paused, truth_incidents
 from flows.anomaly import series as anomaly_series
 from flows.anomaly.config import DetectorConfig
+from flows.anomaly.seasonal import HOUR_MS
 from loadgen.config import LoadgenConfig, ModelParams
 from loadgen.diurnal import DAY_MS
 from loadgen.incident_effects import IncidentSet
@@ -69,7 +70,6 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 CACHE = Path.home() / ".cache" / "streampulse" / "anomaly-eval"
 START_MS = 1_714_521_600_000  # 2024-05-01T00:00:00Z
-HOUR_MS = 3_600_000
 CACHE_VERSION = "1"
 
 # Where each single-incident scenario goes in the scenarios day (hours after midnight UTC): a busy local

@@ -16,10 +16,10 @@ from bench.day_fold import DayData
 from flows.anomaly.config import DetectorConfig
 from flows.anomaly.detector import AnomalyDetector
 from flows.anomaly.events import AnomalyEvent
+from flows.anomaly.seasonal import HOUR_MS
 from flows.anomaly.series import CELL_FIELDS, SERIES, STARTUP_B2, observation
 from flows.anomaly.stats import binomial_score, normal_score, poisson_score
 
-HOUR_MS = 3_600_000
 TARGET_DETECT_MS = 120_000
 MATCH_GRACE_MS = 300_000
 # The series each incident effect moves: an anomaly on another series is not explained by the incident.

@@ -49,6 +49,7 @@ from bench.truth_check import TruthCheck
 from flows.anomaly.config import DetectorConfig
 from flows.anomaly.detector import AnomalyDetector
 from flows.anomaly.events import CLOSED_STATES, AnomalyEvent
+from flows.anomaly.seasonal import HOUR_MS
 from flows.anomaly.series import CELL_FIELDS, Cells, cell_inputs
 from loadgen.config import LoadgenConfig, ModelParams
 from loadgen.diurnal import DAY_MS
@@ -65,7 +66,6 @@ CACHE_VERSION = "1"
 SCENARIO = "realistic-day"
 START_MS = 1_714_780_800_000  # 2024-05-04T00:00:00Z, a Saturday
 AGGREGATE_SATURDAY = 5  # bench/realistic_traffic.py's day 0 is a Monday
-HOUR_MS = 3_600_000
 PREMIERE_GRACE_MS = 300_000
 STARTS = CELL_FIELDS.index("starts")
 

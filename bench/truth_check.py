@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from bench.day_fold import SESSION_TIMEOUT_MS
+from flows.anomaly.seasonal import HOUR_MS
 from flows.anomaly.series import CELL_FIELDS, Cells
 from loadgen.truth import TruthBuilder
 
-HOUR_MS = 3_600_000
 # The detector inputs the ground truth also has: cell field -> (truth cell key, how deep its dict nests).
 TRUTH_OF: dict[str, tuple[str, int]] = {
     "starts": ("stream_starts", 1),
