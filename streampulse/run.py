@@ -25,6 +25,7 @@ from settings.kafka import KafkaSettings
 from sinks.prometheus import serve_metrics
 from sinks.redis_sink import connect, unreachable
 from streampulse.clean_stop import interrupted, stop_between_steps
+from streampulse.cluster_join import wait_for_earlier_peers
 from streampulse.configure import (
     add_flow_options,
     add_kafka_options,
@@ -320,6 +321,8 @@ def execute(
     try:
         # Ctrl-C lands between bytewax steps (see streampulse/clean_stop.py): no panic, no traceback.
         with stop_between_steps(_this_frame()):
+            if process.addresses and process.process_id:
+                wait_for_earlier_peers(process.addresses, process.process_id)
             cli_main(  # type: ignore[no-untyped-call]
                 build_dataflow(settings, source_factory),
                 workers_per_process=process.workers,
