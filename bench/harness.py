@@ -20,7 +20,7 @@ Phases (all by default; `--only`/`--skip` pick):
   (bench/profiling.py); then each process's CPU seconds step by step (bench/cpu_split.py).
 - freshness: produce -> visible in Redis and on /metrics under steady live load (bench/freshness.py).
 - memory: RSS as open sessions grow (bench/memory.py).
-- quix, pathway: the peers, Quix Streams (bench/quix_peer.py) and Pathway
+- quix, pathway: the peers (bench/peers_phase.py), Quix Streams (bench/quix_peer.py) and Pathway
   (bench/pathway_peer.py), each in its own virtual environment, in one sitting
   on one broker (Apache Kafka when Quix runs: it needs it) with the limit and
   streampulse stream_starts only beside them for the ratios.
@@ -55,8 +55,8 @@ from bench.common import REPO, ChildFailed, code_fingerprint, git_commit, machin
 from bench.contenders import CONTENDERS
 from bench.freshness import measure_freshness, summary_line
 from bench.memory import measure_memory
-from bench.peer import PATHWAY, PEER_DESCRIPTIONS, QUIX, Peer, peer_env, peer_python
-from bench.preload import Preloaded, PreloadSpec, preload
+from bench.peers_phase import PEERS, preload_topics, run_peers
+from bench.preload import Preloaded
 from bench.profile_phase import run_profiles
 from bench.report import render
 from bench.stack import Services, create_topics, delete_topics, start_services
@@ -64,7 +64,6 @@ from streampulse.options import positive_duration_ms
 
 PHASES = ("throughput", "profile", "freshness", "memory", "quix", "pathway")
 # The peers' phases run in one sitting, on one broker (bench/peer.py makes their environments).
-PEERS: dict[str, Peer] = {"quix": QUIX, "pathway": PATHWAY}
 # The keys latest.json always has (null when not measured).
 REQUIRED_KEYS = (
     "limit_eps",
@@ -232,7 +231,9 @@ class Bench:
             if "memory" in args.phases:
                 failed |= self._phase("memory", lambda: self._memory(target))
             if set(PEERS) & set(args.phases):
-                failed |= self._phase("peers", lambda: self._peers(services, target))
+                failed |= self._phase(
+                    "peers", lambda: run_peers(self.results, args, services, self.work_dir, self.run_id)
+                )
         finally:
             say("stopping the services")
             services.stop()
@@ -263,12 +264,8 @@ class Bench:
         self.write()
         return False
 
-    def _preload(self, services: Services, prefix: str, events: int | None = None) -> Preloaded:
-        args = self.args
-        playback, signup = f"{prefix}-playback", f"{prefix}-signup"
-        create_topics(services.bootstrap, {playback: args.partitions, signup: args.partitions})
-        spec = PreloadSpec(events=events or args.events, seed=args.seed, span_ms=args.span)
-        return preload(spec, services.bootstrap, playback, signup, args.partitions)
+    def _preload(self, services: Services, prefix: str) -> Preloaded:
+        return preload_topics(self.args, services, prefix)
 
     def _describe(self, data: Preloaded) -> dict[str, Any]:
         return {
@@ -400,99 +397,6 @@ class Bench:
                 self.results["peak_rss_mb_1m_sessions"] = step["peak_rss_mb"]
                 self.results["rss_mb_1m_sessions"] = step["rss_mb"]
 
-    def _peers(self, services: Services, target: c.Target) -> None:
-        """The peers selected (Quix Streams, Pathway) in one sitting, beside the limit and streampulse stream_starts
-        only on the same broker: each peer is reported as a ratio to those."""
-        peers = [name for name in PEERS if name in self.args.phases]
-        pythons: dict[str, Path] = {}
-        for name in peers:
-            python = peer_python(PEERS[name])
-            if python is None:
-                self.results["skipped"][name] = "its virtual environment could not be made (see the log)"
-                say(f"{name}: skipped: {self.results['skipped'][name]}")
-            else:
-                pythons[name] = python
-        if not pythons:
-            return
-        peer_services = services
-        started_here: Services | None = None
-        if services.name.startswith("embedded") and "quix" in pythons:
-            # Quix Streams reads `retention.ms` from DescribeConfigs, which tansu does not return: Apache Kafka it is,
-            # for every peer (the same broker for the ratios). Without it, Pathway stays on tansu (it works there).
-            reason = _apache_unavailable()
-            if reason:
-                self.results["skipped"]["quix"] = reason
-                say(f"quix: skipped: {reason}")
-                del pythons["quix"]
-            else:
-                say("peers: starting Apache Kafka for them (Quix Streams: tansu lacks retention.ms in DescribeConfigs)")
-                started_here = peer_services = start_services(
-                    "apache", self.work_dir / "services-apache", redis_url=services.redis_url
-                )
-        if not pythons:
-            return
-        try:
-            self._peer_rounds(peer_services, pythons)
-        finally:
-            if started_here is not None:
-                started_here.stop()
-
-    def _peer_rounds(self, services: Services, pythons: dict[str, Path]) -> None:
-        args = self.args
-        peer_target = c.Target(
-            services.bootstrap, services.redis_url, f"bench-dead-letter-q-{self.run_id}", self.work_dir
-        )
-        create_topics(services.bootstrap, {peer_target.dead_letter_topic: args.partitions})
-        data = self._preload(services, f"bench-peers-{self.run_id}", args.quix_events)
-        runners: dict[str, c.Contender] = {
-            "limit": CONTENDERS["limit"],
-            "streampulse_starts_1p": CONTENDERS["streampulse_starts_1p"],
-        }
-        if "quix" in pythons:
-            quix_python, quix_env = pythons["quix"], peer_env(QUIX)
-            runners["quix"] = lambda d, t, i: c.quix(d, t, i, quix_python, quix_env)
-        if "pathway" in pythons:
-            pathway_python, pathway_env = pythons["pathway"], peer_env(PATHWAY)
-            runners["pathway"] = lambda d, t, i: c.pathway(d, t, i, pathway_python, pathway_env, args.partitions)
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in runners}
-        names = list(runners)
-        for r in range(args.rounds):
-            for name in names[r % len(names) :] + names[: r % len(names)]:
-                try:
-                    result = runners[name](data, peer_target, f"q-{name}-r{r + 1}-{self.run_id}")
-                except (ChildFailed, RuntimeError, OSError, ValueError) as exc:
-                    # One peer failing must not lose the other's figures.
-                    say(f"peers round {r + 1}/{args.rounds}: {name} FAILED: {str(exc)[:2000]}")
-                    runs[name].append({"error": str(exc)[:500]})
-                    self.results["failures"][name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                    continue
-                runs[name].append(result.as_dict())
-                exact = "" if result.check is None else f", exact {'yes' if result.check['exact'] else 'NO'}"
-                say(
-                    f"peers round {r + 1}/{args.rounds}: {name:<22} {result.messages:,} msgs in "
-                    f"{result.wall_s:6.2f} s = {result.eps:>9,.0f}/s{exact}"
-                )
-        limit_eps = _median([r["eps"] for r in runs["limit"] if "eps" in r])
-        starts_eps = _median([r["eps"] for r in runs["streampulse_starts_1p"] if "eps" in r])
-        reference = {"limit": runs["limit"], "streampulse_starts_1p": runs["streampulse_starts_1p"]}
-        for name in ("quix", "pathway"):
-            if name not in runs:
-                continue
-            eps = _median([r["eps"] for r in runs[name] if "eps" in r])
-            self.results[f"{name}_eps"] = eps
-            self.results[name] = {
-                "services": services.name,
-                "messages": data.messages,
-                "description": PEER_DESCRIPTIONS[name],
-                "limit_eps": limit_eps,
-                "streampulse_starts_1p_eps": starts_eps,
-                "vs_limit_same_broker": round(eps / limit_eps, 3) if eps and limit_eps else None,
-                "vs_streampulse_starts_same_broker": round(eps / starts_eps, 3) if eps and starts_eps else None,
-                "runs": runs[name],
-                "reference_runs": reference,
-            }
-        delete_topics(services.bootstrap, data.topics)
-
 
 def _compile_bytecode() -> None:
     """Compile the product's modules once, as installing it does, so no timed start-up compiles them.
@@ -504,19 +408,6 @@ def _compile_bytecode() -> None:
     packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
     for package in [*packages["packages"], "bench"]:  # bench: the reference consumers are timed too
         compileall.compile_dir(REPO / package, quiet=1)
-
-
-def _apache_unavailable() -> str | None:
-    """Why Apache Kafka cannot be started here, or None."""
-    from tests.services.apache_kafka import java_available, kafka_jars_ready
-
-    if not java_available():
-        return (
-            "no Java here to run Apache Kafka (Quix Streams needs `retention.ms` from DescribeConfigs; tansu has none)"
-        )
-    if not kafka_jars_ready():
-        return "the Apache Kafka jars are missing: run `bash tools/kafka/fetch-kafka.sh` (or `make kafka-jars`)"
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:
