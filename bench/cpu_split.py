@@ -9,7 +9,9 @@ or a peer is sampled all the same. This counts CPU time itself: it runs the
 `streampulse` command in-process with the flow's coarse steps (the reading
 and folding of a batch, the window store's merge and publish, the anomaly
 detector and its roll-up step, each sink's write) wrapped in
-`time.thread_time()`, and at exit writes per step its CPU seconds and calls,
+`time.thread_time()`, and at exit writes per step its CPU seconds, calls and
+wall-clock seconds (a step's wall beyond its CPU is time it waited: for the
+broker to take a batch's dead letters, for Redis, or for a core),
 the process's CPU seconds before its first batch (start-up: imports, service
 checks, building the flow, joining the cluster) and in all (every thread,
 librdkafka's included). What no step holds ("rest") is bytewax's own work
@@ -57,6 +59,7 @@ SINKS = {
     "PrometheusDetectionWriter": "anomalies: /metrics",
 }
 START_UP = "start-up (before the first batch)"
+DEAD_LETTERS = SINKS["DeadLetterWriter"]
 REST = "rest: bytewax, librdkafka threads, shutdown"
 
 
@@ -65,6 +68,7 @@ class Accounts:
 
     def __init__(self) -> None:
         self.cpu_s: dict[str, float] = {}
+        self.wall_s: dict[str, float] = {}
         self.calls: Counter[str] = Counter()
         self.process_cpu_before_first_s: float | None = None
 
@@ -76,7 +80,7 @@ class Accounts:
         def accounted(this: Any, *args: Any, **kwargs: Any) -> Any:
             if self.process_cpu_before_first_s is None:
                 self.process_cpu_before_first_s = _process_cpu_s()
-            started = time.thread_time()
+            started, started_wall = time.thread_time(), time.perf_counter()
             try:
                 return original(this, *args, **kwargs)
             finally:
@@ -85,12 +89,13 @@ class Accounts:
                     writer = type(this._writer).__name__
                     name = SINKS.get(writer, f"other sinks ({writer})")
                 self.cpu_s[name] = self.cpu_s.get(name, 0.0) + time.thread_time() - started
+                self.wall_s[name] = self.wall_s.get(name, 0.0) + time.perf_counter() - started_wall
                 self.calls[name] += 1
 
         setattr(owner, method, accounted)
 
     def as_dict(self) -> dict[str, Any]:
-        """The process's figures: CPU s per step, start-up, rest and total."""
+        """The process's figures: CPU s per step, start-up, rest and total; calls and wall s per step."""
         total = _process_cpu_s()
         start_up = self.process_cpu_before_first_s or total
         steps = {name: round(s, 3) for name, s in sorted(self.cpu_s.items(), key=lambda item: -item[1])}
@@ -98,6 +103,7 @@ class Accounts:
         return {
             "cpu_s": {START_UP: round(start_up, 3), **steps, REST: round(max(rest, 0.0), 3)},
             "calls": dict(self.calls),
+            "wall_s": {name: round(s, 3) for name, s in self.wall_s.items()},
             "total_cpu_s": round(total, 3),
         }
 
@@ -118,6 +124,12 @@ def run_accounted(out: Path, argv: Sequence[str]) -> int:
     return main(list(argv))
 
 
+def _waited(figure: dict[str, Any], step: str) -> float:
+    """Wall seconds `step` spent off the CPU: waiting for a service, or for a core."""
+    waited: float = figure["wall_s"][step] - figure["cpu_s"].get(step, 0.0)
+    return max(waited, 0.0)
+
+
 def table(figures: Sequence[dict[str, Any]], labels: Sequence[str]) -> list[str]:
     """A markdown table: a row per step, a column per process (CPU seconds)."""
     steps: list[str] = []
@@ -128,6 +140,15 @@ def table(figures: Sequence[dict[str, Any]], labels: Sequence[str]) -> list[str]
     for step in steps:
         lines.append(f"| {step} | " + " | ".join(f"{f['cpu_s'].get(step, 0.0):.2f}" for f in figures) + " |")
     lines.append("| **all** | " + " | ".join(f"**{f['total_cpu_s']:.2f}**" for f in figures) + " |")
+    for label, dead_letters in (
+        ("wall s waiting in dead letters (for the broker)", True),
+        ("wall s waiting in the other steps", False),
+    ):
+        row = [
+            sum(_waited(f, step) for step in f.get("wall_s", {}) if (step == DEAD_LETTERS) == dead_letters)
+            for f in figures
+        ]
+        lines.append(f"| {label} | " + " | ".join(f"{w:.2f}" for w in row) + " |")
     return lines
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cpu_split import REST, START_UP, Accounts, out_path, table
+from bench.cpu_split import DEAD_LETTERS, REST, START_UP, Accounts, out_path, table
 
 
 def _spin(seconds: float) -> None:
@@ -24,6 +24,18 @@ class _Step:
 
 class RedisWindowWriter:
     """Named as the real writer: a sink's write is accounted under what its writer writes to."""
+
+
+class DeadLetterWriter:
+    """Named as the real writer, whose batches wait for the broker."""
+
+
+class _LetterPartition:
+    def __init__(self) -> None:
+        self._writer = DeadLetterWriter()
+
+    def write_batch(self, seconds: float) -> None:
+        time.sleep(seconds)  # waiting for the broker: wall time, no CPU
 
 
 class _Partition:
@@ -50,6 +62,21 @@ def test_each_step_s_cpu_seconds_and_calls_are_counted_under_its_name() -> None:
     assert figures["cpu_s"][START_UP] <= figures["total_cpu_s"] - 0.12
 
 
+def test_a_step_s_wall_seconds_hold_its_waiting_and_the_table_shows_it() -> None:
+    accounts = Accounts()
+    accounts.wrap(_Step, "on_batch", "window store: merge")
+    accounts.wrap(_LetterPartition, "write_batch", "sink")
+    _Step().on_batch(0.05)
+    _LetterPartition().write_batch(0.2)
+    figures = accounts.as_dict()
+    assert figures["wall_s"][DEAD_LETTERS] == pytest.approx(0.2, abs=0.05)
+    assert figures["cpu_s"][DEAD_LETTERS] < 0.05
+    assert figures["wall_s"]["window store: merge"] >= figures["cpu_s"]["window store: merge"]
+    rows = {line.split(" | ")[0]: line for line in table([figures], ["p0"])}
+    waited = float(rows["| wall s waiting in dead letters (for the broker)"].split(" | ")[1].rstrip(" |"))
+    assert waited == pytest.approx(0.2, abs=0.05)
+
+
 def test_a_cluster_s_processes_write_their_own_files() -> None:
     out = Path("/tmp/x/cpu-split-4p.json")
     assert out_path(out, ["run", "--exit-at-end"]) == out
@@ -69,4 +96,6 @@ def test_the_table_has_a_row_per_step_and_the_rest_last() -> None:
         "| detector | 0.00 | 0.30 |",
         f"| {REST} | 0.20 | 0.10 |",
         "| **all** | **1.70** | **1.00** |",
+        "| wall s waiting in dead letters (for the broker) | 0.00 | 0.00 |",
+        "| wall s waiting in the other steps | 0.00 | 0.00 |",
     ]
