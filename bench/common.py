@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import threading
@@ -30,6 +31,11 @@ PYTHON = sys.executable
 SAMPLE_INTERVAL_S = 0.05
 
 _T0 = time.monotonic()
+
+
+def median_or_none(values: Sequence[float]) -> float | None:
+    """The median of `values`, or None when there are none (a contender whose every round failed)."""
+    return statistics.median(values) if values else None
 
 
 def say(message: str) -> None:

@@ -51,7 +51,7 @@ import orjson
 
 from bench import contenders as c
 from bench import scaleout
-from bench.common import REPO, ChildFailed, code_fingerprint, git_commit, machine, run_timed, say
+from bench.common import REPO, ChildFailed, code_fingerprint, git_commit, machine, median_or_none, run_timed, say
 from bench.contenders import CONTENDERS
 from bench.freshness import measure_freshness, summary_line
 from bench.memory import measure_memory
@@ -153,10 +153,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if set(args.contender_list) - set(CONTENDERS):
         parser.error(f"unknown contender(s); known: {', '.join(CONTENDERS)}")
     return args
-
-
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
 
 
 class Bench:
@@ -344,7 +340,7 @@ class Bench:
     def _summarise_throughput(self) -> None:
         results, ratios = self.results, self.results["ratios"]
         for name, runs in results["runs"].items():
-            results[f"{name}_eps"] = _median([r["eps"] for r in runs if "eps" in r])
+            results[f"{name}_eps"] = median_or_none([r["eps"] for r in runs if "eps" in r])
         limit = results.get("limit_eps")
         for name in results["runs"]:
             eps = results.get(f"{name}_eps")

@@ -10,12 +10,11 @@ else the sitting's own. Each peer is reported as a ratio to the references measu
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 from typing import Any
 
 from bench import contenders as c
-from bench.common import ChildFailed, say
+from bench.common import ChildFailed, median_or_none, say
 from bench.contenders import CONTENDERS
 from bench.peer import PATHWAY, PEER_DESCRIPTIONS, QUIX, Peer, peer_env, peer_python
 from bench.preload import Preloaded, PreloadSpec, preload
@@ -30,10 +29,6 @@ def preload_topics(args: argparse.Namespace, services: Services, prefix: str, ev
     create_topics(services.bootstrap, {playback: args.partitions, signup: args.partitions})
     spec = PreloadSpec(events=events or args.events, seed=args.seed, span_ms=args.span)
     return preload(spec, services.bootstrap, playback, signup, args.partitions)
-
-
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
 
 
 def run_peers(
@@ -115,13 +110,13 @@ def _peer_rounds(
                 f"peers round {r + 1}/{args.rounds}: {name:<22} {result.messages:,} msgs in "
                 f"{result.wall_s:6.2f} s = {result.eps:>9,.0f}/s{exact}"
             )
-    limit_eps = _median([r["eps"] for r in runs["limit"] if "eps" in r])
-    starts_eps = _median([r["eps"] for r in runs["streampulse_starts_1p"] if "eps" in r])
+    limit_eps = median_or_none([r["eps"] for r in runs["limit"] if "eps" in r])
+    starts_eps = median_or_none([r["eps"] for r in runs["streampulse_starts_1p"] if "eps" in r])
     reference = {"limit": runs["limit"], "streampulse_starts_1p": runs["streampulse_starts_1p"]}
     for name in ("quix", "pathway"):
         if name not in runs:
             continue
-        eps = _median([r["eps"] for r in runs[name] if "eps" in r])
+        eps = median_or_none([r["eps"] for r in runs[name] if "eps" in r])
         results[f"{name}_eps"] = eps
         results[name] = {
             "services": services.name,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
+from bench.common import median_or_none
 from bench.cpu_split import table
 
 # (key in the results, label, what it is)
@@ -118,9 +118,9 @@ def render(results: dict[str, Any]) -> str:
         eps = results.get(f"{key}_eps")
         spread = f"{min(r['eps'] for r in series):,} – {max(r['eps'] for r in series):,}" if series else "–"
         rss = max((r["peak_rss_mb"] for r in series), default=None)
-        cpu = _median([r["cpu_s"] for r in series if "cpu_s" in r])
-        other = _median([r["other_cpu_s"] for r in series if "other_cpu_s" in r])
-        busy = _median([r["cores_busy"] for r in series if "cores_busy" in r])
+        cpu = median_or_none([r["cpu_s"] for r in series if "cpu_s" in r])
+        other = median_or_none([r["other_cpu_s"] for r in series if "other_cpu_s" in r])
+        busy = median_or_none([r["cores_busy"] for r in series if "cores_busy" in r])
         lines.append(
             f"| {label} | {_n(eps)} | {spread} | {_ratio(ratios.get(f'{key}_vs_limit'))} | "
             f"{_ratio(ratios.get(f'{key}_vs_baseline_orjson'))} | {_ratio(ratios.get(f'{key}_vs_baseline'))} | "
@@ -144,9 +144,9 @@ def render(results: dict[str, Any]) -> str:
             + (f"{min(r['eps'] for r in series):,} – {max(r['eps'] for r in series):,}" if series else "–")
             + f" | {_ratio(pathway.get('vs_limit_same_broker'))} (same broker) | – | – | "
             f"{_n(max((r['peak_rss_mb'] for r in series), default=None))} | "
-            f"{_seconds(_median([r['cpu_s'] for r in series]))} / "
-            f"{_seconds(_median([r['other_cpu_s'] for r in series]))} | "
-            f"{_seconds(_median([r['cores_busy'] for r in series]))} | {_exact(series)} |"
+            f"{_seconds(median_or_none([r['cpu_s'] for r in series]))} / "
+            f"{_seconds(median_or_none([r['other_cpu_s'] for r in series]))} | "
+            f"{_seconds(median_or_none([r['cores_busy'] for r in series]))} | {_exact(series)} |"
         )
     lines += ["", "Contenders:"] + [f"- **{label}**: {what}" for _k, label, what in THROUGHPUT_ROWS]
     failures = results.get("failures") or {}
@@ -365,10 +365,6 @@ def _scaleout(results: dict[str, Any]) -> list[str]:
             f"{_ratio(results.get(f'cores_left_for_flow_{n}p'))} |"
         )
     return lines
-
-
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
 
 
 def _seconds(value: float | None) -> str:

@@ -26,8 +26,9 @@ Medians over the rounds of each figure; a run that failed has no figures.
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
+
+from bench.common import median_or_none
 
 # The all-metrics contenders by process count (bench/contenders.py CONTENDERS).
 ALL_METRICS = {1: "streampulse_all_1p", 2: "streampulse_all_2p", 4: "streampulse_all_4p"}
@@ -48,8 +49,7 @@ def capacity_eps(events: int, busiest_process_cpu_s: float) -> float | None:
 
 
 def _median(runs: list[dict[str, Any]], key: str) -> float | None:
-    values = [float(r[key]) for r in runs if r.get(key) is not None]
-    return statistics.median(values) if values else None
+    return median_or_none([float(r[key]) for r in runs if r.get(key) is not None])
 
 
 def summarise(
