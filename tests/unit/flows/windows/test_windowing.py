@@ -123,11 +123,17 @@ def test_duplicate_after_window_closed_is_late_not_a_second_count() -> None:
     assert total_late >= 1
 
 
-def test_watermark_is_the_slowest_active_partition() -> None:
+def _fast_ahead_of_slow(seconds: int) -> tuple[WindowStore, PartitionAggregator, PartitionAggregator]:
+    """A store over partitions "fast" and "slow"; "fast" holds a stream start a second for `seconds` s from BASE."""
     store = WindowStore(WINDOWS, ["fast", "slow"])
     fast, slow = PartitionAggregator("fast", WINDOWS, folder()), PartitionAggregator("slow", WINDOWS, folder())
-    for i in range(300):
+    for i in range(seconds):
         fast.add(start(f"f{i}", BASE + i * 1000))
+    return store, fast, slow
+
+
+def test_watermark_is_the_slowest_active_partition() -> None:
+    store, fast, slow = _fast_ahead_of_slow(300)
     slow.add(start("s0", BASE))
     store.merge(fast.summary("active"))
     store.merge(slow.summary("active"))
@@ -142,10 +148,7 @@ def test_watermark_is_the_slowest_active_partition() -> None:
 
 
 def test_events_of_an_idle_partition_for_windows_already_final_are_late_not_added() -> None:
-    store = WindowStore(WINDOWS, ["fast", "slow"])
-    fast, slow = PartitionAggregator("fast", WINDOWS, folder()), PartitionAggregator("slow", WINDOWS, folder())
-    for i in range(300):
-        fast.add(start(f"f{i}", BASE + i * 1000))
+    store, fast, slow = _fast_ahead_of_slow(300)
     store.merge(fast.summary("active"))
     store.merge(slow.summary("idle"))
     updates = store.publish()
@@ -249,10 +252,7 @@ def test_windows_far_behind_the_newest_event_time_wait_for_their_final_write() -
     # A catch-up: "fast" has read 10 minutes ahead of "slow", which holds every window since BASE open. Its
     # windows far behind the live edge change at every publish while "slow" sweeps through them; re-writing them
     # partial each time, in every shard, is what a catch-up cost. They are written once, final, with all of it.
-    store = WindowStore(WINDOWS, ["fast", "slow"])
-    fast, slow = PartitionAggregator("fast", WINDOWS, folder()), PartitionAggregator("slow", WINDOWS, folder())
-    for i in range(600):
-        fast.add(start(f"f{i}", BASE + i * 1000))
+    store, fast, slow = _fast_ahead_of_slow(600)
     store.merge(fast.summary("active"))
     edge = BASE + 599_000
     behind = edge - WINDOWS.allowed_lateness_ms - WINDOWS.coarse_ms  # the live edge's reach
