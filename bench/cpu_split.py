@@ -11,7 +11,7 @@ and folding of a batch, the window store's merge and publish, the anomaly
 detector and its roll-up step, each sink's write) wrapped in
 `time.thread_time()`, and at exit writes per step its CPU seconds, calls and
 wall-clock seconds (a step's wall beyond its CPU is time it waited: for the
-broker to take a batch's dead letters, for Redis, or for a core),
+broker to take an epoch's dead letters, for Redis, or for a core),
 the process's CPU seconds before its first batch (start-up: imports, service
 checks, building the flow, joining the cluster) and in all (every thread,
 librdkafka's included). What no step holds ("rest") is bytewax's own work
@@ -46,6 +46,9 @@ STEPS: tuple[tuple[str, str, str, str], ...] = (
     ("flows.anomaly.steps", "ShardDetectorLogic", "on_batch", "anomaly detector (the shard's cells)"),
     ("flows.anomaly.steps", "RollUpLogic", "on_batch", "anomaly detector (roll-ups)"),
     ("sinks.base", "_WriterPartition", "write_batch", "sink"),
+    ("sinks.base", "_SettlingPartition", "write_batch", "sink"),
+    # A process sink waits for its writes here, once per epoch.
+    ("sinks.base", "_SettlingPartition", "snapshot", "sink"),
 )
 # The sink writers by what they write to.
 SINKS = {

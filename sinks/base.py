@@ -2,6 +2,10 @@
 
 - `WorkerSink(make_writer)`: each worker builds its own `Writer` (its own Redis client or Kafka
   producer); bytewax hands it every batch routed to that worker, and closes it at shutdown.
+- `ProcessSink(make_writer, process)`: one writer per process, for a stream keyed with
+  `process_part(process)`: its items never leave the process that made them, are written as they
+  come, and are made safe (`Writer.settle`) once per epoch, before bytewax snapshots the epoch's
+  input as done, rather than once per batch.
 - `RetryUntilAccepted`: a write that must not be lost nor fail the flow (Redis) is retried with
   backoff until the service takes it — logged once when an outage starts and once when it ends, and
   counted on every failed attempt. The dataflow stops pulling input meanwhile, so nothing is lost,
@@ -19,7 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
 from confluent_kafka import KafkaError, Message, Producer
 
 X = TypeVar("X")
@@ -31,6 +35,12 @@ class Writer(ABC, Generic[X]):
     @abstractmethod
     def write(self, items: list[X]) -> None:
         """Write one batch (never empty); raising stops the flow before the batch's input is snapshotted."""
+
+    def settle(self) -> None:
+        """Return once every item written so far is safe; a `ProcessSink` calls it at the end of each epoch.
+
+        A writer that waits within `write` has nothing left to wait for: nothing by default.
+        """
 
     def close(self) -> None:
         """Release what the writer holds (a producer to flush, a client); nothing by default."""
@@ -57,6 +67,62 @@ class WorkerSink(DynamicSink[X], Generic[X]):
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _WriterPartition[X]:
         """This worker's writer."""
         return _WriterPartition(self._make_writer(worker_index))
+
+
+# Zero-padded: bytewax orders a sink's partitions by name and `part_fn` indexes that order.
+_PART_DIGITS = 6
+
+
+def process_part(process: int) -> str:
+    """The key that keeps an item in process `process` on its way to a `ProcessSink`."""
+    return f"process-{process:0{_PART_DIGITS}d}"
+
+
+class _SettlingPartition(StatefulSinkPartition[list[X], None]):
+    def __init__(self, writer: Writer[X]) -> None:
+        self._writer = writer
+
+    def write_batch(self, values: list[list[X]]) -> None:
+        items = [item for batch in values for item in batch]
+        if items:
+            self._writer.write(items)
+
+    def snapshot(self) -> None:
+        # Bytewax snapshots a partition at the end of every epoch it was written in, before the epoch (and so
+        # the input offsets of what was written) counts as done: the writes must be safe by then.
+        self._writer.settle()
+
+    def close(self) -> None:
+        self._writer.settle()
+        self._writer.close()
+
+
+class ProcessSink(FixedPartitionedSink[list[X], None], Generic[X]):
+    """A bytewax sink with one partition per process, for lists of items keyed with `process_part(process)`.
+
+    Each process lists only its own partition, so bytewax builds it on one of this process's workers and routes
+    there only the items this process keyed: they are handed between the process's workers, never sent to
+    another process. The partition writes each batch as it comes and waits for the writes once per epoch
+    (`Writer.settle`), so a writer whose every write waits for a round trip (a Kafka flush) waits once per epoch
+    instead. It keeps no resume state: what an epoch wrote is safe before its snapshot, and a restart re-reads
+    only epochs that were not.
+    """
+
+    def __init__(self, make_writer: Callable[[], Writer[X]], process: int) -> None:
+        self._make_writer = make_writer
+        self._process = process
+
+    def list_parts(self) -> list[str]:
+        """This process's partition only."""
+        return [process_part(self._process)]
+
+    def part_fn(self, item_key: str) -> int:
+        """The partition of the process that keyed the item (partitions are ordered by process)."""
+        return int(item_key.removeprefix("process-"))
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _SettlingPartition[X]:
+        """This process's writer."""
+        return _SettlingPartition(self._make_writer())
 
 
 class _Outages:

@@ -3,8 +3,12 @@
 Headers carry the reason, a human-readable detail and where the message came
 from (`sp-source-topic`, `sp-source-partition`, `sp-source-offset`,
 `sp-source-timestamp-ms`), so a message can be inspected, fixed and
-re-published. Each batch is flushed before the dataflow moves on, so a
-rejected message is never acknowledged before it is safe in the topic.
+re-published. Letters are produced as their batches come and waited for once
+per epoch, before bytewax snapshots the epoch's input offsets (sinks/base.py,
+`ProcessSink`): a rejected message is never acknowledged before its letter is
+safe in the topic, and the flow does not stop for a broker round trip on every
+batch that holds a bad message. Each process writes its own letters: their
+bytes never leave the process that read them.
 
 Dead-lettering never stops the flow:
 
@@ -16,8 +20,9 @@ Dead-lettering never stops the flow:
   instead. Counted in `streampulse_dead_letters_truncated_total` by reason,
   logged once per reason.
 - Kafka unreachable: letters wait (no delivery timeout) and the flow waits
-  with them, with a warning every 30 s: nothing is lost, and the offsets of
-  the rejected messages are not snapshotted before their letters are safe.
+  for them at the end of the epoch, with a warning every 30 s: nothing is
+  lost, and the offsets of the rejected messages are not snapshotted before
+  their letters are safe.
 - Any other refusal (e.g. no write permission on the topic, a topic policy):
   retrying cannot help, so the letter is dropped, counted in
   `streampulse_dead_letters_undeliverable_total` by Kafka error, and logged
@@ -46,7 +51,7 @@ from connect.kafka_log import with_logging
 from flows.health import pipeline_metrics
 from flows.partials import DeadLetter
 from settings.kafka import KafkaSettings
-from sinks.base import WorkerSink, Writer
+from sinks.base import ProcessSink, Writer
 from sinks.dead_letter_fit import Outgoing, fit_letter, stub
 
 log = logging.getLogger(__name__)
@@ -144,10 +149,22 @@ class DeadLetterWriter(Writer[DeadLetter]):
         self._undeliverable = metrics.dead_letters_undeliverable
 
     def write(self, items: Sequence[DeadLetter]) -> None:
-        """Produce `items` and return once each is written or given up on (never raises)."""
+        """Produce `items` (never raises); `settle` waits for them."""
+        if self._broken:  # a fatal error: the producer is replaced once what it holds is drained
+            self._wait()
+        self._resend()
         for letter in items:
             self._send(letter, as_stub=False)
+
+    def settle(self) -> None:
+        """Return once every letter produced so far is written or given up on (counted and logged)."""
         self._wait()
+
+    def _resend(self) -> None:
+        """Send again the letters whose delivery failed so far."""
+        again, self._again = self._again, []
+        for letter, as_stub in again:
+            self._send(letter, as_stub)
 
     def _send(self, letter: DeadLetter, as_stub: bool) -> None:
         outgoing = stub(letter) if as_stub else fit_letter(letter, self._limit)
@@ -218,22 +235,21 @@ class DeadLetterWriter(Writer[DeadLetter]):
             self._broken = self._broken or err.fatal()
 
     def _wait(self) -> None:
-        """Return once every letter of the batch is written or given up on (counted and logged)."""
+        """Return once every letter produced is written or given up on (counted and logged)."""
         started = time.monotonic()
         while True:
             remaining = self._producer.flush(WAIT_REPORT_S)
             if self._broken and not remaining:
                 self._producer = Producer(producer_config(self._settings, self._limit))
                 self._broken = False
-            again, self._again = self._again, []
-            for letter, as_stub in again:
-                self._send(letter, as_stub)
+            again = len(self._again)
+            self._resend()
             if not remaining and not again:
                 return
             if remaining or self._retried:
                 log.warning(
                     "%d dead letter(s) for %s not written after %.0f s (%s): retrying, the flow waits",
-                    remaining + len(again),
+                    remaining + again,
                     self._topic,
                     time.monotonic() - started,
                     self._retried or "no answer from Kafka",
@@ -242,19 +258,17 @@ class DeadLetterWriter(Writer[DeadLetter]):
                 self._retried = ""
                 time.sleep(1.0)
 
-    def close(self) -> None:
-        self._producer.flush(WAIT_REPORT_S)
 
+class DeadLetterSink(ProcessSink[DeadLetter]):
+    """Bytewax sink producing rejected messages to the dead-letter topic: one producer per process.
 
-class DeadLetterSink(WorkerSink[DeadLetter]):
-    """Bytewax sink producing rejected messages to the dead-letter topic, one producer per worker."""
+    Its input is each batch's letters keyed with `process_part(process)` (sinks/base.py), `process` being this
+    process's index in the cluster (0 alone).
+    """
 
-    def __init__(self, settings: KafkaSettings) -> None:
-        super().__init__(self._writer)
+    def __init__(self, settings: KafkaSettings, process: int) -> None:
+        super().__init__(self._writer, process)
         self._settings = settings
-        self._limit: int | None = None
 
-    def _writer(self, _worker: int) -> DeadLetterWriter:
-        if self._limit is None:  # the topic's limit is asked once per process
-            self._limit = dead_letter_limit(self._settings)
-        return DeadLetterWriter(self._settings, self._limit)
+    def _writer(self) -> DeadLetterWriter:
+        return DeadLetterWriter(self._settings, dead_letter_limit(self._settings))

@@ -2,7 +2,7 @@
 
     playback/sign-up topics ──► KafkaEventSource (decode + pre-aggregate per batch)
                                    │ BatchSummary per batch
-                                   ├──► its rejects ──► DeadLetterSink      (on the worker that read them)
+                                   ├──► its rejects ──► DeadLetterSink      (in the process that read them)
                                    ▼ the summary without them (rejects counted by reason)
                             ShardRouter.split (on the reader's worker): each shard's cells + every progress
                                    ▼ keyed by shard (one per worker of the cluster)
@@ -19,7 +19,7 @@ cells and why): the store, its Redis writes, its /metrics and its cells'
 anomaly series all run on that worker, so capacity grows with the cluster.
 Every shard receives every partition's progress and so closes each window at
 the same watermark. Rejected messages are split off before anything crosses
-workers: their bytes stay on the worker that read them.
+workers: their bytes stay in the process that read them.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from flows.windows.store import ShardProgress, WindowStore, WindowUpdate
 from settings.kafka import KafkaSettings
 from settings.redis import RedisSettings
 from sinks.anomaly_sink import AnomalyKafkaSink, AnomalyPrometheusSink, AnomalyRedisSink
+from sinks.base import process_part
 from sinks.dead_letter import DeadLetterSink
 from sinks.detector_state import DetectorStateRedisSink
 from sinks.health_sink import HealthRedisSink
@@ -70,6 +71,8 @@ class FlowSettings:
     redis_ttl_s: int = 7 * 24 * 3600
     # Window-state shards: one per worker of the whole cluster (processes x --workers), flows/sharding.py.
     shards: int = 1
+    # This process's index in the cluster (0 alone): its dead letters are written by its own producer.
+    process: int = 0
     # Live: the anomaly detectors leave their state every this much event time (None: never), the newest kept.
     detector_state_interval_ms: int | None = None
     detector_states_kept: int = 24
@@ -81,7 +84,8 @@ class FlowSettings:
 class FlowSinks:
     """Where the dataflow's streams end: `flow_sinks(settings)` for the real ones, a test may give its own."""
 
-    dead_letters: Sink[DeadLetter]
+    # Each batch's letters, keyed to stay in the process that read them (sinks/base.py, `process_part`).
+    dead_letters: Sink[tuple[str, list[DeadLetter]]]
     health: Sink[PipelineHealth]
     windows_redis: Sink[WindowUpdate | ShardProgress]
     windows_prometheus: Sink[WindowUpdate]
@@ -95,7 +99,7 @@ def flow_sinks(settings: FlowSettings) -> FlowSinks:
     """The sinks of a real run (each connects to its service only when a worker builds it)."""
     kafka, redis_settings, ttl_s = settings.kafka, settings.redis, settings.redis_ttl_s
     return FlowSinks(
-        dead_letters=DeadLetterSink(kafka),
+        dead_letters=DeadLetterSink(kafka, settings.process),
         health=HealthRedisSink(redis_settings, ttl_s),
         windows_redis=RedisWindowSink(redis_settings, ttl_s),
         windows_prometheus=PrometheusWindowSink(settings.reader.windows),
@@ -189,10 +193,6 @@ def _folders(reader: ReaderConfig) -> dict[str, Callable[[], Folder]]:
     }
 
 
-def _rejects(summary: BatchSummary) -> list[DeadLetter]:
-    return summary.rejects
-
-
 def _is_health(item: WindowOutput) -> TypeGuard[PipelineHealth]:
     return isinstance(item, PipelineHealth)
 
@@ -230,10 +230,13 @@ def build_dataflow(
     live = reader.replay is None
     flow = Dataflow("streampulse")
     summaries = op.input("kafka_in", flow, source)
-    # Rejects are their own stream from here: no step between the input and the dead-letter sink moves data
-    # between workers, so a letter is written by the worker that read its message. Only their counts go on.
+    # Rejects are their own stream from here, keyed to this process: no step between the input and the
+    # dead-letter sink moves data between processes, so a letter is written by the process that read its message.
+    # Only their counts go on.
     if live:
-        op.output("dead_letter_out", op.flat_map("rejects", summaries, _rejects), sinks.dead_letters)
+        here = process_part(settings.process)
+        rejects = op.filter_map("rejects", summaries, lambda s: (here, s.rejects) if s.rejects else None)
+        op.output("dead_letter_out", rejects, sinks.dead_letters)
     counted = op.map("rejects_apart", summaries, BatchSummary.without_rejects)
     router = ShardRouter(settings.shards)
     # Split on the reader's worker: only each shard's own cells (and every partition's progress) travel.

@@ -224,6 +224,7 @@ def flow_settings(args: argparse.Namespace, exit_at_end: bool) -> FlowSettings:
         reader=reader,
         redis_ttl_s=max(args.redis_ttl // 1000, 1),
         shards=shard_count(args),
+        process=getattr(args, "process_id", None) or 0,
         # Only `run` has them: a replay saves no detector state.
         detector_state_interval_ms=detector_state_interval(
             getattr(args, "detector_state_interval", 0), reader.windows.coarse_ms

@@ -27,6 +27,7 @@ from flows.windows.store import ShardProgress, WindowUpdate
 from settings.kafka import KafkaSettings
 from settings.redis import RedisSettings
 from settings.windows import WindowConfig
+from sinks.base import process_part
 from streampulse import dataflow
 from streampulse.dataflow import FlowSettings, FlowSinks, build_dataflow
 
@@ -41,7 +42,7 @@ class Outputs:
     """What reached each sink."""
 
     def __init__(self) -> None:
-        self.dead_letters: list[DeadLetter] = []
+        self.dead_letters: list[tuple[str, list[DeadLetter]]] = []
         self.health: list[PipelineHealth] = []
         self.windows_redis: list[WindowUpdate | ShardProgress] = []
         self.windows_prometheus: list[WindowUpdate] = []
@@ -143,7 +144,10 @@ def test_rejects_reach_the_dead_letter_sink_and_only_their_counts_reach_the_wind
     outputs = Outputs()
     run(build_dataflow(settings(shards=shards), source_of_batches, outputs.sinks()), workers)
 
-    assert sorted(outputs.dead_letters, key=lambda d: d.offset) == LETTERS
+    # Keyed to the one process: each batch's letters stay in the process that read them.
+    assert {key for key, _letters in outputs.dead_letters} == {process_part(0)}
+    written = [letter for _key, letters in outputs.dead_letters for letter in letters]
+    assert sorted(written, key=lambda d: d.offset) == LETTERS
     assert len(merged) == 2 * shards  # every shard gets every batch's progress
     assert all(summary.rejects == [] for summary in merged)  # the bytes never travel to the window step
     by_reason = [s.rejected_by_reason for s in merged if s.rejected_by_reason]
@@ -164,7 +168,7 @@ def test_every_path_from_the_input_to_the_window_step_leaves_rejects_behind() ->
     graph = steps(build_dataflow(settings(), source_of_batches, Outputs().sinks()))
     assert "kafka_in" in upstream(graph, "windows")
     assert "kafka_in" not in upstream(graph, "windows", stop_at="rejects_apart")
-    # Nothing between the input and the dead-letter sink moves data between workers.
+    # Nothing between the input and the dead-letter sink moves data between workers (the sink keeps it in the process).
     assert upstream(graph, "dead_letter_out") == {"rejects", "kafka_in"}
 
 
