@@ -14,9 +14,10 @@ wall-clock seconds (a step's wall beyond its CPU is time it waited: for the
 broker to take an epoch's dead letters, for Redis, or for a core),
 the process's CPU seconds before its first batch (start-up: imports, service
 checks, building the flow, joining the cluster) and in all (every thread,
-librdkafka's included). What no step holds ("rest") is bytewax's own work
-(scheduling, exchange between workers, progress), the small maps between the
-steps, librdkafka's threads and shutdown. The wrapped calls are per batch or
+librdkafka's included), and apart the CPU of librdkafka's own threads
+(bench/thread_cpu.py: fetching and parsing messages, producing). What no step
+holds ("rest") is bytewax's own work (scheduling, exchange between workers,
+progress), the small maps between the steps and shutdown. The wrapped calls are per batch or
 per publish, never per event, so the accounting costs nothing measurable.
 """
 
@@ -35,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from bench.thread_cpu import ThreadSampler
 
 # (module, class, method, step): what is accounted, and under which name; a sink's write goes under its writer.
 STEPS: tuple[tuple[str, str, str, str], ...] = (
@@ -63,17 +66,21 @@ SINKS = {
 }
 START_UP = "start-up (before the first batch)"
 DEAD_LETTERS = SINKS["DeadLetterWriter"]
-REST = "rest: bytewax, librdkafka threads, shutdown"
+LIBRDKAFKA = "librdkafka's threads (fetch, produce)"
+REST = "rest: bytewax, the maps between steps, shutdown"
 
 
 class Accounts:
     """CPU seconds and calls per step, of the thread each call ran on."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: ThreadSampler | None = None) -> None:
+        """`threads`: a running sampler, to count librdkafka's threads apart from the rest."""
         self.cpu_s: dict[str, float] = {}
         self.wall_s: dict[str, float] = {}
         self.calls: Counter[str] = Counter()
         self.process_cpu_before_first_s: float | None = None
+        self._threads = threads
+        self._librdkafka_before_first_s = 0.0
 
     def wrap(self, owner: type, method: str, step: str) -> None:
         """Account every call of `owner.method` under `step` (a sink's under what its writer writes to)."""
@@ -83,6 +90,9 @@ class Accounts:
         def accounted(this: Any, *args: Any, **kwargs: Any) -> Any:
             if self.process_cpu_before_first_s is None:
                 self.process_cpu_before_first_s = _process_cpu_s()
+                if self._threads is not None:  # what librdkafka did before the first batch is start-up's
+                    self._threads.sample()
+                    self._librdkafka_before_first_s = self._threads.librdkafka_cpu_s()
             started, started_wall = time.thread_time(), time.perf_counter()
             try:
                 return original(this, *args, **kwargs)
@@ -102,9 +112,15 @@ class Accounts:
         total = _process_cpu_s()
         start_up = self.process_cpu_before_first_s or total
         steps = {name: round(s, 3) for name, s in sorted(self.cpu_s.items(), key=lambda item: -item[1])}
-        rest = total - start_up - sum(self.cpu_s.values())
+        threads: dict[str, float] = {}
+        if self._threads is not None:
+            self._threads.sample()
+            total -= self._threads.own_cpu_s()  # the sampler's, not the flow's
+            librdkafka = self._threads.librdkafka_cpu_s() - self._librdkafka_before_first_s
+            threads[LIBRDKAFKA] = round(max(librdkafka, 0.0), 3)
+        rest = total - start_up - sum(self.cpu_s.values()) - sum(threads.values())
         return {
-            "cpu_s": {START_UP: round(start_up, 3), **steps, REST: round(max(rest, 0.0), 3)},
+            "cpu_s": {START_UP: round(start_up, 3), **steps, **threads, REST: round(max(rest, 0.0), 3)},
             "calls": dict(self.calls),
             "wall_s": {name: round(s, 3) for name, s in self.wall_s.items()},
             "total_cpu_s": round(total, 3),
@@ -118,7 +134,9 @@ def _process_cpu_s() -> float:
 
 def run_accounted(out: Path, argv: Sequence[str]) -> int:
     """Run `streampulse ARGV` in this process with its steps accounted; write the figures to `out` at exit."""
-    accounts = Accounts()
+    threads = ThreadSampler()
+    threads.start()
+    accounts = Accounts(threads)
     for module, owner, method, step in STEPS:
         accounts.wrap(getattr(importlib.import_module(module), owner), method, step)
     atexit.register(lambda: out.write_bytes(orjson.dumps(accounts.as_dict())))
@@ -137,7 +155,9 @@ def table(figures: Sequence[dict[str, Any]], labels: Sequence[str]) -> list[str]
     """A markdown table: a row per step, a column per process (CPU seconds)."""
     steps: list[str] = []
     for figure in figures:
-        steps += [s for s in figure["cpu_s"] if s not in steps and s != REST]
+        steps += [s for s in figure["cpu_s"] if s not in steps and s not in (LIBRDKAFKA, REST)]
+    if any(LIBRDKAFKA in figure["cpu_s"] for figure in figures):
+        steps.append(LIBRDKAFKA)
     steps.append(REST)
     lines = [f"| step | {' | '.join(labels)} |", "|---|" + "---:|" * len(labels)]
     for step in steps:

@@ -303,8 +303,9 @@ def _cpu_split(results: dict[str, Any]) -> list[str]:
         "",
         "Counted with `time.thread_time()` around the flow's steps (bench/cpu_split.py), not sampled: where "
         "processes share the cores, a sample cannot tell waiting from working. One run per process count; "
-        "`rest` is bytewax's own work (scheduling, exchange, progress), the maps between steps, librdkafka's "
-        "threads and shutdown.",
+        "librdkafka's threads (each Kafka client's fetching, parsing and producing) are counted apart, "
+        "sampled per thread after the first batch (bench/thread_cpu.py); `rest` is bytewax's own work "
+        "(scheduling, exchange, progress), the maps between steps and shutdown.",
         "",
     ]
     for processes, figures in split.items():
