@@ -71,11 +71,12 @@ class WorkerSink(DynamicSink[X], Generic[X]):
 
 # Zero-padded: bytewax orders a sink's partitions by name and `part_fn` indexes that order.
 _PART_DIGITS = 6
+_PART_PREFIX = "process-"
 
 
 def process_part(process: int) -> str:
     """The key that keeps an item in process `process` on its way to a `ProcessSink`."""
-    return f"process-{process:0{_PART_DIGITS}d}"
+    return f"{_PART_PREFIX}{process:0{_PART_DIGITS}d}"
 
 
 class _SettlingPartition(StatefulSinkPartition[list[X], None]):
@@ -118,7 +119,7 @@ class ProcessSink(FixedPartitionedSink[list[X], None], Generic[X]):
 
     def part_fn(self, item_key: str) -> int:
         """The partition of the process that keyed the item (partitions are ordered by process)."""
-        return int(item_key.removeprefix("process-"))
+        return int(item_key.removeprefix(_PART_PREFIX))
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _SettlingPartition[X]:
         """This process's writer."""
