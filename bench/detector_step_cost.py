@@ -10,7 +10,9 @@ contenders each get a fresh `AnomalyDetector` per run and every window in order,
 
 - `all`: one detector with roll-ups over every cell (the 1-process run: `alone`);
 - `shard i/4`: cells of shard i of 4, routed by flows/sharding.py's `ShardRouter` (no roll-ups);
-- `roll-up`: the roll-up groups summed over every cell (`roll_up_sums`), no roll-ups of its own.
+- `roll-up`: the roll-up groups summed over every cell (`roll_up_sums`), no roll-ups of its own;
+- `roll-up+3/4`: the roll-up step as the dataflow runs it, with the last shard's cells in the same detector
+  (the last shard steps no detector of its own): what the last worker pays per window beside its store.
 
 The cost of a step is the CPU time (`time.process_time`: this machine is shared) of one `observe_cells`; per
 run the median over the windows after `--skip` (past the warm-up, so the judged path runs), and the median
@@ -49,6 +51,14 @@ def contenders(countries: int, windows: int) -> dict[str, tuple[bool, list[Windo
         ]
         out[f"shard {shard}/{SHARDS}"] = (False, mine)
     out["roll-up"] = (False, [(start, end, roll_up_sums(cells)) for start, end, cells in whole])
+    last = out[f"shard {SHARDS - 1}/{SHARDS}"][1]
+    out[f"roll-up+{SHARDS - 1}/{SHARDS}"] = (
+        False,
+        [
+            (start, end, {**sums, **cells})
+            for (start, end, sums), (_s, _e, cells) in zip(out["roll-up"][1], last, strict=True)
+        ],
+    )
     return out
 
 

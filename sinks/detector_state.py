@@ -4,7 +4,7 @@ Layout (sinks/redis_layout.py):
 
 | key | type | content |
 |---|---|---|
-| `sp:{ns}:detector-state:{through_ms}:{shards}` | hash | `part:{shard}` per shard and `part:roll-ups` (clusters of more than one shard): each part's detector snapshot, JSON compressed with zlib; `shards` |
+| `sp:{ns}:detector-state:{through_ms}:{shards}` | hash | `part:{shard}` per shard but the last, and `part:roll-ups` with the last shard's cells (clusters of more than one shard): each part's detector snapshot, JSON compressed with zlib; `shards` |
 | `sp:{ns}:detector-states` | sorted set | member `{through_ms}:{shards}`, score `through_ms`: the states kept, newest last |
 
 Each part is written by the worker that runs it, when it is due (once per
@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 
-from flows.anomaly.warm_start import DetectorSnapshot, SavedState, parts_of
+from flows.anomaly.warm_start import DetectorSnapshot, SavedState, is_whole
 from flows.health import PipelineMetrics, pipeline_metrics
 from settings.redis import RedisSettings
 from sinks.base import WorkerSink, Writer
@@ -142,7 +142,7 @@ def newest_state(client: redis.Redis, namespace: str, at_or_before_ms: int) -> S
         through, saved_by = int(through_text), int(shards_text)
         fields: dict[bytes, Any] = client.hgetall(detector_state_key(namespace, through, saved_by))  # type: ignore[assignment]
         parts = {name.decode()[len(_PART) :]: value for name, value in fields.items() if name.startswith(b"part:")}
-        if set(parts) != parts_of(saved_by):
+        if not is_whole(parts, saved_by):
             incomplete += 1
             continue
         return StateLookup(StoredState(through, saved_by, parts), incomplete)

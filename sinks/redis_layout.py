@@ -10,7 +10,7 @@ touches live keys:
 | `sp:{ns}:windows:{res}` | sorted set | member and score = window_start_ms of every window written |
 | `sp:{ns}:anomalies` | sorted set | recent anomalies: member = anomaly id (`series:country:device_type:direction:onset_ms`), score = end of the window it opened in (ms); the newest 1000 are kept |
 | `sp:{ns}:anomaly:{anomaly_id}` | string | JSON of the anomaly's latest event (`state` open, escalated, resolved or accepted as the new normal; fields in docs/anomalies.md) |
-| `sp:{ns}:detector-state:{through_ms}:{shards}` | hash | the live anomaly detectors' state valid through `through_ms` (event time), saved by a cluster of `shards` shards: `part:{shard}` per shard and `part:roll-ups`, each a detector snapshot (zlib-compressed JSON); `shards`. Written once per `--detector-state-interval` of event time by a live run, read by a replay at its start (sinks/detector_state.py) |
+| `sp:{ns}:detector-state:{through_ms}:{shards}` | hash | the live anomaly detectors' state valid through `through_ms` (event time), saved by a cluster of `shards` shards: `part:{shard}` per shard but the last and `part:roll-ups` (the roll-ups and the last shard's cells; one shard: `part:0` alone), each a detector snapshot (zlib-compressed JSON); `shards`. Written once per `--detector-state-interval` of event time by a live run, read by a replay at its start (sinks/detector_state.py) |
 | `sp:{ns}:detector-states` | sorted set | member `{through_ms}:{shards}`, score `through_ms`: the detector states kept (the newest `--detector-states-kept`) |
 | `sp:{ns}:health` | string | JSON of the pipeline-health document the flow rewrites at each publish (fields below), what `streampulse top` shows in its header |
 

@@ -4,7 +4,8 @@
                                                      │ Detection (cells)       │ RollUpInput (a few sums per window)
                                                      ▼                         ▼
                                                   detections ◄── RollUpLogic (one key: (country, all), (all,
-                                                                 device_type) and (all, all) series)
+                                                                 device_type) and (all, all) series, and the
+                                                                 last shard's cells)
 
 A cell's series only ever need that cell's windows, so they run on the shard
 that owns the cell (flows/sharding.py), on the worker that holds its window
@@ -13,7 +14,12 @@ shard's cells; each shard sends, per final fine window, its cells summed
 into their roll-up groups (at most countries + device types + 1 small
 vectors), and the roll-up step adds them up once every shard's progress has
 passed the window — so it steps a window only when it has all of it, in
-window order, as a single detector would. Both keep plain state that bytewax
+window order, as a single detector would. The roll-up step runs on the last
+worker, beside the last shard, and that shard sends it its cells as well
+rather than stepping a detector of its own: a detector step has a fixed cost
+(about 0.33 ms, whatever its series), and the last worker would otherwise pay
+it twice per window (measured on 2 shards: 0.70 + 0.64 ms for the shard and
+the roll-ups apart, 0.92 ms in one step; bench/detector_step_cost.py). Both keep plain state that bytewax
 snapshots with the shard's store, so a restart resumes them at the same
 window. The outputs — anomaly events and current scores — go to Kafka, Redis
 and /metrics (sinks/anomaly_sink.py, sinks/prometheus.py).
@@ -53,7 +59,7 @@ class RollUpInput:
     shard: int
     shards: int
     final_through_ms: int
-    # window_start_ms -> (window_end_ms, roll-up group -> summed cell inputs)
+    # window_start_ms -> (window_end_ms, roll-up group -> summed cell inputs); from the last shard, its own cells too
     windows: dict[int, tuple[int, Cells]]
 
 
@@ -120,10 +126,11 @@ class ShardDetectorLogic(StatefulBatchLogic[WindowUpdate | ShardProgress, ShardO
     """One shard's cell series: each final fine window, oldest first; its roll-up sums go on with its progress.
 
     `alone`: the only shard, so it holds every cell and watches the roll-ups itself (one detector step a window
-    instead of two; the same results: tests/unit/flows/anomaly/test_sharded_detection.py). `saving`: a live
-    run's, which leaves the detector's state every interval; `warm`: a replay's, whose detector starts from
-    this shard's part of the live state (the shard is known from its first input: bytewax does not tell a
-    logic its key).
+    instead of two; the same results: tests/unit/flows/anomaly/test_sharded_detection.py). Otherwise the last
+    shard forwards its cells with its roll-up sums, and the roll-up step, on the same worker, steps them with
+    the roll-ups (see the module docstring). `saving`: a live run's, which leaves the detector's state every
+    interval; `warm`: a replay's, whose detector starts from this shard's part of the live state. The shard,
+    and so whether it forwards, is known from its first input: bytewax does not tell a logic its key.
     """
 
     def __init__(
@@ -138,21 +145,39 @@ class ShardDetectorLogic(StatefulBatchLogic[WindowUpdate | ShardProgress, ShardO
         self._config = config
         self._saver = _Saver(saving, None)
         self._warm = warm if resume is None else None  # a recovery snapshot is newer than any live state
-        if resume is None:
-            self._detector = AnomalyDetector(config, roll_up=alone)
-            self._pending: dict[int, tuple[int, Cells]] = {}
-        else:
-            self._detector = AnomalyDetector.restore(resume["detector"], config)
+        self._detector: AnomalyDetector | None = None  # None while forwarding, or until the first input
+        # Whether this shard forwards its cells to the roll-up step; None: not known before the first input.
+        self._forwards: bool | None = None
+        self._pending: dict[int, tuple[int, Cells]] = {}
+        if resume is not None:
+            # A snapshot with a detector steps its own cells, one without forwards them. A snapshot written before
+            # the last shard forwarded keeps its detector: the roll-up step's own snapshot holds no cells of it.
+            if "detector" in resume:
+                self._detector = AnomalyDetector.restore(resume["detector"], config)
+                self._forwards = False
+            else:
+                self._forwards = True
             self._pending = {
                 int(start): (end, {tuple(g): c for g, c in cells}) for start, end, cells in resume["pending"]
             }
 
+    def _start(self, first: WindowUpdate | ShardProgress) -> None:
+        """At the first input: whether this shard forwards, and if not its detector (warm from its part, or new)."""
+        if self._forwards is None:
+            self._forwards = not self._alone and first.shards > 1 and first.shard == first.shards - 1
+        if not self._forwards:
+            self._saver.part = shard_part(first.shard)
+            if self._detector is None:
+                self._detector = (
+                    AnomalyDetector(self._config, roll_up=self._alone)
+                    if self._warm is None
+                    else self._warm.detector(self._saver.part, self._config)
+                )
+        self._warm = None
+
     def on_batch(self, values: list[WindowUpdate | ShardProgress]) -> tuple[list[ShardOutput], bool]:
-        if self._saver.part is None and values:
-            self._saver.part = shard_part(values[0].shard)
-            if self._warm is not None:
-                self._detector = self._warm.detector(self._saver.part, self._config)
-                self._warm = None
+        if self._saver.part is None and not self._forwards and values:
+            self._start(values[0])
         windows: list[tuple[int, int, Cells]] = []
         progress: ShardProgress | None = None
         for item in values:
@@ -161,13 +186,19 @@ class ShardDetectorLogic(StatefulBatchLogic[WindowUpdate | ShardProgress, ShardO
                 continue
             assert item.complete is not None  # filtered upstream
             cells = cell_inputs(item.complete)
+            if self._forwards:
+                if cells:  # the cells' groups never meet the roll-ups': each has an "all"
+                    self._pending[item.window_start_ms] = (item.window_end_ms, {**roll_up_sums(cells), **cells})
+                continue
             windows.append((item.window_start_ms, item.window_end_ms, cells))
             if cells and not self._alone:
                 self._pending[item.window_start_ms] = (item.window_end_ms, roll_up_sums(cells))
-        detections: list[Detection] = []
-        states: list[SavedState] = []
-        _observe_in_order(self._detector, windows, detections, self._saver, states)
-        out: list[ShardOutput] = [*detections, *states]
+        out: list[ShardOutput] = []
+        if self._detector is not None:
+            detections: list[Detection] = []
+            states: list[SavedState] = []
+            _observe_in_order(self._detector, windows, detections, self._saver, states)
+            out += [*detections, *states]
         if progress is not None and not self._alone:
             # Every window this shard made final so far is in `_pending` or was sent: the progress can go.
             out.append(RollUpInput(progress.shard, progress.shards, progress.final_through_ms, self._pending))
@@ -178,11 +209,13 @@ class ShardDetectorLogic(StatefulBatchLogic[WindowUpdate | ShardProgress, ShardO
         pending = [
             [start, end, [[list(g), c] for g, c in cells.items()]] for start, (end, cells) in self._pending.items()
         ]
+        if self._detector is None:
+            return {"pending": pending}
         return {"detector": self._detector.snapshot(), "pending": pending}
 
 
 class RollUpLogic(StatefulBatchLogic[RollUpInput, Detection | SavedState, DetectorState]):
-    """The roll-up series: a window is stepped once every shard has passed it, with every shard's sums."""
+    """The roll-up series and the last shard's cells: a window is stepped once every shard has passed it."""
 
     def __init__(
         self,

@@ -7,7 +7,8 @@ detectors' state every `interval_ms` of event time (sinks/detector_state.py
 stores it in Redis): each part — one per shard of the cells' series, plus the
 roll-up step's — is taken just before the part steps its first window past an
 interval boundary B, so it holds every window ending at or before B and none
-after: it is *valid through* B. Resumed from it, a detector stepping the
+after: it is *valid through* B. (The last shard's cells step in the roll-up
+step's detector, flows/anomaly/steps.py, so its series are in that part.) Resumed from it, a detector stepping the
 windows from B on makes the same verdicts as the live one did.
 
 Series are independent, so the parts can be cut again for a replay on
@@ -21,7 +22,7 @@ test per final window, and a snapshot is taken once per interval.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,9 +44,23 @@ def shard_part(shard: int) -> str:
 
 
 def parts_of(shards: int) -> frozenset[str]:
-    """Every part a state saved by `shards` shards holds: one per shard, and the roll-ups' step if more than one."""
-    parts = {shard_part(shard) for shard in range(shards)}
-    return frozenset(parts | {ROLL_UP_PART}) if shards > 1 else frozenset(parts)
+    """Every part a state saved by `shards` shards holds: one shard's alone, else the roll-up step's and the others'.
+
+    The last shard has no part of its own: its cells step in the roll-up step's detector.
+    """
+    if shards == 1:
+        return frozenset({shard_part(0)})
+    return frozenset({shard_part(shard) for shard in range(shards - 1)} | {ROLL_UP_PART})
+
+
+def is_whole(parts: Iterable[str], shards: int) -> bool:
+    """Whether `parts` are all of a state saved by `shards` shards, as this version or an earlier one saved it.
+
+    Before the last shard's cells stepped with the roll-ups, every shard saved a part of its own; such a state
+    is whole too, and `reshard` cuts it into today's parts.
+    """
+    found = frozenset(parts)
+    return found == parts_of(shards) or (shards > 1 and found == parts_of(shards) | {shard_part(shards - 1)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,12 +149,14 @@ def reshard(parts: Mapping[str, DetectorSnapshot], shards: int, break_in_data: b
     template = stepped[0]
     router = ShardRouter(shards)
     alone = shards == 1
-    names = [shard_part(shard) for shard in range(shards)] + ([] if alone else [ROLL_UP_PART])
+    names = sorted(parts_of(shards))
 
     def part_of(country: str, device: str) -> str:
-        if _is_roll_up(country, device):
-            return shard_part(0) if alone else ROLL_UP_PART
-        return shard_part(router.shard_of(country, device))
+        if alone:
+            return shard_part(0)
+        shard = None if _is_roll_up(country, device) else router.shard_of(country, device)
+        # The roll-ups and the last shard's cells step in the roll-up step's detector (flows/anomaly/steps.py).
+        return ROLL_UP_PART if shard is None or shard == shards - 1 else shard_part(shard)
 
     cut: dict[str, DetectorSnapshot] = {
         name: {

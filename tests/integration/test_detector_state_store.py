@@ -15,6 +15,7 @@ import redis
 
 from flows.anomaly.detector import AnomalyDetector
 from flows.anomaly.warm_start import ROLL_UP_PART, DetectorSnapshot, SavedState
+from flows.sharding import ShardRouter
 from sinks.detector_state import RedisDetectorStateWriter, newest_state
 from sinks.redis_layout import detector_state_key, detector_states_key
 from streampulse.replay_detector import detector_start
@@ -27,27 +28,33 @@ FINE = 10_000
 HOUR = 3_600_000
 
 
-def _snapshots() -> dict[str, DetectorSnapshot]:
-    """A 2-shard cluster's parts after 40 windows: each shard's cells, and the roll-ups."""
+def _snapshots(earlier_layout: bool = False) -> dict[str, DetectorSnapshot]:
+    """A 2-shard cluster's parts after 40 windows: shard 0's cells (US), and the roll-ups with shard 1's (DE).
+
+    `earlier_layout`: as saved before the last shard's cells stepped with the roll-ups, shard 1's cells in a
+    part of their own.
+    """
     rng = random.Random(5)
-    detectors = {"0": AnomalyDetector(roll_up=False), "1": AnomalyDetector(roll_up=False), ROLL_UP_PART: None}
-    roll_ups = AnomalyDetector(roll_up=False)
+    detectors = {"0": AnomalyDetector(roll_up=False), ROLL_UP_PART: AnomalyDetector(roll_up=False)}
+    if earlier_layout:
+        detectors["1"] = AnomalyDetector(roll_up=False)
     for w in range(40):
         start = T0 + w * FINE
-        us, br = rng.randint(40, 60), rng.randint(40, 60)
-        for part, (country, starts) in (("0", ("US", us)), ("1", ("BR", br))):
-            detector = detectors[part]
-            assert detector is not None
-            detector.observe(start, start + FINE, {"stream_starts": {(country, "tv", "c"): starts}}, scores=False)
+        us, de = rng.randint(40, 60), rng.randint(40, 60)
+        detectors["0"].observe(start, start + FINE, {"stream_starts": {("US", "tv", "c"): us}}, scores=False)
         rolled = {
-            ("all", "tv", "c"): us + br,
+            ("all", "tv", "c"): us + de,
             ("US", "all", "c"): us,
-            ("BR", "all", "c"): br,
-            ("all", "all", "c"): us + br,
+            ("DE", "all", "c"): de,
+            ("all", "all", "c"): us + de,
         }
-        roll_ups.observe(start, start + FINE, {"stream_starts": rolled}, scores=False)
-    detectors[ROLL_UP_PART] = roll_ups
-    return {part: detector.snapshot() for part, detector in detectors.items() if detector is not None}
+        last_shard = {("DE", "tv", "c"): de}
+        if earlier_layout:
+            detectors["1"].observe(start, start + FINE, {"stream_starts": last_shard}, scores=False)
+        else:
+            rolled.update(last_shard)
+        detectors[ROLL_UP_PART].observe(start, start + FINE, {"stream_starts": rolled}, scores=False)
+    return {part: detector.snapshot() for part, detector in detectors.items()}
 
 
 def _write(writer: RedisDetectorStateWriter, through: int, parts: dict[str, DetectorSnapshot], only: set[str]) -> None:
@@ -63,15 +70,15 @@ def test_states_are_found_whole_newest_at_or_before_the_time_trimmed_and_expirin
     parts = _snapshots()
     every = set(parts)
     _write(writer, T0 + HOUR, parts, every)
-    _write(writer, T0 + 2 * HOUR, parts, {"0", ROLL_UP_PART})  # shard 1 has not written its part yet
+    _write(writer, T0 + 2 * HOUR, parts, {ROLL_UP_PART})  # shard 0 has not written its part yet
 
     assert newest_state(client, namespace, T0 + HOUR - 1).state is None
     found = newest_state(client, namespace, T0 + 3 * HOUR)
     assert found.state is not None and found.state.through_ms == T0 + HOUR and found.incomplete == 1
     assert found.state.shards == 2 and found.state.decoded() == parts  # exactly what was saved
 
-    _write(writer, T0 + 2 * HOUR, parts, {"1"})
-    _write(writer, T0 + 2 * HOUR, parts, {"1"})  # written again (a restart): the same value
+    _write(writer, T0 + 2 * HOUR, parts, {"0"})
+    _write(writer, T0 + 2 * HOUR, parts, {"0"})  # written again (a restart): the same value
     found = newest_state(client, namespace, T0 + 3 * HOUR)
     assert found.state is not None and found.state.through_ms == T0 + 2 * HOUR and found.incomplete == 0
 
@@ -110,6 +117,28 @@ def test_a_replay_starts_warm_from_a_whole_state_and_otherwise_cold_saying_why(s
     warm, line = detector_start(client, live, "live", through - 1, 2)
     assert warm is None and line.startswith("anomaly detector: cold: no live state at or before 2024-05-01T00:06:39")
 
-    client.hset(detector_state_key(live, through, 2), "part:1", b"not a state")
+    client.hset(detector_state_key(live, through, 2), "part:0", b"not a state")
     warm, line = detector_start(client, live, "live", through, 2)
     assert warm is None and "cannot be read by this version" in line
+
+
+def test_a_state_saved_with_a_part_for_every_shard_starts_a_replay_warm_cut_into_todays_parts(
+    stack: Stack, unique_name: str
+) -> None:
+    client = redis.Redis.from_url(stack.redis_url)
+    live = f"live-{unique_name}"
+    parts = _snapshots(earlier_layout=True)
+    through = T0 + 40 * FINE
+    RedisDetectorStateWriter(client, live, ttl_s=600, kept=3).write(
+        [SavedState(part, 2, through, snapshot) for part, snapshot in parts.items()]
+    )
+    warm, line = detector_start(client, live, "live", through, 2)
+    assert warm is not None and line.endswith("saved with a part for every shard and cut for this version's parts")
+    assert set(warm.parts) == {"0", ROLL_UP_PART}
+    series = sorted(tuple(s[:3]) for part in warm.parts.values() for s in part["series"])
+    assert series == sorted(tuple(s[:3]) for part in parts.values() for s in part["series"])
+    # The last shard's cells (by today's routing) step with the roll-ups: their series are in that part.
+    cells = [s for part in ("0", "1") for s in parts[part]["series"]]
+    last_shard = [s for s in cells if ShardRouter(2).shard_of(s[1], s[2]) == 1]
+    assert last_shard and len(last_shard) < len(cells)
+    assert warm.detector(ROLL_UP_PART).series_count == len(parts[ROLL_UP_PART]["series"]) + len(last_shard)

@@ -94,3 +94,37 @@ def test_sharded_detection_equals_one_detector(shards: int, publish_every: int, 
     expected = sorted(map(_key, _single(traffic)))
     assert {(e[1], e[2], e[3]) for e in expected} >= {("sps", "BR", "tv"), ("vsf_rate", "DE", "all")}
     assert sorted(map(_key, _sharded(traffic, shards, publish_every, alone))) == expected
+
+
+def _shard_batch(traffic: list[WindowValues], shard: int, shards: int) -> list[WindowUpdate | ShardProgress]:
+    router = ShardRouter(shards)
+    batch: list[WindowUpdate | ShardProgress] = []
+    for w, values in enumerate(traffic):
+        start, end = T0 + w * FINE, T0 + (w + 1) * FINE
+        own = {
+            aggregate: {dims: v for dims, v in rows.items() if router.shard_of(str(dims[0]), str(dims[1])) == shard}
+            for aggregate, rows in values.items()
+        }
+        batch.append(WindowUpdate("10s", start, end, True, own, own, {}, end, shard, shards))
+    return [*batch, ShardProgress(shard, shards, end, end)]
+
+
+def test_the_last_shard_forwards_its_cells_to_the_roll_up_step_and_steps_no_detector() -> None:
+    traffic = _traffic()[:40]
+    first, last = ShardDetectorLogic(None), ShardDetectorLogic(None)
+    first_out, _ = first.on_batch(_shard_batch(traffic, 0, 2))
+    last_out, _ = last.on_batch(_shard_batch(traffic, 1, 2))
+    assert sum(isinstance(o, Detection) for o in first_out) == 40  # shard 0 steps its own cells
+    assert [type(o) for o in last_out] == [RollUpInput]  # shard 1 only forwards
+    forwarded = last_out[0]
+    assert isinstance(forwarded, RollUpInput) and len(forwarded.windows) == 40
+    groups = set(next(iter(forwarded.windows.values()))[1])
+    router = ShardRouter(2)
+    cells = {g for g in groups if "all" not in g}
+    assert cells and all(router.shard_of(*cell) == 1 for cell in cells)  # its own cells ...
+    assert ("all", "all") in groups  # ... and its roll-up sums
+    assert "detector" not in last.snapshot() and "detector" in first.snapshot()
+    # A last shard resumed from a snapshot taken before it forwarded keeps stepping its own detector.
+    earlier = ShardDetectorLogic({**first.snapshot(), "pending": []})
+    more = _shard_batch(_traffic()[:41], 1, 2)[40:]
+    assert sum(isinstance(o, Detection) for o in earlier.on_batch(more)[0]) == 1

@@ -19,10 +19,12 @@ from flows.anomaly.events import AnomalyEvent, Detection
 from flows.anomaly.steps import RollUpInput, RollUpLogic, ShardDetectorLogic, ShardOutput, StateSaving
 from flows.anomaly.warm_start import (
     ROLL_UP_PART,
+    DetectorSnapshot,
     ReshardError,
     SavedState,
     StateSchedule,
     WarmStart,
+    is_whole,
     parts_of,
     reshard,
 )
@@ -140,7 +142,7 @@ def test_parts_that_stepped_different_windows_are_not_cut_for_another_count_unle
     traffic = _traffic()
     _events, states = _run(traffic, 0, 2, 1, StateSaving(INTERVAL, 2))
     at_boundary = {s.part: s.snapshot for s in states if s.through_ms == BOUNDARY_MS}
-    at_boundary["1"] = {**at_boundary["1"], "next_start": BOUNDARY_MS - FINE}  # shard 1 had no data in the last
+    at_boundary["0"] = {**at_boundary["0"], "next_start": BOUNDARY_MS - FINE}  # shard 0 had no data in the last
     with pytest.raises(ReshardError, match="different windows"):
         reshard(at_boundary, 1, break_in_data=False)
     assert set(reshard(at_boundary, 1, break_in_data=True)) == {"0"}
@@ -193,6 +195,45 @@ def test_the_stored_form_keeps_every_number_exactly() -> None:
     assert decode_snapshot(encode_snapshot(snapshot)) == snapshot
 
 
-def test_a_cluster_state_has_one_part_per_shard_and_the_roll_ups() -> None:
+def test_a_cluster_state_has_a_part_per_shard_but_the_last_whose_cells_step_with_the_roll_ups() -> None:
     assert parts_of(1) == {"0"}
-    assert parts_of(3) == {"0", "1", "2", ROLL_UP_PART}
+    assert parts_of(3) == {"0", "1", ROLL_UP_PART}
+    assert is_whole(["0", "1", ROLL_UP_PART], 3)
+    assert is_whole(["0", "1", "2", ROLL_UP_PART], 3)  # as saved before the last shard forwarded its cells
+    assert not is_whole(["0", ROLL_UP_PART], 3)
+    assert not is_whole(["0", "1", "2"], 3)
+    assert is_whole(["0"], 1) and not is_whole(["0", ROLL_UP_PART], 1)
+
+
+def _earlier_layout(parts: dict[str, DetectorSnapshot], shards: int) -> dict[str, DetectorSnapshot]:
+    """The same state as saved before the last shard's cells stepped with the roll-ups: every shard a part."""
+    router = ShardRouter(shards)
+
+    def part_of(country: str, device: str) -> str:
+        return ROLL_UP_PART if "all" in (country, device) else str(router.shard_of(country, device))
+
+    template = next(iter(parts.values()))
+    cut: dict[str, DetectorSnapshot] = {
+        name: {**template, "groups": [], "series": []} for name in [*map(str, range(shards)), ROLL_UP_PART]
+    }
+    for part in parts.values():
+        for country, device in part["groups"]:
+            cut[part_of(country, device)]["groups"].append([country, device])
+        for series in part["series"]:
+            cut[part_of(series[1], series[2])]["series"].append(series)
+    return cut
+
+
+@pytest.mark.parametrize("shards", [2, 4])
+def test_a_state_saved_with_a_part_for_every_shard_is_cut_into_todays_and_publishes_the_live_events(
+    shards: int,
+) -> None:
+    traffic = _traffic()
+    live_events, states = _run(traffic, 0, shards, 5, StateSaving(INTERVAL, shards))
+    at_boundary = {s.part: s.snapshot for s in states if s.through_ms == BOUNDARY_MS}
+    earlier = _earlier_layout(at_boundary, shards)
+    assert str(shards - 1) in earlier and is_whole(earlier, shards)
+    parts = reshard(earlier, shards, break_in_data=False)
+    assert set(parts) == parts_of(shards)
+    warm_events, _ = _run(traffic, BOUNDARY_WINDOW, shards, 3, warm=WarmStart(BOUNDARY_MS, shards, parts, BOUNDARY_MS))
+    assert _from(warm_events, BOUNDARY_MS) == _from(live_events, BOUNDARY_MS)
