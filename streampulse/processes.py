@@ -23,6 +23,9 @@ from typing import Self
 _PR_SET_PDEATHSIG = 1
 # Not the global generator: a test seeding it would make every process pick the same ports.
 _PORTS = random.SystemRandom()
+# Ports this process has handed out. Servers asked for ports one after another, before any of them binds, must not
+# get the same one: nothing is bound in between to refuse it (a cluster's /metrics port once drew its peer's).
+_HANDED_OUT: set[int] = set()
 
 
 def _ephemeral_ports() -> tuple[int, int]:
@@ -40,20 +43,25 @@ def free_port(host: str = "127.0.0.1") -> int:
     A port the kernel hands out (bind to 0) comes from the ephemeral range, which every outgoing connection
     also draws from: between this call and the server's bind, a client socket can take it ("Address already in
     use", seen when a bytewax cluster starts beside busy Kafka clients). Below the range, only servers bind.
+    Never the same port twice in one process, though it may be free again: see `_HANDED_OUT`.
     """
     low, _high = _ephemeral_ports()
     if low > 11_024:
         for _ in range(50):
             port = _PORTS.randrange(10_000, low - 1_000)
+            if port in _HANDED_OUT:
+                continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
                 try:
                     sock.bind((host, port))
                 except OSError:
                     continue
+                _HANDED_OUT.add(port)
                 return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         found: int = sock.getsockname()[1]
+        _HANDED_OUT.add(found)
         return found
 
 
