@@ -48,11 +48,11 @@ def detector_start(
         parts = state.decoded()
         resharded = ""
         if state.shards != shards:
-            parts = reshard(parts, shards, break_in_data=gap)
             resharded = f", saved by {state.shards} shards and cut for {shards}"
         elif set(parts) != parts_of(shards):  # saved by an earlier version, the last shard with a part of its own
-            parts = reshard(parts, shards, break_in_data=gap)
             resharded = ", saved with a part for every shard and cut for this version's parts"
+        if resharded:
+            parts = reshard(parts, shards, break_in_data=gap)
         warm = WarmStart(state.through_ms, shards, parts, from_ms)
         for part in parts:
             warm.detector(part)  # fails here, at start, rather than in a worker mid-run

@@ -19,9 +19,9 @@ worker, beside the last shard, and that shard sends it its cells as well
 rather than stepping a detector of its own: a detector step has a fixed cost
 (about 0.33 ms, whatever its series), and the last worker would otherwise pay
 it twice per window (measured on 2 shards: 0.70 + 0.64 ms for the shard and
-the roll-ups apart, 0.92 ms in one step; bench/detector_step_cost.py). Both keep plain state that bytewax
-snapshots with the shard's store, so a restart resumes them at the same
-window. The outputs — anomaly events and current scores — go to Kafka, Redis
+the roll-ups apart, 0.92 ms in one step; bench/detector_step_cost.py). Both
+keep plain state that bytewax snapshots with the shard's store, so a restart
+resumes them at the same window. The outputs — anomaly events and current scores — go to Kafka, Redis
 and /metrics (sinks/anomaly_sink.py, sinks/prometheus.py).
 
 The live run also leaves each step's detector state once per interval of event

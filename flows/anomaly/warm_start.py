@@ -8,8 +8,9 @@ stores it in Redis): each part — one per shard of the cells' series, plus the
 roll-up step's — is taken just before the part steps its first window past an
 interval boundary B, so it holds every window ending at or before B and none
 after: it is *valid through* B. (The last shard's cells step in the roll-up
-step's detector, flows/anomaly/steps.py, so its series are in that part.) Resumed from it, a detector stepping the
-windows from B on makes the same verdicts as the live one did.
+step's detector, flows/anomaly/steps.py, so its series are in that part.)
+Resumed from it, a detector stepping the windows from B on makes the same
+verdicts as the live one did.
 
 Series are independent, so the parts can be cut again for a replay on
 another shard count (`reshard`): the cells' series go to the shard that owns
